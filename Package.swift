@@ -1,0 +1,86 @@
+// swift-tools-version:6.1
+// bunq-sessiond: keeps bunq API sessions alive and serves tokens and signatures over a Unix socket.
+// Swift 6 language mode (complete concurrency checking) is the default for tools version 6.x.
+
+import PackageDescription
+
+/// Settings shared by every Swift target of ours.
+let strictSettings: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny"),
+    .enableUpcomingFeature("MemberImportVisibility"),
+]
+
+let package = Package(
+    name: "bunq-sessiond",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "BunqCrypto", targets: ["BunqCrypto"]),
+        .library(name: "CurlHTTP", targets: ["CurlHTTP"]),
+        .library(name: "SystemdSupport", targets: ["SystemdSupport"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+    ],
+    targets: [
+        // MARK: C libraries of the system (pkg-config + apt providers; shims only where Swift cannot import)
+        .systemLibrary(
+            name: "COpenSSL",
+            pkgConfig: "openssl",
+            providers: [.apt(["libssl-dev"])]
+        ),
+        .systemLibrary(
+            name: "CCurl",
+            pkgConfig: "libcurl",
+            providers: [.apt(["libcurl4-openssl-dev"])]
+        ),
+        .systemLibrary(
+            name: "CSystemd",
+            pkgConfig: "libsystemd",
+            providers: [.apt(["libsystemd-dev"])]
+        ),
+
+        // MARK: Modules
+        .target(
+            name: "BunqCrypto",
+            dependencies: ["COpenSSL"],
+            swiftSettings: strictSettings
+        ),
+        .target(
+            name: "CurlHTTP",
+            dependencies: ["CCurl"],
+            swiftSettings: strictSettings
+        ),
+        .target(
+            name: "SystemdSupport",
+            dependencies: ["CSystemd"],
+            swiftSettings: strictSettings
+        ),
+
+        // MARK: Tests
+        .target(
+            name: "TestSupport",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            path: "Tests/TestSupport",
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "BunqCryptoTests",
+            dependencies: ["BunqCrypto", "TestSupport"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "CurlHTTPTests",
+            dependencies: ["CurlHTTP", "TestSupport"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "SystemdSupportTests",
+            dependencies: ["SystemdSupport"],
+            swiftSettings: strictSettings
+        ),
+    ]
+)
