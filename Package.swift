@@ -17,9 +17,12 @@ let package = Package(
         .library(name: "BunqCrypto", targets: ["BunqCrypto"]),
         .library(name: "CurlHTTP", targets: ["CurlHTTP"]),
         .library(name: "SystemdSupport", targets: ["SystemdSupport"]),
+        .library(name: "BunqSandbox", targets: ["BunqSandbox"]),
+        .executable(name: "bunq-sandbox", targets: ["bunq-sandbox"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
     ],
     targets: [
         // MARK: C libraries of the system (pkg-config + apt providers; shims only where Swift cannot import)
@@ -56,6 +59,27 @@ let package = Package(
             swiftSettings: strictSettings
         ),
 
+        .target(
+            name: "BunqSandbox",
+            dependencies: [
+                "BunqCrypto",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            swiftSettings: strictSettings
+        ),
+
+        // MARK: Executables
+        .executableTarget(
+            name: "bunq-sandbox",
+            dependencies: [
+                "BunqSandbox",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: strictSettings
+        ),
+
         // MARK: Tests
         .target(
             name: "TestSupport",
@@ -75,6 +99,11 @@ let package = Package(
         .testTarget(
             name: "CurlHTTPTests",
             dependencies: ["CurlHTTP", "TestSupport"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "BunqSandboxTests",
+            dependencies: ["BunqSandbox", "BunqCrypto", "CurlHTTP", "TestSupport"],
             swiftSettings: strictSettings
         ),
         .testTarget(

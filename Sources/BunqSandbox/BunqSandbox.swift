@@ -1,0 +1,328 @@
+import BunqCrypto
+import Foundation
+import NIOHTTP1
+import Synchronization
+
+/// A local emulator of the bunq API: the calls bunq-sessiond and bunq's SDKs make, with real RSA signatures both
+/// ways, server-side session expiry, bunq's rate limits and error replies, plus an admin API under `/_sandbox/` for
+/// tests (stats, injected faults, revocations, OAuth approvals).
+public final class BunqSandbox: Sendable {
+    public let configuration: SandboxConfiguration
+    /// A few server keys, given to installations in turn: signing with the wrong installation's key shows up.
+    private let serverKeys: [RSAPrivateKey]
+    private let store: Mutex<SandboxStore>
+    private let limiter = Mutex(SandboxRateLimiter())
+    private let faults = Mutex((nextId: 1, rules: [FaultRule]()))
+
+    /// Generates the server keys; call `run` to serve.
+    public init(configuration: SandboxConfiguration = SandboxConfiguration()) async throws {
+        self.configuration = configuration
+        var keys: [RSAPrivateKey] = []
+        for _ in 0..<3 { keys.append(try await RSAPrivateKey.generate()) }
+        serverKeys = keys
+        store = Mutex(SandboxStore(configuration: configuration,
+                                   serverPublicKeyPEMs: try keys.map { try $0.publicKey.pem() }))
+    }
+
+    /// Serves until the calling task is cancelled, reporting the bound port through `onListening` first.
+    public func run(onListening: @Sendable (Int) async throws -> Void = { _ in }) async throws {
+        try await HTTPServerCore.serve(host: configuration.host, port: configuration.port,
+                                       handler: { [self] in await respond(to: $0) }, onBound: onListening)
+    }
+
+    /// Starts an emulator on a free loopback port (unless the configuration names one), runs `body` with its
+    /// base URL `http://127.0.0.1:PORT`, then stops it.
+    public static func withRunning<T: Sendable>(
+        _ configuration: SandboxConfiguration = SandboxConfiguration(),
+        _ body: @escaping @Sendable (_ baseURL: String) async throws -> T
+    ) async throws -> T {
+        let sandbox = try await BunqSandbox(configuration: configuration)
+        let result = Mutex<T?>(nil)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            let (ports, continuation) = AsyncStream<Int>.makeStream()
+            group.addTask { try await sandbox.run { continuation.yield($0); continuation.finish() } }
+            var iterator = ports.makeAsyncIterator()
+            guard let port = await iterator.next() else { return }
+            let value = try await body("http://\(configuration.host):\(port)")
+            result.withLock { $0 = value }
+            group.cancelAll()
+        }
+        return result.withLock { $0 }!
+    }
+
+    // MARK: - The pipeline
+
+    func respond(to request: ServerRequest) async -> ServerResponse? {
+        var headers: [(String, String)] = [("X-Bunq-Client-Response-Id", UUID().uuidString.lowercased())]
+        if let requestId = request.headers.first(name: "X-Bunq-Client-Request-Id") {
+            headers.append(("X-Bunq-Client-Request-Id", requestId))
+        }
+        let path = request.path
+        if path.hasPrefix("/_sandbox/") { return admin(request, headers) }
+        if request.method == "GET", path == "/auth" { return authorizePage(request, headers) }
+
+        let endpointName: String
+        let route: Route?
+        var pathIds: [Int] = []
+        if request.method == "POST", path == "/v1/token" {
+            endpointName = "POST /v1/token"
+            route = nil
+        } else if let (found, ids) = Route.all.lazy.compactMap({ r in r.method == request.method ? r.match(path).map { (r, $0) } : nil }).first {
+            endpointName = found.name
+            route = found
+            pathIds = ids
+        } else {
+            let known = Route.all.contains { $0.match(path) != nil }
+            return reply(known ? SandboxError(405, "Method not allowed.") : .notFound("Route"), headers, signedBy: nil)
+        }
+        store.withLock { $0.stats.requests[endpointName, default: 0] += 1 }
+
+        // Injected faults, then bunq's rate limits.
+        var corruptSignature = false
+        for action in takeFaults(for: endpointName) {
+            switch action {
+            case .delay(let milliseconds): try? await Task.sleep(for: .milliseconds(milliseconds))
+            case .drop: return nil
+            case .status(let status, let message): return reply(SandboxError(status, message), headers, signedBy: nil)
+            case .badSignature: corruptSignature = true
+            }
+        }
+        let now = Date()
+        if configuration.rateLimits,
+           let message = limiter.withLock({ $0.admit(ip: request.remoteIP, method: request.method, endpoint: endpointName, now: now) }) {
+            store.withLock { $0.stats.rateLimited += 1 }
+            return reply(SandboxError(429, message), headers, signedBy: nil)
+        }
+
+        guard let route else { return tokenExchange(request, headers, now: now) }
+        let (outcome, installation) = store.withLock { store in
+            Self.call(route, request, pathIds: pathIds, now: now, store: &store)
+        }
+        switch outcome {
+        case .success(let json):
+            return reply(status: 200, body: json.serialized, headers, signedBy: installation, corrupt: corruptSignature)
+        case .failure(let error):
+            return reply(error, headers, signedBy: installation, corrupt: corruptSignature)
+        }
+    }
+
+    /// Authentication, signature check and the handler, under the store's lock.
+    private static func call(_ route: Route, _ request: ServerRequest, pathIds: [Int], now: Date,
+                             store: inout SandboxStore) -> (Result<BunqJSON, SandboxError>, Installation?) {
+        let authentication = request.headers.first(name: "X-Bunq-Client-Authentication")
+        var installation: Installation?
+        var session: Session?
+        switch route.auth {
+        case .none:
+            break
+        case .installation:
+            guard let token = authentication, let found = store.installations[token] else {
+                return (.failure(.insufficientAuthentication), nil)
+            }
+            installation = found
+        case .session:
+            guard let token = authentication, let found = store.sessions[token], found.isLive(at: now) else {
+                let expired = store.configuration.expiredSessionStatus == 403
+                    ? SandboxError.insufficientAuthorisation : SandboxError.insufficientAuthentication
+                return (.failure(expired), nil)
+            }
+            session = found
+            installation = store.installationsById[found.installationId]
+        }
+        if let installation {
+            if let signature = request.headers.first(name: "X-Bunq-Client-Signature") {
+                do {
+                    try installation.clientPublicKey.verify(base64Signature: signature, for: request.body)
+                } catch {
+                    store.stats.rejectedSignatures += 1
+                    return (.failure(.signatureInvalid), installation)
+                }
+            } else if route.signatureRequired {
+                store.stats.rejectedSignatures += 1
+                return (.failure(.signatureRequired), installation)
+            }
+        }
+        let body: [String: any Sendable]
+        if request.body.isEmpty {
+            body = [:]
+        } else if let object = try? JSONSerialization.jsonObject(with: Data(request.body)) as? [String: Any] {
+            body = object.compactMapValues { $0 as? String }
+        } else {
+            return (.failure(.badRequest("The request body is not a JSON object.")), installation)
+        }
+        let context = CallContext(body: body, pathIds: pathIds, installation: installation, session: session, now: now)
+        do {
+            return (.success(try route.handler(&store, context)), installation)
+        } catch {
+            return (.failure(error), installation)
+        }
+    }
+
+    private func takeFaults(for endpoint: String) -> [FaultRule.Action] {
+        faults.withLock { state in
+            var actions: [FaultRule.Action] = []
+            for index in state.rules.indices where state.rules[index].matches(endpoint) {
+                guard Double.random(in: 0..<1) < state.rules[index].probability else { continue }
+                actions.append(state.rules[index].action)
+                if let remaining = state.rules[index].remaining { state.rules[index].remaining = remaining - 1 }
+            }
+            state.rules.removeAll { $0.remaining == 0 }
+            // Delays first, then at most one answering action.
+            let delays = actions.filter { if case .delay = $0 { true } else { false } }
+            return delays + actions.filter { if case .delay = $0 { false } else { true } }.prefix(1)
+        }
+    }
+
+    // MARK: - Replies
+
+    private func reply(_ error: SandboxError, _ headers: [(String, String)], signedBy installation: Installation?,
+                       corrupt: Bool = false) -> ServerResponse {
+        reply(status: error.status, body: BunqJSON.error(error.description).serialized, headers,
+              signedBy: installation, corrupt: corrupt)
+    }
+
+    /// A JSON reply, signed over its exact body bytes with the installation's server key when there is one.
+    private func reply(status: Int, body: [UInt8], _ headers: [(String, String)], signedBy installation: Installation?,
+                       corrupt: Bool = false) -> ServerResponse {
+        var headers = headers
+        headers.append(("Content-Type", "application/json"))
+        if let installation, var signature = try? serverKeys[installation.serverKeyIndex].signature(for: body) {
+            if corrupt { signature[signature.count / 2] ^= 0x5A }
+            headers.append(("X-Bunq-Server-Signature", Data(signature).base64EncodedString()))
+        }
+        return ServerResponse(status: status, headers: headers, body: body)
+    }
+
+    private func authorizePage(_ request: ServerRequest, _ headers: [(String, String)]) -> ServerResponse {
+        let query = Self.queryParameters(request.uri)
+        let outcome = store.withLock { $0.authorize(query: query, now: Date()) }
+        switch outcome {
+        case .redirect(let location):
+            return ServerResponse(status: 302, headers: headers + [("Location", location)])
+        case .refused(let reason):
+            return ServerResponse(status: 400, headers: headers + [("Content-Type", "text/plain; charset=utf-8")],
+                                  body: Array("bunq sandbox: authorization refused: \(reason)\n".utf8))
+        }
+    }
+
+    private func tokenExchange(_ request: ServerRequest, _ headers: [(String, String)], now: Date) -> ServerResponse {
+        var parameters = Self.queryParameters(request.uri)
+        // A form body is accepted too (a 2025 doc page shows one).
+        if !request.body.isEmpty {
+            for (key, value) in Self.queryParameters("?" + String(decoding: request.body, as: UTF8.self)) {
+                parameters[key] = value
+            }
+        }
+        let (status, body) = store.withLock { $0.exchangeCode(parameters, now: now) }
+        return ServerResponse(status: status, headers: headers + [("Content-Type", "application/json")],
+                              body: body.serialized)
+    }
+
+    static func queryParameters(_ uri: String) -> [String: String] {
+        guard let query = uri.split(separator: "?", maxSplits: 1).dropFirst().first else { return [:] }
+        var parameters: [String: String] = [:]
+        for pair in query.split(separator: "&") {
+            let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            let decode = { (text: Substring) in
+                text.replacingOccurrences(of: "+", with: " ").removingPercentEncoding ?? String(text)
+            }
+            guard let name = parts.first.map(decode), parameters[name] == nil else { continue }
+            parameters[name] = parts.count > 1 ? decode(parts[1]) : ""
+        }
+        return parameters
+    }
+
+    // MARK: - Admin API (/_sandbox/, loopback clients only)
+
+    private func admin(_ request: ServerRequest, _ headers: [(String, String)]) -> ServerResponse {
+        func json(_ status: Int, _ body: BunqJSON) -> ServerResponse {
+            ServerResponse(status: status, headers: headers + [("Content-Type", "application/json")], body: body.serialized)
+        }
+        func failure(_ error: SandboxError) -> ServerResponse { json(error.status, .error(error.description)) }
+
+        guard request.remoteIP == "127.0.0.1" || request.remoteIP == "::1" || request.remoteIP.hasPrefix("127.") else {
+            return failure(SandboxError(403, "The sandbox admin API answers loopback clients only."))
+        }
+        let body = request.body.isEmpty ? [:]
+            : (try? JSONSerialization.jsonObject(with: Data(request.body))) as? [String: Any]
+        guard let body else { return failure(.badRequest("The request body is not a JSON object.")) }
+
+        switch (request.method, request.path) {
+        case ("GET", "/_sandbox/stats"):
+            return json(200, stats())
+        case ("GET", "/_sandbox/faults"):
+            return json(200, .object([("faults", .array(faults.withLock { $0.rules.map(\.json) }))]))
+        case ("POST", "/_sandbox/faults"):
+            do {
+                let rule = try faults.withLock { state throws(SandboxError) in
+                    let rule = try FaultRule.parse(body, id: state.nextId)
+                    state.nextId += 1
+                    state.rules.append(rule)
+                    return rule
+                }
+                return json(200, rule.json)
+            } catch {
+                return failure(error)
+            }
+        case ("DELETE", "/_sandbox/faults"):
+            faults.withLock { $0.rules.removeAll() }
+            return json(200, .object([]))
+        case ("POST", "/_sandbox/revoke"):
+            guard let secret = body["secret"] as? String else {
+                return failure(.badRequest("Field secret is required: an API key, PSD2 token_value or access token."))
+            }
+            let found = store.withLock { store in
+                guard store.credentials[secret] != nil else { return false }
+                store.credentials[secret]?.revoked = true
+                return true
+            }
+            return found ? json(200, .object([("revoked", true)])) : failure(.notFound("Credential"))
+        case ("POST", "/_sandbox/oauth/approve-as"):
+            return approveAs(body, json: json, failure: failure)
+        default:
+            return failure(.notFound("Sandbox admin route"))
+        }
+    }
+
+    private func approveAs(_ body: [String: Any], json: (Int, BunqJSON) -> ServerResponse,
+                           failure: (SandboxError) -> ServerResponse) -> ServerResponse {
+        let outcome: Result<Int?, SandboxError> = store.withLock { store in
+            if let apiKey = body["api_key"] as? String {
+                guard case .apiKey(let userId)? = store.credentials[apiKey]?.kind else {
+                    return .failure(.notFound("Sandbox user with that API key"))
+                }
+                store.approvingUserId = userId
+            } else if let userId = body["user_id"] as? Int {
+                guard let user = store.users[userId], user.kind != .serviceProvider else {
+                    return .failure(.notFound("Sandbox user"))
+                }
+                store.approvingUserId = userId
+            } else if body.keys.contains("user_id") {
+                store.approvingUserId = nil
+            } else {
+                return .failure(.badRequest("Give api_key or user_id (null: a fresh user for each authorization)."))
+            }
+            return .success(store.approvingUserId)
+        }
+        switch outcome {
+        case .success(let userId): return json(200, .object([("user_id", userId.map { .int($0) } ?? .null)]))
+        case .failure(let error): return failure(error)
+        }
+    }
+
+    private func stats() -> BunqJSON {
+        store.withLock { store in
+            .object([
+                ("installations", .int(store.stats.installations)),
+                ("device_servers", .int(store.stats.deviceServers)),
+                ("sessions_created", .int(store.stats.sessionsCreated)),
+                ("sessions_active", .int(store.liveSessionCount)),
+                ("requests", .object(store.stats.requests.sorted { $0.key < $1.key }.map { ($0.key, .int($0.value)) })),
+                ("rejected_signatures", .int(store.stats.rejectedSignatures)),
+                ("rate_limited", .int(store.stats.rateLimited)),
+                ("users", .int(store.users.count)),
+                ("oauth_clients", .int(store.oauthClients.count)),
+            ])
+        }
+    }
+}

@@ -1,0 +1,112 @@
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+
+/// A request as received: method, target, headers, the whole body, and the peer's IP address.
+public struct ServerRequest: Sendable {
+    public let method: String
+    /// The request target, path and query.
+    public let uri: String
+    public let headers: HTTPHeaders
+    public let body: [UInt8]
+    public let remoteIP: String
+    let channel: any Channel
+
+    public var path: String { String(uri.prefix { $0 != "?" }) }
+
+    /// Suspends until the peer closes the connection.
+    public func connectionClosed() async {
+        try? await channel.closeFuture.get()
+    }
+}
+
+/// A complete response; a handler returning nil closes the connection without answering.
+public struct ServerResponse: Sendable {
+    public var status: Int
+    public var headers: [(String, String)]
+    public var body: [UInt8]
+
+    public init(status: Int, headers: [(String, String)] = [], body: [UInt8] = []) {
+        self.status = status
+        self.headers = headers
+        self.body = body
+    }
+}
+
+/// A small HTTP/1.1 server on SwiftNIO with structured concurrency: one child task per connection, keep-alive,
+/// whole-body requests. The emulator runs on it, and tests reuse it for peers they control.
+public enum HTTPServerCore {
+    public typealias Handler = @Sendable (ServerRequest) async -> ServerResponse?
+
+    /// Requests with larger bodies are refused and their connection closed.
+    public static let maxBodyBytes = 4 << 20
+
+    /// Binds `host:port` (0: any free port), reports the bound port through `onBound`, then serves until the
+    /// calling task is cancelled. `onConnection` sees each connection open (+1) and close (-1).
+    public static func serve(host: String, port: Int, handler: @escaping Handler,
+                             onConnection: @escaping @Sendable (Int) -> Void = { _ in },
+                             onBound: @Sendable (Int) async throws -> Void) async throws {
+        let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .bind(host: host, port: port) { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+                    return try NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>(wrappingChannelSynchronously: channel)
+                }
+            }
+        try await withThrowingDiscardingTaskGroup { group in
+            group.addTask {
+                try await withTaskCancellationHandler {
+                    try await server.executeThenClose { inbound in
+                        try await withThrowingDiscardingTaskGroup { connections in
+                            for try await connection in inbound {
+                                onConnection(1)
+                                connections.addTask {
+                                    await serveConnection(connection, handler)
+                                    onConnection(-1)
+                                }
+                            }
+                        }
+                    }
+                } onCancel: {
+                    server.channel.close(promise: nil)
+                }
+            }
+            try await onBound(server.channel.localAddress?.port ?? port)
+        }
+    }
+
+    private static func serveConnection(_ connection: NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>,
+                                         _ handler: Handler) async {
+        let remoteIP = connection.channel.remoteAddress?.ipAddress ?? "unknown"
+        try? await connection.executeThenClose { inbound, outbound in
+            var head: HTTPRequestHead?
+            var body: [UInt8] = []
+            for try await part in inbound {
+                switch part {
+                case .head(let requestHead):
+                    head = requestHead
+                    body = []
+                case .body(let buffer):
+                    guard body.count + buffer.readableBytes <= maxBodyBytes else { return }
+                    body.append(contentsOf: buffer.readableBytesView)
+                case .end:
+                    guard let requestHead = head else { return }
+                    let request = ServerRequest(method: requestHead.method.rawValue, uri: requestHead.uri,
+                                                headers: requestHead.headers, body: body, remoteIP: remoteIP,
+                                                channel: connection.channel)
+                    guard let response = await handler(request) else { return }
+                    var headers = HTTPHeaders(response.headers)
+                    headers.replaceOrAdd(name: "Content-Length", value: String(response.body.count))
+                    if !requestHead.isKeepAlive { headers.replaceOrAdd(name: "Connection", value: "close") }
+                    try await outbound.write(.head(HTTPResponseHead(
+                        version: .http1_1, status: HTTPResponseStatus(statusCode: response.status), headers: headers)))
+                    try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: response.body))))
+                    try await outbound.write(.end(nil))
+                    if !requestHead.isKeepAlive { return }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,94 @@
+/// One bunq endpoint the emulator serves.
+struct Route: Sendable {
+    enum Auth: Sendable {
+        /// No `X-Bunq-Client-Authentication` needed.
+        case none
+        /// The installation token.
+        case installation
+        /// A live session token.
+        case session
+    }
+
+    typealias Handler = @Sendable (inout SandboxStore, CallContext) throws(SandboxError) -> BunqJSON
+
+    let method: String
+    /// The path with `{…}` for numeric ids, e.g. `/v1/user/{userID}/oauth-client`; with the method, the endpoint
+    /// name used in stats, rate limits and fault rules.
+    let pattern: String
+    let auth: Auth
+    let signatureRequired: Bool
+    let handler: Handler
+
+    var name: String { "\(method) \(pattern)" }
+
+    init(_ method: String, _ pattern: String, _ auth: Auth, signatureRequired: Bool = false, _ handler: @escaping Handler) {
+        self.method = method
+        self.pattern = pattern
+        self.auth = auth
+        self.signatureRequired = signatureRequired
+        self.handler = handler
+    }
+
+    /// The numeric path ids when `path` matches this route's pattern.
+    func match(_ path: some StringProtocol) -> [Int]? {
+        let want = pattern.split(separator: "/")
+        let have = path.split(separator: "/")
+        guard want.count == have.count else { return nil }
+        var ids: [Int] = []
+        for (expected, actual) in zip(want, have) {
+            if expected.hasPrefix("{") {
+                guard let id = Int(actual) else { return nil }
+                ids.append(id)
+            } else if expected != actual {
+                return nil
+            }
+        }
+        return ids
+    }
+
+    static let all: [Route] = [
+        Route("POST", "/v1/sandbox-user-person", .none) { store, call in store.sandboxUser(.person, call) },
+        Route("POST", "/v1/sandbox-user-company", .none) { store, call in store.sandboxUser(.company, call) },
+        Route("POST", "/v1/installation", .none) { store, call throws(SandboxError) in try store.installation(call) },
+        Route("POST", "/v1/payment-service-provider-credential", .installation) { store, call throws(SandboxError) in
+            try store.psd2Credential(call)
+        },
+        Route("POST", "/v1/device-server", .installation) { store, call throws(SandboxError) in try store.deviceServer(call) },
+        Route("POST", "/v1/session-server", .installation, signatureRequired: true) { store, call throws(SandboxError) in
+            try store.sessionServer(call)
+        },
+        Route("DELETE", "/v1/session/{sessionID}", .session) { store, call throws(SandboxError) in try store.deleteSession(call) },
+        Route("GET", "/v1/user", .session) { store, call throws(SandboxError) in try store.listUsers(call) },
+        Route("GET", "/v1/user/{userID}", .session) { store, call throws(SandboxError) in try store.user(call) },
+        Route("GET", "/v1/user/{userID}/monetary-account", .session) { store, call throws(SandboxError) in
+            try store.monetaryAccounts(call)
+        },
+        Route("GET", "/v1/user/{userID}/monetary-account-bank", .session) { store, call throws(SandboxError) in
+            try store.monetaryAccounts(call)
+        },
+        Route("POST", "/v1/user/{userID}/oauth-client", .session) { store, call throws(SandboxError) in
+            try store.createOAuthClient(call)
+        },
+        Route("GET", "/v1/user/{userID}/oauth-client", .session) { store, call throws(SandboxError) in
+            try store.listOAuthClients(call)
+        },
+        Route("GET", "/v1/user/{userID}/oauth-client/{clientID}", .session) { store, call throws(SandboxError) in
+            try store.oauthClient(call)
+        },
+        Route("PUT", "/v1/user/{userID}/oauth-client/{clientID}", .session) { store, call throws(SandboxError) in
+            try store.updateOAuthClient(call)
+        },
+        Route("POST", "/v1/user/{userID}/oauth-client/{clientID}/callback-url", .session) { store, call throws(SandboxError) in
+            try store.createCallback(call)
+        },
+        Route("GET", "/v1/user/{userID}/oauth-client/{clientID}/callback-url", .session) { store, call throws(SandboxError) in
+            try store.listCallbacks(call)
+        },
+        Route("GET", "/v1/user/{userID}/oauth-client/{clientID}/callback-url/{callbackID}", .session) {
+            store, call throws(SandboxError) in try store.callback(call)
+        },
+        Route("DELETE", "/v1/user/{userID}/oauth-client/{clientID}/callback-url/{callbackID}", .session) {
+            store, call throws(SandboxError) in try store.deleteCallback(call)
+        },
+    ]
+}

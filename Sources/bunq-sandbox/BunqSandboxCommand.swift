@@ -1,0 +1,59 @@
+import ArgumentParser
+import BunqSandbox
+import Foundation
+
+/// `bunq-sandbox`: a local emulator of the bunq API for tests, demos and development without network.
+@main
+struct BunqSandboxCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bunq-sandbox",
+        abstract: "A local, faithful emulator of the bunq API (plain HTTP on loopback).",
+        discussion: """
+            The first line on stdout is `listening on http://HOST:PORT`. Point a client's API base URL at \
+            http://HOST:PORT/v1/, OAuth authorize at /auth and token exchange at /v1/token. \
+            Admin API for tests under /_sandbox/ (stats, faults, revoke, oauth/approve-as).
+            """)
+
+    @Option(help: "Port to listen on; 0 picks a free one.")
+    var port: Int = 8089
+
+    @Option(help: "Address to listen on.")
+    var host: String = "127.0.0.1"
+
+    @Option(name: .customLong("session-timeout"), help: "Session lifetime in seconds (bunq's session_timeout).")
+    var sessionTimeout: Int = 604_800
+
+    @Option(name: .customLong("psd2-first-session-timeout"), help: "Lifetime in seconds of a PSD2 provider's first session.")
+    var psd2FirstSessionTimeout: Int = 3_600
+
+    @Option(name: .customLong("rate-limits"), help: "bunq: enforce bunq's rate limits; off: none.")
+    var rateLimits: String = "bunq"
+
+    @Option(name: .customLong("expired-session-status"), help: "Status for an expired session's token: 401 or 403.")
+    var expiredSessionStatus: Int = 401
+
+    func validate() throws {
+        guard (0...65_535).contains(port) else { throw ValidationError("--port must be 0 to 65535, not \(port)") }
+        guard sessionTimeout >= 1 else { throw ValidationError("--session-timeout must be at least 1 second") }
+        guard psd2FirstSessionTimeout >= 1 else {
+            throw ValidationError("--psd2-first-session-timeout must be at least 1 second")
+        }
+        guard ["bunq", "off"].contains(rateLimits) else {
+            throw ValidationError("--rate-limits must be bunq or off, not '\(rateLimits)'")
+        }
+        guard [401, 403].contains(expiredSessionStatus) else {
+            throw ValidationError("--expired-session-status must be 401 or 403, not \(expiredSessionStatus)")
+        }
+    }
+
+    func run() async throws {
+        let configuration = SandboxConfiguration(
+            host: host, port: port, sessionTimeout: sessionTimeout, psd2FirstSessionTimeout: psd2FirstSessionTimeout,
+            rateLimits: rateLimits == "bunq", expiredSessionStatus: expiredSessionStatus)
+        let sandbox = try await BunqSandbox(configuration: configuration)
+        try await sandbox.run { port in
+            // Unbuffered, so a parent reading our stdout sees the line at once.
+            FileHandle.standardOutput.write(Data("listening on http://\(host):\(port)\n".utf8))
+        }
+    }
+}
