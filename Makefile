@@ -7,12 +7,16 @@ SWIFT ?= swift
 export PATH := $(PATH):/opt/swift/usr/bin
 
 # System packages the build and the tests need (headers for the C bindings, the openssl command for interop
-# tests, CA certificates for TLS).
-DEB_PACKAGES := libssl-dev libcurl4-openssl-dev libsystemd-dev libsqlite3-dev pkg-config openssl ca-certificates
+# tests, CA certificates for TLS, Python for the official-SDK compatibility test).
+DEB_PACKAGES := libssl-dev libcurl4-openssl-dev libsystemd-dev libsqlite3-dev pkg-config openssl ca-certificates \
+  python3 python3-venv
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 BUILD_LOG := .build/make-build.log
+# bunq's official Python SDK, for the emulator's compatibility test, in a virtualenv under .build/.
+SDK_VENV := .build/sdk-venv
+SDK_PACKAGES := bunq-sdk==1.28.0
 
-.PHONY: all deps build test run clean
+.PHONY: all deps build test sdk-compat run clean
 
 all: build
 
@@ -38,14 +42,25 @@ build: deps
 	  echo "make build: compiler warnings in our code (above) are errors"; exit 1; \
 	fi
 
-## test: deps, build, then every test
+## test: deps, build, then every test: the Swift suites and the official-SDK compatibility test
 test: build
 	$(SWIFT) test --skip-build
+	$(MAKE) --no-print-directory sdk-compat
 
-## run: the daemon against the local bunq sandbox emulator (arrives with the emulator)
-run:
-	@echo "make run: the bunq-sandbox emulator and the daemon demo are not built yet (see README, 'Status')."
-	@exit 2
+$(SDK_VENV)/.installed: Makefile
+	python3 -m venv $(SDK_VENV)
+	$(SDK_VENV)/bin/pip install --quiet --disable-pip-version-check $(SDK_PACKAGES)
+	touch $@
+
+## sdk-compat: bunq's official Python SDK (bunq-sdk 1.28.0) against bunq-sandbox
+sdk-compat: $(SDK_VENV)/.installed
+	$(SWIFT) build --product bunq-sandbox
+	$(SDK_VENV)/bin/python Tests/sdk-compat/python_sdk_compat.py "$$($(SWIFT) build --show-bin-path)/bunq-sandbox"
+
+## run: the bunq sandbox emulator in the foreground on http://127.0.0.1:8089 (until the daemon demo replaces it)
+run: deps
+	$(SWIFT) build --product bunq-sandbox
+	"$$($(SWIFT) build --show-bin-path)/bunq-sandbox" --port 8089 --session-timeout 120 --psd2-first-session-timeout 60
 
 clean:
 	rm -rf .build
