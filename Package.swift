@@ -83,11 +83,7 @@ let package = Package(
         // MARK: Tests
         .target(
             name: "TestSupport",
-            dependencies: [
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOPosix", package: "swift-nio"),
-                .product(name: "NIOHTTP1", package: "swift-nio"),
-            ],
+            dependencies: ["BunqSandbox", .product(name: "NIOHTTP1", package: "swift-nio")],
             path: "Tests/TestSupport",
             swiftSettings: strictSettings
         ),

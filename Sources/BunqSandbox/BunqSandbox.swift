@@ -37,17 +37,9 @@ public final class BunqSandbox: Sendable {
         _ body: @escaping @Sendable (_ baseURL: String) async throws -> T
     ) async throws -> T {
         let sandbox = try await BunqSandbox(configuration: configuration)
-        let result = Mutex<T?>(nil)
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            let (ports, continuation) = AsyncStream<Int>.makeStream()
-            group.addTask { try await sandbox.run { continuation.yield($0); continuation.finish() } }
-            var iterator = ports.makeAsyncIterator()
-            guard let port = await iterator.next() else { return }
-            let value = try await body("http://\(configuration.host):\(port)")
-            result.withLock { $0 = value }
-            group.cancelAll()
+        return try await withBoundServer(of: { onBound in try await sandbox.run(onListening: onBound) }) { port in
+            try await body("http://\(configuration.host):\(port)")
         }
-        return result.withLock { $0 }!
     }
 
     // MARK: - The pipeline
@@ -209,7 +201,7 @@ public final class BunqSandbox: Sendable {
         var parameters = Self.queryParameters(request.uri)
         // A form body is accepted too (a 2025 doc page shows one).
         if !request.body.isEmpty {
-            for (key, value) in Self.queryParameters("?" + String(decoding: request.body, as: UTF8.self)) {
+            for (key, value) in Self.formParameters(Substring(String(decoding: request.body, as: UTF8.self))) {
                 parameters[key] = value
             }
         }
@@ -218,10 +210,16 @@ public final class BunqSandbox: Sendable {
                               body: body.serialized)
     }
 
+    /// The query parameters of a request target, percent-decoded; the first of repeated names wins.
     static func queryParameters(_ uri: String) -> [String: String] {
-        guard let query = uri.split(separator: "?", maxSplits: 1).dropFirst().first else { return [:] }
+        guard let question = uri.firstIndex(of: "?") else { return [:] }
+        return formParameters(uri[uri.index(after: question)...])
+    }
+
+    /// `application/x-www-form-urlencoded` pairs, percent-decoded (`+` is a space).
+    static func formParameters(_ text: Substring) -> [String: String] {
         var parameters: [String: String] = [:]
-        for pair in query.split(separator: "&") {
+        for pair in text.split(separator: "&") {
             let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
             let decode = { (text: Substring) in
                 text.replacingOccurrences(of: "+", with: " ").removingPercentEncoding ?? String(text)

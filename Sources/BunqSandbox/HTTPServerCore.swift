@@ -110,3 +110,26 @@ public enum HTTPServerCore {
         }
     }
 }
+
+/// Runs `server` (which reports its bound port through the callback it is given) in a child task, runs `body` with
+/// that port, then cancels the server and returns `body`'s result. A server that fails before binding rethrows
+/// its error here.
+public func withBoundServer<T: Sendable>(
+    of server: @escaping @Sendable (_ onBound: @escaping @Sendable (Int) async throws -> Void) async throws -> Void,
+    _ body: @Sendable (Int) async throws -> T
+) async throws -> T {
+    try await withThrowingTaskGroup(of: Void.self) { group in
+        let (ports, continuation) = AsyncStream<Int>.makeStream()
+        group.addTask {
+            defer { continuation.finish() }
+            try await server { continuation.yield($0) }
+        }
+        defer { group.cancelAll() }
+        var iterator = ports.makeAsyncIterator()
+        guard let port = await iterator.next() else {
+            try await group.next()
+            throw CancellationError()
+        }
+        return try await body(port)
+    }
+}

@@ -173,7 +173,9 @@ import TestSupport
         await client.shutdown()
     }
 
-    @Test func cancellationAbortsTheTransferAndClosesItsConnection() async throws {
+    /// Runs `body` with a client and one of its requests held by a server that never answers, once the server
+    /// has the request.
+    func withStalledRequest(_ body: @escaping @Sendable (TestHTTPServer, HTTPClient, Task<HTTPResponse, any Error>) async throws -> Void) async throws {
         let (arrivals, arrived) = AsyncStream<Void>.makeStream()
         try await TestHTTPServer.with(handler: { request in
             arrived.yield()
@@ -184,6 +186,12 @@ import TestSupport
             let task = Task { try await client.execute(HTTPRequest(url: server.baseURL + "/stall")) }
             var iterator = arrivals.makeAsyncIterator()
             _ = await iterator.next()
+            try await body(server, client, task)
+        }
+    }
+
+    @Test func cancellationAbortsTheTransferAndClosesItsConnection() async throws {
+        try await withStalledRequest { server, client, task in
             #expect(server.connectionsOpen == 1)
             task.cancel()
             let result = await task.result
@@ -234,16 +242,7 @@ import TestSupport
     }
 
     @Test func shutdownFailsInFlightAndLaterRequests() async throws {
-        let (arrivals, arrived) = AsyncStream<Void>.makeStream()
-        try await TestHTTPServer.with(handler: { request in
-            arrived.yield()
-            await request.connectionClosed()
-            return nil
-        }) { server in
-            let client = try HTTPClient()
-            let task = Task { try await client.execute(HTTPRequest(url: server.baseURL + "/stall")) }
-            var iterator = arrivals.makeAsyncIterator()
-            _ = await iterator.next()
+        try await withStalledRequest { server, client, task in
             await client.shutdown()
             expectKind(.shutdown, await httpError { try await task.value })
             expectKind(.shutdown, await httpError { try await client.execute(HTTPRequest(url: server.baseURL + "/")) })

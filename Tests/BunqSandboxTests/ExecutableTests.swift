@@ -1,0 +1,45 @@
+import Foundation
+import Testing
+import TestSupport
+
+/// The `bunq-sandbox` binary itself: its first stdout line and its flag checks.
+@Suite struct ExecutableTests {
+    static var binary: String {
+        // .../<repo>/Tests/BunqSandboxTests/ExecutableTests.swift → <repo>/.build/debug/bunq-sandbox
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent(".build/debug/bunq-sandbox").path
+    }
+
+    @Test func firstStdoutLineNamesTheListeningAddress() async throws {
+        #expect(FileManager.default.isExecutableFile(atPath: Self.binary), "build it first: swift build --build-tests")
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Self.binary)
+        process.arguments = ["--port", "0", "--session-timeout", "5", "--rate-limits", "off"]
+        let output = Pipe()
+        process.standardOutput = output
+        try process.run()
+        defer { process.terminate() }
+        var line = Data()
+        while !line.contains(UInt8(ascii: "\n")) {
+            let chunk = output.fileHandleForReading.availableData
+            if chunk.isEmpty { break }
+            line.append(chunk)
+        }
+        let text = String(decoding: line, as: UTF8.self).split(separator: "\n").first.map(String.init) ?? ""
+        let match = text.wholeMatch(of: /listening on http:\/\/127\.0\.0\.1:(\d+)/)
+        let port = try #require(match.flatMap { Int($0.1) }, "got: \(text)")
+        #expect(port > 0)
+    }
+
+    @Test func badFlagsAreUsageErrorsNamingTheFlag() throws {
+        for (arguments, flag) in [(["--rate-limits", "sometimes"], "--rate-limits"),
+                                  (["--expired-session-status", "500"], "--expired-session-status"),
+                                  (["--session-timeout", "0"], "--session-timeout"),
+                                  (["--port", "70000"], "--port"),
+                                  (["--no-such-flag"], "--no-such-flag")] {
+            let result = try Command.run([Self.binary] + arguments)
+            #expect(result.status == 64, "\(arguments)")
+            #expect(result.stderrText.contains(flag), "\(arguments): \(result.stderrText)")
+        }
+    }
+}

@@ -1,0 +1,138 @@
+import BunqCrypto
+import BunqSandbox
+import CurlHTTP
+import Foundation
+import Testing
+
+@Suite struct SessionFlowTests {
+    @Test func apiKeyIdentityGetsAWorkingSession() async throws {
+        try await BunqSandbox.test { client in
+            let apiKey = try await client.sandboxUser()
+            #expect(apiKey.hasPrefix("sandbox_"))
+            let session = try await client.openSession(secret: apiKey)
+            #expect(session.userType == "UserPerson")
+            #expect(session.user["session_timeout"] as? Int == 604_800)
+            let userId = try #require(session.user["id"] as? Int)
+
+            let users = try await client.call("GET", "/v1/user", token: session.token)
+            #expect(users.status == 200 && users.item("UserPerson")?["id"] as? Int == userId)
+            let accounts = try await client.call("GET", "/v1/user/\(userId)/monetary-account-bank", token: session.token)
+            #expect(accounts.item("MonetaryAccountBank")?["status"] as? String == "ACTIVE")
+            #expect(accounts.json["Pagination"] != nil)
+            let all = try await client.call("GET", "/v1/user/\(userId)/monetary-account", token: session.token)
+            #expect(all.items.count == 1)
+            // Another user's id is not this session's to read.
+            #expect(try await client.call("GET", "/v1/user/\(userId + 1)", token: session.token).status == 403)
+        }
+    }
+
+    @Test func companyUsersGetUserCompanySessionsWithAnAccount() async throws {
+        try await BunqSandbox.test { client in
+            let reply = try await client.call("POST", "/v1/sandbox-user-company")
+            let apiKey = try #require(reply.item("ApiKey")?["api_key"] as? String)
+            let session = try await client.openSession(secret: apiKey)
+            #expect(session.userType == "UserCompany")
+            let userId = try #require(session.user["id"] as? Int)
+            let accounts = try await client.call("GET", "/v1/user/\(userId)/monetary-account-bank", token: session.token)
+            #expect(accounts.item("MonetaryAccountBank")?["user_id"] as? Int == userId)
+        }
+    }
+
+    @Test func repliesAreCompactBunqJSONWithEscapedSlashes() async throws {
+        try await BunqSandbox.test { client in
+            let reply = try await client.call("POST", "/v1/installation", ["client_public_key": try client.key.publicKey.pem()])
+            let text = String(decoding: reply.body, as: UTF8.self)
+            #expect(text.hasPrefix(#"{"Response":[{"Id":{"id":"#))
+            #expect(!text.contains(": ") && !text.contains("\n"))
+            // Every slash inside a string is escaped as \/ (PEM base64 is full of them).
+            let unescaped = zip(text.dropFirst(), text).filter { $0.0 == "/" && $0.1 != "\\" }
+            #expect(unescaped.isEmpty)
+            #expect(text.contains(#"\/"#))
+            // Timestamps in bunq's format.
+            let created = try #require(reply.item("Token")?["created"] as? String)
+            #expect(created.range(of: #"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{6}$"#, options: .regularExpression) != nil)
+            #expect(reply.headers["X-Bunq-Server-Signature"] == nil, "the installation reply precedes the server key")
+        }
+    }
+
+    @Test func tokensAndSignaturesAreEnforced() async throws {
+        try await BunqSandbox.test { client in
+            let apiKey = try await client.sandboxUser()
+            try await client.install()
+            let token = client.installationToken
+            // Wrong or missing token.
+            let noToken = try await client.call("POST", "/v1/device-server", ["description": "x", "secret": apiKey])
+            #expect(noToken.status == 401 && noToken.error == "Insufficient authentication.")
+            _ = try await client.call("POST", "/v1/device-server", ["description": "x", "secret": apiKey], token: token)
+
+            let unsigned = try await client.call("POST", "/v1/session-server", ["secret": apiKey], token: token, signing: .none)
+            #expect(unsigned.status == 466)
+            #expect(unsigned.error == "For this operation a request signature is required.")
+            let other = try RSAPrivateKey.generateBlocking()
+            let forged = try await client.call("POST", "/v1/session-server", ["secret": apiKey], token: token, signing: .key(other))
+            #expect(forged.status == 400 && forged.error == "The request signature is invalid.")
+            // A signed call elsewhere is verified too.
+            let forgedDevice = try await client.call("POST", "/v1/device-server", ["description": "x", "secret": apiKey],
+                                                     token: token, signing: .key(other))
+            #expect(forgedDevice.status == 400)
+            let stats = try await client.admin("GET", "stats")
+            #expect(stats["rejected_signatures"] as? Int == 3)
+
+            let session = try await client.session(secret: apiKey)
+            // The installation token is not a session token.
+            #expect(try await client.call("GET", "/v1/user", token: token).status == 401)
+            #expect(try await client.call("GET", "/v1/user", token: session.token).status == 200)
+        }
+    }
+
+    @Test func unboundAndWrongSecretsAreCredentialErrors() async throws {
+        try await BunqSandbox.test { client in
+            try await client.install()
+            let wrong = try await client.call("POST", "/v1/device-server", ["description": "x", "secret": "sandbox_nope"],
+                                              token: client.installationToken)
+            #expect(wrong.status == 400 && wrong.error == "User credentials are incorrect. Incorrect API key or IP address.")
+            // A real key that was never bound to this installation's device.
+            let apiKey = try await client.sandboxUser()
+            let unbound = try await client.call("POST", "/v1/session-server", ["secret": apiKey], token: client.installationToken)
+            #expect(unbound.status == 400 && unbound.error?.hasPrefix("User credentials are incorrect") == true)
+        }
+    }
+
+    @Test func sessionsExpireServerSideAndCanBeEnded() async throws {
+        try await BunqSandbox.test(SandboxConfiguration(sessionTimeout: 1, rateLimits: false)) { client in
+            let apiKey = try await client.sandboxUser()
+            let first = try await client.openSession(secret: apiKey)
+            #expect(first.user["session_timeout"] as? Int == 1)
+            #expect(try await client.call("GET", "/v1/user", token: first.token).status == 200)
+            try await Task.sleep(for: .milliseconds(1_300))
+            let expired = try await client.call("GET", "/v1/user", token: first.token)
+            #expect(expired.status == 401 && expired.error == "Insufficient authentication.")
+            #expect(try await client.admin("GET", "stats")["sessions_active"] as? Int == 0)
+
+            let second = try await client.session(secret: apiKey)
+            #expect(try await client.call("DELETE", "/v1/session/0", token: second.token).status == 200)
+            #expect(try await client.call("GET", "/v1/user", token: second.token).status == 401)
+        }
+    }
+
+    @Test func expiredSessionsCanAnswer403() async throws {
+        try await BunqSandbox.test(SandboxConfiguration(sessionTimeout: 1, rateLimits: false, expiredSessionStatus: 403)) { client in
+            let session = try await client.openSession(secret: try await client.sandboxUser())
+            try await Task.sleep(for: .milliseconds(1_300))
+            let reply = try await client.call("GET", "/v1/user", token: session.token)
+            #expect(reply.status == 403 && reply.error == "Insufficient authorisation.")
+        }
+    }
+
+    @Test func installationsUseDifferentServerKeys() async throws {
+        try await BunqSandbox.test { client in
+            var keys: [String] = []
+            for _ in 0..<2 {
+                let reply = try await client.call("POST", "/v1/installation", ["client_public_key": try client.key.publicKey.pem()])
+                keys.append(try #require(reply.item("ServerPublicKey")?["server_public_key"] as? String))
+            }
+            #expect(keys[0] != keys[1], "a client that verifies with another installation's key must fail")
+            #expect(try await client.admin("GET", "stats")["installations"] as? Int == 2)
+        }
+    }
+}
