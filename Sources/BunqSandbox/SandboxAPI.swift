@@ -109,11 +109,11 @@ extension SandboxStore {
             throw .badRequest("Fields description and secret are required.")
         }
         guard let credential = credentials[secret], !credential.revoked else { throw .credentialsIncorrect }
-        let device = Device(id: nextId("device", base: 200), installationId: installation.id, secret: secret,
-                            description: description)
-        devices.append(device)
+        guard !description.isEmpty else { throw .badRequest("Field description must not be empty.") }
+        // Registering the same secret again adds a device, as bunq does (and the stats show it).
+        deviceBindings.insert(DeviceBinding(installationId: installation.id, secret: secret))
         stats.deviceServers += 1
-        return .response([("Id", .object([("id", .int(device.id))]))])
+        return .response([("Id", .object([("id", .int(nextId("device", base: 200)))]))])
     }
 
     // MARK: POST /v1/session-server
@@ -122,7 +122,7 @@ extension SandboxStore {
         guard let installation = call.installation else { throw .insufficientAuthentication }
         guard let secret = call.body["secret"] as? String else { throw .badRequest("Field secret is required.") }
         guard var credential = credentials[secret], !credential.revoked,
-              devices.contains(where: { $0.installationId == installation.id && $0.secret == secret })
+              deviceBindings.contains(DeviceBinding(installationId: installation.id, secret: secret))
         else { throw .credentialsIncorrect }
 
         let userId: Int

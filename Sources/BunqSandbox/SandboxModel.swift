@@ -54,11 +54,10 @@ struct Installation: Sendable {
     let serverKeyIndex: Int
 }
 
-struct Device: Sendable {
-    let id: Int
+/// A secret registered as a device (`POST /v1/device-server`) on one installation: what session-server requires.
+struct DeviceBinding: Sendable, Hashable {
     let installationId: Int
     let secret: String
-    let description: String
 }
 
 struct Session: Sendable {

@@ -13,7 +13,7 @@ struct SandboxStore: Sendable {
     var credentials: [String: Credential] = [:]
     var installations: [String: Installation] = [:]
     var installationsById: [Int: Installation] = [:]
-    var devices: [Device] = []
+    var deviceBindings: Set<DeviceBinding> = []
     var sessions: [String: Session] = [:]
     var oauthClients: [Int: OAuthClient] = [:]
     var authorizationCodes: [String: AuthorizationCode] = [:]
