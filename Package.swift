@@ -18,6 +18,7 @@ let package = Package(
         .library(name: "CurlHTTP", targets: ["CurlHTTP"]),
         .library(name: "SystemdSupport", targets: ["SystemdSupport"]),
         .library(name: "BunqSandbox", targets: ["BunqSandbox"]),
+        .library(name: "BunqAPI", targets: ["BunqAPI"]),
         .executable(name: "bunq-sandbox", targets: ["bunq-sandbox"]),
     ],
     dependencies: [
@@ -60,6 +61,11 @@ let package = Package(
         ),
 
         .target(
+            name: "BunqAPI",
+            dependencies: ["BunqCrypto", "CurlHTTP"],
+            swiftSettings: strictSettings
+        ),
+        .target(
             name: "BunqSandbox",
             dependencies: [
                 "BunqCrypto",
@@ -95,6 +101,11 @@ let package = Package(
         .testTarget(
             name: "CurlHTTPTests",
             dependencies: ["CurlHTTP", "TestSupport"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "BunqAPITests",
+            dependencies: ["BunqAPI", "BunqSandbox", "BunqCrypto", "CurlHTTP", "TestSupport"],
             swiftSettings: strictSettings
         ),
         .testTarget(

@@ -1,0 +1,74 @@
+import BunqAPI
+import BunqSandbox
+import Foundation
+import Testing
+import TestSupport
+
+@Suite struct LocalChecksTests {
+    @Test func psd2MaterialIsRefusedBeforeAnyCallNamingTheFile() async throws {
+        let good = try makeEIDAS()
+        let other = try makeEIDAS()
+        let noRoles = try makeEIDAS(commonName: "My App")
+        let expiringSoon = try makeEIDAS(days: 10)
+        func refusal(_ certificate: String, _ key: String, now: Date = Date()) -> PSD2MaterialError? {
+            do {
+                _ = try PSD2Material(certificatePEM: certificate, certificatePath: "/etc/bunq-sessiond/eidas-cert.pem",
+                                     privateKeyPEM: key, privateKeyPath: "/etc/bunq-sessiond/eidas-key.pem", now: now)
+                return nil
+            } catch {
+                return error
+            }
+        }
+        let mismatched = try #require(refusal(good.certificate, other.key))
+        #expect(mismatched.file == "/etc/bunq-sessiond/eidas-key.pem" && mismatched.reason.contains("does not belong"))
+        let roles = try #require(refusal(noRoles.certificate, noRoles.key))
+        #expect(roles.file.hasSuffix("eidas-cert.pem") && roles.reason.contains("neither AISP nor PISP"))
+        let expired = try #require(refusal(good.certificate, good.key, now: Date().addingTimeInterval(400 * 86_400)))
+        #expect(expired.reason.contains("expired"))
+        let garbage = try #require(refusal("not a certificate", good.key))
+        #expect(garbage.file.hasSuffix("eidas-cert.pem"))
+        // Expiring within 30 days registers, with a warning.
+        let soon = try PSD2Material(certificatePEM: expiringSoon.certificate, certificatePath: "soon.pem",
+                                    privateKeyPEM: expiringSoon.key, privateKeyPath: "soon-key.pem")
+        #expect(soon.warnings.count == 1 && soon.warnings[0].contains("soon.pem expires in"))
+    }
+
+    @Test func endpointsRefusePlainHTTPBeyondLoopback() throws {
+        #expect(throws: BunqEndpointError.self) {
+            try BunqEndpoints(apiBaseURL: "http://api.bunq.com/v1/", oauthAuthorizeURL: "https://oauth.bunq.com/auth",
+                              oauthTokenURL: "https://api.oauth.bunq.com/v1/token")
+        }
+        do {
+            _ = try BunqEndpoints(apiBaseURL: "https://api.bunq.com/v1/", oauthAuthorizeURL: "https://oauth.bunq.com/auth",
+                                  oauthTokenURL: "http://10.0.0.5/v1/token")
+            Issue.record("plain http to a non-loopback host was accepted")
+        } catch {
+            #expect(error.key == "oauth_token_url" && error.description.contains("http://10.0.0.5"))
+        }
+        for host in ["127.0.0.1:8089", "localhost:1", "[::1]:8089", "127.10.0.3"] {
+            #expect(throws: Never.self) { try BunqEndpoints.emulator("http://\(host)") }
+        }
+        #expect(throws: BunqEndpointError.self) { try BunqEndpoints.emulator("ftp://127.0.0.1") }
+        #expect(BunqEndpoints.preset(.production).apiBaseURL == "https://api.bunq.com/v1/")
+        #expect(BunqEndpoints.preset(.sandbox).oauthTokenURL == "https://api-oauth.sandbox.bunq.com/v1/token")
+    }
+
+    @Test func rateLimiterSpreadsABurstInsteadOfFailingIt() async {
+        let limiter = BunqRateLimiter { method, _ in
+            method == "GET" ? .init(calls: 2, window: .milliseconds(300)) : nil
+        }
+        let start = ContinuousClock.now
+        var offsets: [Duration] = []
+        for _ in 0..<6 { offsets.append(await limiter.reserve(method: "GET", endpoint: "user") - start) }
+        let slots = offsets.map { Int(($0 / .milliseconds(100)).rounded()) }
+        #expect(slots == [0, 0, 3, 3, 6, 6])
+        #expect(await limiter.reserve(method: "POST", endpoint: "user") - ContinuousClock.now < .milliseconds(50))
+
+        let bunq = BunqRateLimiter(mode: .bunq)
+        let first = await bunq.reserve(method: "POST", endpoint: "session-server")
+        let second = await bunq.reserve(method: "POST", endpoint: "session-server")
+        #expect(second - first >= .seconds(30), "session-server: one per 30 s, shared by every identity")
+        #expect(BunqRateLimiter.endpointKey("user/1822179/oauth-client/42") == "user/{id}/oauth-client/{id}")
+        #expect(BunqRateLimiter.endpointKey("session-server") == "session-server")
+    }
+}
