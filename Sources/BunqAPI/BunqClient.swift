@@ -239,7 +239,7 @@ public final class BunqClient: Sendable {
                     try serverKey.verify(base64Signature: signature, for: response.body)
                 } catch {
                     throw BunqAPIError(.responseNotAuthentic, endpoint: endpoint, status: response.status,
-                                       message: "the server signature does not verify (\(error.code.rawValue))",
+                                       message: "the server signature does not verify (\((error as? CryptoError)?.code.rawValue ?? "\(error)"))",
                                        responseId: responseId)
                 }
             } else if success {
@@ -263,9 +263,4 @@ public final class BunqClient: Sendable {
             return (type, JSONObject(object, context: type))
         }, responseId: responseId)
     }
-}
-
-extension Error {
-    /// The crypto error code, for messages.
-    var code: CryptoError.Code { (self as? CryptoError)?.code ?? .internalError }
 }
