@@ -24,6 +24,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
     ],
     targets: [
         // MARK: C libraries of the system (pkg-config + apt providers; shims only where Swift cannot import)
@@ -63,6 +64,14 @@ let package = Package(
         .target(
             name: "BunqAPI",
             dependencies: ["BunqCrypto", "CurlHTTP"],
+            swiftSettings: strictSettings
+        ),
+        .target(
+            name: "SessionKeeper",
+            dependencies: [
+                "BunqAPI",
+                .product(name: "HeapModule", package: "swift-collections"),
+            ],
             swiftSettings: strictSettings
         ),
         .target(
@@ -106,6 +115,11 @@ let package = Package(
         .testTarget(
             name: "BunqAPITests",
             dependencies: ["BunqAPI", "BunqSandbox", "BunqCrypto", "CurlHTTP", "TestSupport"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "SessionKeeperTests",
+            dependencies: ["SessionKeeper"],
             swiftSettings: strictSettings
         ),
         .testTarget(

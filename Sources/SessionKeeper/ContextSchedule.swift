@@ -1,0 +1,74 @@
+import Foundation
+
+/// Where an identity (a context) stands, as the socket protocol reports it.
+public enum ContextState: String, Sendable, Codable, CaseIterable {
+    /// Registering with bunq; no session yet.
+    case bootstrapping
+    /// A session valid beyond the safety margin.
+    case live
+    /// A renewal is in flight; the current session is still valid.
+    case renewing
+    /// The last renewal failed; the current session is still valid; retrying with backoff.
+    case retrying
+    /// No valid session; still retrying.
+    case expired
+    /// bunq rejected the credentials (or a grant was revoked): retrying cannot help, a human must act.
+    case needsAttention = "needs_attention"
+    /// Removed; nothing more happens.
+    case removed
+}
+
+/// A session as the keeper holds it. The token is secret.
+public struct SessionInfo: Sendable, Equatable {
+    public let token: String
+    public let userId: Int
+    public let created: Date
+    public let expiresAt: Date
+
+    public init(token: String, userId: Int, created: Date, expiresAt: Date) {
+        self.token = token
+        self.userId = userId
+        self.created = created
+        self.expiresAt = expiresAt
+    }
+}
+
+/// An identity's schedule, for `context.status`: what the keeper will do next and why.
+public struct ContextSchedule: Sendable, Equatable {
+    public var state: ContextState
+    public var userId: Int?
+    public var expiresAt: Date?
+    public var renewAt: Date?
+    public var lastRenewedAt: Date?
+    public var consecutiveFailures: Int
+    public var nextRetryAt: Date?
+    public var lastError: String?
+    /// Increases with every new session: clients can tell a rotated token.
+    public var generation: Int
+}
+
+/// A failed renewal, as the keeper needs to see it.
+public struct RenewalError: Error, Sendable, Equatable {
+    public enum Kind: String, Sendable, Equatable {
+        /// Network, timeout, 5xx, 429: back off and retry.
+        case retryable
+        /// Credentials rejected or revoked: stop, `needs_attention`, until a reload or an explicit request.
+        case needsAttention = "needs_attention"
+    }
+
+    public let kind: Kind
+    /// Human-readable, secret-free.
+    public let message: String
+
+    public init(_ kind: Kind, _ message: String) {
+        self.kind = kind
+        self.message = message
+    }
+}
+
+/// The answer to "give me the token of this context": the token only when it is valid beyond the safety margin.
+public enum LeaseResult: Sendable, Equatable {
+    case granted(token: String, userId: Int, expiresAt: Date, renewAt: Date?, generation: Int)
+    /// No usable token now: the state, and when to ask again (nil: not by waiting, a human must act).
+    case unavailable(state: ContextState, retryAt: Date?, reason: String?)
+}

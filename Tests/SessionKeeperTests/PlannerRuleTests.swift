@@ -1,0 +1,106 @@
+import Foundation
+import SessionKeeper
+import Testing
+
+@Suite struct PlannerRuleTests {
+    let t0 = Date(timeIntervalSince1970: 1_700_000_000)
+
+    func session(_ created: Date, lifetime: TimeInterval = 600, token: String = "tok") -> SessionInfo {
+        SessionInfo(token: token, userId: 9, created: created, expiresAt: created.addingTimeInterval(lifetime))
+    }
+
+    @Test func bootstrappingIsDueAtOnceAndHealthySessionsAtTheirRenewalTime() {
+        var planner = RenewalPlanner(policy: RenewalPolicy(), random: SeededRandom(seed: 1))
+        planner.add("new", session: nil, now: t0)
+        planner.add("healthy", session: session(t0), now: t0)
+        #expect(planner.takeDue(now: t0, limit: 10) == ["new"])
+        #expect(planner.lease("new", now: t0) == .unavailable(state: .bootstrapping, retryAt: t0.addingTimeInterval(1), reason: nil))
+        let renewAt = try! #require(planner.schedule("healthy", now: t0)?.renewAt)
+        #expect(renewAt >= t0.addingTimeInterval(390) && renewAt <= t0.addingTimeInterval(510))
+        #expect(planner.takeDue(now: renewAt.addingTimeInterval(-1), limit: 10).isEmpty)
+        #expect(planner.takeDue(now: renewAt, limit: 10) == ["healthy"])
+        #expect(planner.schedule("healthy", now: renewAt)?.state == .renewing)
+    }
+
+    @Test func theTokenRuleNeverHandsOutATokenInsideTheMargin() {
+        var planner = RenewalPlanner(policy: RenewalPolicy(safetyMargin: 60), random: SeededRandom(seed: 2))
+        planner.add("a", session: session(t0, lifetime: 3_600), now: t0)
+        #expect(planner.lease("a", now: t0.addingTimeInterval(3_539)) != nil)
+        if case .granted = planner.lease("a", now: t0.addingTimeInterval(3_539)) {} else { Issue.record("should be granted") }
+        guard case .unavailable(.expired, _, _)? = planner.lease("a", now: t0.addingTimeInterval(3_540)) else {
+            Issue.record("a token with 60 s left must not be handed out")
+            return
+        }
+        // Short sessions get a margin of a tenth of their lifetime.
+        planner.add("short", session: session(t0, lifetime: 20), now: t0)
+        if case .granted = planner.lease("short", now: t0.addingTimeInterval(17.9)) {} else { Issue.record("17.9 s of 20 is usable") }
+        if case .granted = planner.lease("short", now: t0.addingTimeInterval(18.0)) { Issue.record("inside a 2 s margin") }
+    }
+
+    @Test func failuresBackOffExponentiallyWithJitterAndNeverZero() {
+        var planner = RenewalPlanner(policy: RenewalPolicy(), random: SeededRandom(seed: 3))
+        planner.add("a", session: nil, now: t0)
+        var now = t0
+        var delays: [TimeInterval] = []
+        for _ in 0..<12 {
+            guard planner.takeDue(now: now, limit: 1) == ["a"] else { Issue.record("not due at \(now)"); return }
+            planner.failed("a", error: RenewalError(.retryable, "HTTP 503"), now: now)
+            let retry = planner.schedule("a", now: now)!.nextRetryAt!
+            delays.append(retry.timeIntervalSince(now))
+            now = retry
+        }
+        #expect(delays[0] >= 0.5 && delays[0] <= 1)
+        #expect(delays[3] >= 4 && delays[3] <= 8)
+        #expect(delays.allSatisfy { $0 >= 0.5 && $0 <= 300 })
+        #expect(delays.last! >= 150, "capped at 5 minutes, jittered in the upper half")
+        #expect(planner.schedule("a", now: now)?.consecutiveFailures == 12)
+        #expect(planner.schedule("a", now: now)?.lastError == "HTTP 503")
+    }
+
+    @Test func rejectedCredentialsStopUntilExplicitlyRetried() {
+        var planner = RenewalPlanner(policy: RenewalPolicy(), random: SeededRandom(seed: 4))
+        planner.add("a", session: session(t0), now: t0)
+        let due = planner.schedule("a", now: t0)!.renewAt!
+        _ = planner.takeDue(now: due, limit: 1)
+        let entered = planner.failed("a", error: RenewalError(.needsAttention, "User credentials are incorrect."), now: due)
+        #expect(entered, "entering needs_attention is reported, to log it once")
+        #expect(planner.schedule("a", now: due)?.state == .needsAttention)
+        #expect(planner.nextDeadline() == nil, "nothing is retried on its own")
+        #expect(planner.lease("a", now: due) == .unavailable(state: .needsAttention, retryAt: nil, reason: "User credentials are incorrect."))
+        // Nothing retries on its own, so it is reported once; an explicit retry that is rejected again is a new
+        // event, reported once more.
+        #expect(planner.takeDue(now: due.addingTimeInterval(86_400), limit: 1).isEmpty)
+        planner.requestRenewal("a", now: due)
+        _ = planner.takeDue(now: due, limit: 1)
+        let enteredAgain = planner.failed("a", error: RenewalError(.needsAttention, "again"), now: due)
+        #expect(enteredAgain)
+        planner.requestRenewal("a", now: due)
+        #expect(planner.takeDue(now: due, limit: 1) == ["a"])
+        planner.succeeded("a", session: session(due, token: "new"), now: due)
+        #expect(planner.schedule("a", now: due)?.state == .live)
+        #expect(planner.schedule("a", now: due)?.generation == 1)
+    }
+
+    @Test func sessionInvalidTriggersOneImmediateRenewalNotALoop() {
+        var planner = RenewalPlanner(policy: RenewalPolicy(), random: SeededRandom(seed: 5))
+        planner.add("a", session: session(t0), now: t0)
+        let now = t0.addingTimeInterval(10)
+        planner.sessionInvalid("a", now: now)
+        #expect(planner.takeDue(now: now, limit: 5) == ["a"])
+        planner.failed("a", error: RenewalError(.retryable, "timeout"), now: now)
+        planner.sessionInvalid("a", now: now)  // reported again before any success: no immediate renewal
+        #expect(planner.takeDue(now: now, limit: 5).isEmpty)
+        #expect(planner.schedule("a", now: now)?.state == .expired, "the invalid session is no longer handed out")
+    }
+
+    @Test func inFlightIsOnePerContextAndRemovalForgets() {
+        var planner = RenewalPlanner(policy: RenewalPolicy(), random: SeededRandom(seed: 6))
+        planner.add("a", session: nil, now: t0)
+        #expect(planner.takeDue(now: t0, limit: 5) == ["a"])
+        planner.requestRenewal("a", now: t0)
+        #expect(planner.takeDue(now: t0, limit: 5).isEmpty, "one renewal in flight per context")
+        #expect(planner.inFlightCount == 1)
+        planner.remove("a")
+        #expect(planner.inFlightCount == 0 && planner.schedule("a", now: t0) == nil && planner.nextDeadline() == nil)
+    }
+}
