@@ -1,0 +1,92 @@
+import Foundation
+import SessionKeeper
+import Synchronization
+import Testing
+
+/// A renewer standing in for bunq: sessions of a fixed lifetime, a failure rate, and a list of rejected contexts.
+final class FakeRenewer: SessionRenewer {
+    let lifetime: TimeInterval
+    let failureRate: Double
+    let calls = Mutex<[String: Int]>([:])
+    let rejected = Mutex<Set<String>>([])
+
+    init(lifetime: TimeInterval, failureRate: Double = 0) {
+        self.lifetime = lifetime
+        self.failureRate = failureRate
+    }
+
+    func renew(_ context: String) async -> Result<SessionInfo, RenewalError> {
+        let count = calls.withLock { $0[context, default: 0] += 1; return $0[context]! }
+        try? await Task.sleep(for: .milliseconds(Int.random(in: 5...40)))
+        if rejected.withLock({ $0.contains(context) }) {
+            return .failure(RenewalError(.needsAttention, "User credentials are incorrect."))
+        }
+        if Double.random(in: 0..<1) < failureRate { return .failure(RenewalError(.retryable, "HTTP 500")) }
+        let now = Date()
+        return .success(SessionInfo(token: "\(context)-\(count)", userId: 1, created: now,
+                                    expiresAt: now.addingTimeInterval(lifetime)))
+    }
+}
+
+@Suite struct SchedulerTests {
+    @Test func contextsStayLiveThroughRenewalsAndFailures() async throws {
+        let renewer = FakeRenewer(lifetime: 1.5, failureRate: 0.3)
+        let scheduler = SessionScheduler(policy: RenewalPolicy(backoffBase: 0.05, backoffMax: 0.2), renewer: renewer)
+        let names = (0..<20).map { "ctx-\($0)" }
+        for name in names { await scheduler.add(name, session: nil) }
+        let loop = Task { await scheduler.run() }
+        var grantedTooLate = 0
+        let deadline = ContinuousClock.now + .seconds(4.5)
+        while ContinuousClock.now < deadline {
+            for name in names {
+                if case .granted(_, _, let expiresAt, _, _)? = await scheduler.lease(name),
+                   expiresAt.timeIntervalSinceNow < 0.15 { grantedTooLate += 1 }
+            }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        loop.cancel()
+        await loop.value
+        #expect(grantedTooLate == 0)
+        let calls = renewer.calls.withLock { $0 }
+        #expect(names.allSatisfy { (calls[$0] ?? 0) >= 3 }, "every context renewed several times: \(calls)")
+        for name in names {
+            let schedule = try #require(await scheduler.schedule(name))
+            #expect(schedule.generation >= 2)
+        }
+    }
+
+    @Test func renewNowWaitsForTheNewSessionAndRejectionsNeedAttention() async throws {
+        let renewer = FakeRenewer(lifetime: 600)
+        let scheduler = SessionScheduler(policy: RenewalPolicy(), renewer: renewer)
+        let loop = Task { await scheduler.run() }
+        await scheduler.add("a", session: nil)
+        await scheduler.add("b", session: nil)
+        var events = scheduler.events.makeAsyncIterator()
+        var rotated: Set<String> = []
+        while rotated.count < 2, let event = await events.next() {
+            if case .rotated(let context, 1, _) = event { rotated.insert(context) }
+        }
+        guard case .granted(let token, _, _, _, 1)? = await scheduler.lease("a") else {
+            Issue.record("a is not live")
+            return
+        }
+        let renewed = try #require(await scheduler.renewNow("a"))
+        #expect(try renewed.get().token != token)
+        guard case .granted(_, _, _, _, 2)? = await scheduler.lease("a") else {
+            Issue.record("renewNow returned before the new session was live")
+            return
+        }
+
+        renewer.rejected.withLock { _ = $0.insert("b") }
+        let rejected = try #require(await scheduler.renewNow("b"))
+        #expect(throws: RenewalError.self) { try rejected.get() }
+        #expect(await scheduler.lease("b") == .unavailable(state: .needsAttention, retryAt: nil,
+                                                          reason: "User credentials are incorrect."))
+        let callsBefore = renewer.calls.withLock { $0["b"] ?? 0 }
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(renewer.calls.withLock { $0["b"] ?? 0 } == callsBefore, "needs_attention is not retried on its own")
+        #expect(await scheduler.renewNow("missing") == nil)
+        loop.cancel()
+        await loop.value
+    }
+}
