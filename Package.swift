@@ -25,6 +25,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
+        .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
     ],
     targets: [
         // MARK: C libraries of the system (pkg-config + apt providers; shims only where Swift cannot import)
@@ -70,7 +71,9 @@ let package = Package(
             name: "SessionKeeper",
             dependencies: [
                 "BunqAPI",
+                "BunqCrypto",
                 .product(name: "HeapModule", package: "swift-collections"),
+                .product(name: "GRDB", package: "GRDB.swift"),
             ],
             swiftSettings: strictSettings
         ),
@@ -119,7 +122,7 @@ let package = Package(
         ),
         .testTarget(
             name: "SessionKeeperTests",
-            dependencies: ["SessionKeeper"],
+            dependencies: ["SessionKeeper", "BunqAPI", "BunqCrypto", "TestSupport"],
             swiftSettings: strictSettings
         ),
         .testTarget(

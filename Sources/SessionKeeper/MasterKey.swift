@@ -1,0 +1,72 @@
+import BunqCrypto
+import Foundation
+
+/// The key that seals every secret at rest.
+public enum MasterKey {
+    /// The key from the systemd credential `master-key` (32 raw bytes or 64 hex characters) when
+    /// `$CREDENTIALS_DIRECTORY` has one; else `master.key` in the state directory, generated (0600) on first use.
+    public static func load(credentialsDirectory: String?, stateDirectory: String) throws -> SymmetricKey {
+        if let credentialsDirectory {
+            let path = credentialsDirectory + "/master-key"
+            if FileManager.default.fileExists(atPath: path) {
+                return try parse(try read(path), source: path)
+            }
+        }
+        let path = stateDirectory + "/master.key"
+        if FileManager.default.fileExists(atPath: path) {
+            try requirePrivate(path)
+            return try parse(try read(path), source: path)
+        }
+        let key = try SymmetricKey.generate()
+        // O_EXCL: never overwrite a key another process just wrote; 0600 from the first byte.
+        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        guard fd >= 0 else {
+            throw StoreError(.masterKey, "cannot create the master key file \(path): \(String(cString: strerror(errno)))")
+        }
+        let bytes = key.rawBytes
+        let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        let synced = fsync(fd) == 0
+        close(fd)
+        guard written == bytes.count, synced else {
+            unlink(path)
+            throw StoreError(.masterKey, "cannot write the master key file \(path)")
+        }
+        return key
+    }
+
+    private static func read(_ path: String) throws -> [UInt8] {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw StoreError(.masterKey, "cannot read the master key \(path)")
+        }
+        return Array(data)
+    }
+
+    private static func parse(_ bytes: [UInt8], source: String) throws -> SymmetricKey {
+        if bytes.count == SymmetricKey.byteCount { return try SymmetricKey(bytes: bytes) }
+        let text = String(decoding: bytes, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        if text.count == 64, let decoded = hexBytes(text) { return try SymmetricKey(bytes: decoded) }
+        throw StoreError(.masterKey, "the master key \(source) must be 32 bytes or 64 hex characters (it has \(bytes.count) bytes)")
+    }
+
+    private static func hexBytes(_ text: String) -> [UInt8]? {
+        var bytes: [UInt8] = []
+        var index = text.startIndex
+        while index < text.endIndex {
+            let next = text.index(index, offsetBy: 2)
+            guard let byte = UInt8(text[index..<next], radix: 16) else { return nil }
+            bytes.append(byte)
+            index = next
+        }
+        return bytes
+    }
+
+    /// Refuses a key file others can read.
+    static func requirePrivate(_ path: String) throws {
+        var info = stat()
+        guard stat(path, &info) == 0 else { throw StoreError(.permissions, "cannot stat \(path)") }
+        guard info.st_mode & 0o077 == 0 else {
+            throw StoreError(.permissions, "\(path) is readable by others (mode \(String(info.st_mode & 0o777, radix: 8))); "
+                + "chmod 600 it")
+        }
+    }
+}

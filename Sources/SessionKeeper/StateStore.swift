@@ -1,0 +1,223 @@
+import BunqAPI
+import BunqCrypto
+import Foundation
+import GRDB
+
+/// A context as stored: its registration with bunq and its current session.
+public struct StoredContext: Sendable, Equatable {
+    public enum Kind: String, Sendable, Codable {
+        case provider
+        case apiKey = "api_key"
+        case oauthUser = "oauth_user"
+    }
+
+    public let name: String
+    public let kind: Kind
+    public var registration: IdentityRegistration
+    public var session: StoredSession?
+    public var generation: Int
+
+    public init(name: String, kind: Kind, registration: IdentityRegistration, session: StoredSession? = nil,
+                generation: Int = 0) {
+        self.name = name
+        self.kind = kind
+        self.registration = registration
+        self.session = session
+        self.generation = generation
+    }
+}
+
+/// A session as stored (its token is sealed at rest).
+public struct StoredSession: Sendable, Equatable {
+    public let id: Int
+    public let token: String
+    public let userId: Int
+    public let created: Date
+    public let expiresAt: Date
+
+    public init(id: Int, token: String, userId: Int, created: Date, expiresAt: Date) {
+        self.id = id
+        self.token = token
+        self.userId = userId
+        self.created = created
+        self.expiresAt = expiresAt
+    }
+
+    public var info: SessionInfo {
+        SessionInfo(token: token, userId: userId, created: created, expiresAt: expiresAt)
+    }
+}
+
+/// The daemon's durable state: SQLite (WAL) through GRDB in the state directory, every secret sealed with
+/// AES-256-GCM under the master key, bound to its row and column by the associated data. Every write is a
+/// transaction, committed before the value it records is used.
+public final class StateStore: Sendable {
+    public static let fileName = "bunq-sessiond.sqlite"
+    private let pool: DatabasePool
+    private let key: SymmetricKey
+    public let path: String
+
+    /// Opens (creating when needed) the store in `directory` (created 0700) with files 0600, and migrates it.
+    public init(directory: String, masterKey: SymmetricKey) throws {
+        try Self.prepareDirectory(directory)
+        path = directory + "/" + Self.fileName
+        key = masterKey
+        do {
+            var configuration = Configuration()
+            configuration.busyMode = .timeout(10)
+            pool = try DatabasePool(path: path, configuration: configuration)
+            try Self.migrator.migrate(pool)
+        } catch {
+            throw StoreError(.database, "cannot open the state database \(path)", cause: error)
+        }
+        for suffix in ["", "-wal", "-shm"] where FileManager.default.fileExists(atPath: path + suffix) {
+            chmod(path + suffix, 0o600)
+        }
+    }
+
+    static func prepareDirectory(_ directory: String) throws {
+        var isDirectory: ObjCBool = false
+        if !FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory) {
+            do {
+                try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true,
+                                                        attributes: [.posixPermissions: 0o700])
+            } catch {
+                throw StoreError(.permissions, "cannot create the state directory \(directory)", cause: error)
+            }
+        } else if !isDirectory.boolValue {
+            throw StoreError(.permissions, "the state directory \(directory) is not a directory")
+        }
+    }
+
+    static var migrator: DatabaseMigrator {
+        var migrator = DatabaseMigrator()
+        migrator.registerMigration("v1") { db in
+            try db.create(table: "context") { table in
+                table.primaryKey("name", .text)
+                table.column("kind", .text).notNull()
+                table.column("registration", .blob).notNull()
+                table.column("generation", .integer).notNull().defaults(to: 0)
+                table.column("created_at", .double).notNull()
+                table.column("updated_at", .double).notNull()
+            }
+            try db.create(table: "session") { table in
+                table.primaryKey("context", .text).references("context", onDelete: .cascade)
+                table.column("session_id", .integer).notNull()
+                table.column("token", .blob).notNull()
+                table.column("user_id", .integer).notNull()
+                table.column("created", .double).notNull()
+                table.column("expires_at", .double).notNull()
+            }
+        }
+        return migrator
+    }
+
+    /// The schema migrations applied, in order.
+    public func appliedMigrations() throws -> [String] {
+        try pool.read { try Self.migrator.appliedMigrations($0) }
+    }
+
+    // MARK: Reads
+
+    public func contexts() throws -> [StoredContext] {
+        try wrap("read the contexts") {
+            try pool.read { db in
+                try Row.fetchAll(db, sql: """
+                    SELECT c.name, c.kind, c.registration, c.generation, s.session_id, s.token, s.user_id, s.created, s.expires_at
+                    FROM context c LEFT JOIN session s ON s.context = c.name ORDER BY c.name
+                    """).map(decodeContext)
+            }
+        }
+    }
+
+    public func context(_ name: String) throws -> StoredContext? {
+        try contexts().first { $0.name == name }
+    }
+
+    private func decodeContext(_ row: Row) throws -> StoredContext {
+        let name: String = row["name"]
+        guard let kind = StoredContext.Kind(rawValue: row["kind"]) else {
+            throw StoreError(.corrupt, "context \(name) has an unknown kind")
+        }
+        let registrationJSON = try open(row["registration"], name, "registration")
+        let registration = try JSONDecoder().decode(IdentityRegistration.self, from: Data(registrationJSON))
+        var session: StoredSession?
+        if let sessionId: Int = row["session_id"] {
+            let token = String(decoding: try open(row["token"], name, "session"), as: UTF8.self)
+            session = StoredSession(id: sessionId, token: token, userId: row["user_id"],
+                                    created: Date(timeIntervalSince1970: row["created"]),
+                                    expiresAt: Date(timeIntervalSince1970: row["expires_at"]))
+        }
+        return StoredContext(name: name, kind: kind, registration: registration, session: session,
+                             generation: row["generation"])
+    }
+
+    // MARK: Writes (each a transaction, durable before the caller goes on)
+
+    /// Stores a context's registration, creating the context when new.
+    public func saveRegistration(_ name: String, kind: StoredContext.Kind, _ registration: IdentityRegistration) throws {
+        let sealed = try seal(JSONEncoder().encode(registration), name, "registration")
+        try wrap("save the registration of \(name)") {
+            try pool.write { db in
+                let now = Date().timeIntervalSince1970
+                try db.execute(sql: """
+                    INSERT INTO context (name, kind, registration, created_at, updated_at) VALUES (?, ?, ?, ?, ?)
+                    ON CONFLICT(name) DO UPDATE SET registration = excluded.registration, updated_at = excluded.updated_at
+                    """, arguments: [name, kind.rawValue, sealed, now, now])
+            }
+        }
+    }
+
+    /// Stores a new session together with the registration that opened it and the new generation.
+    public func saveSession(_ name: String, _ session: StoredSession, generation: Int,
+                            registration: IdentityRegistration) throws {
+        let sealedToken = try seal(Data(session.token.utf8), name, "session")
+        let sealedRegistration = try seal(JSONEncoder().encode(registration), name, "registration")
+        try wrap("save the session of \(name)") {
+            try pool.write { db in
+                try db.execute(sql: "UPDATE context SET registration = ?, generation = ?, updated_at = ? WHERE name = ?",
+                               arguments: [sealedRegistration, generation, Date().timeIntervalSince1970, name])
+                guard db.changesCount == 1 else { throw StoreError(.corrupt, "context \(name) does not exist") }
+                try db.execute(sql: """
+                    INSERT OR REPLACE INTO session (context, session_id, token, user_id, created, expires_at)
+                    VALUES (?, ?, ?, ?, ?, ?)
+                    """, arguments: [name, session.id, sealedToken, session.userId, session.created.timeIntervalSince1970,
+                                     session.expiresAt.timeIntervalSince1970])
+            }
+        }
+    }
+
+    /// Forgets a context and its secrets.
+    public func removeContext(_ name: String) throws {
+        try wrap("remove \(name)") {
+            try pool.write { db in
+                try db.execute(sql: "DELETE FROM session WHERE context = ?", arguments: [name])
+                try db.execute(sql: "DELETE FROM context WHERE name = ?", arguments: [name])
+            }
+        }
+    }
+
+    // MARK: Sealing
+
+    private func seal(_ plaintext: Data, _ name: String, _ column: String) throws -> Data {
+        Data(try AESGCM.seal(plaintext, using: key, authenticating: Array("\(name)/\(column)".utf8)))
+    }
+
+    private func open(_ sealed: Data, _ name: String, _ column: String) throws -> [UInt8] {
+        do {
+            return try AESGCM.open(sealed, using: key, authenticating: Array("\(name)/\(column)".utf8))
+        } catch {
+            throw StoreError(.corrupt, "the \(column) of context \(name) cannot be decrypted (wrong master key?)", cause: error)
+        }
+    }
+
+    private func wrap<T>(_ what: String, _ body: () throws -> T) throws -> T {
+        do {
+            return try body()
+        } catch let error as StoreError {
+            throw error
+        } catch {
+            throw StoreError(.database, "cannot \(what) in \(path)", cause: error)
+        }
+    }
+}

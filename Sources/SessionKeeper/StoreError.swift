@@ -1,0 +1,24 @@
+/// A failure of the state store or its master key, naming the file and what went wrong.
+public struct StoreError: Error, Sendable, CustomStringConvertible {
+    public enum Code: String, Sendable {
+        case masterKey = "master_key"
+        case permissions
+        case database
+        case corrupt
+    }
+
+    public let code: Code
+    public let message: String
+    /// The underlying error's description (never secret material).
+    public let cause: String?
+
+    public init(_ code: Code, _ message: String, cause: (any Error)? = nil) {
+        self.code = code
+        self.message = message
+        self.cause = cause.map { "\($0)" }
+    }
+
+    public var description: String {
+        cause.map { "\(message): \($0)" } ?? message
+    }
+}
