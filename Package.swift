@@ -20,12 +20,16 @@ let package = Package(
         .library(name: "BunqSandbox", targets: ["BunqSandbox"]),
         .library(name: "BunqAPI", targets: ["BunqAPI"]),
         .executable(name: "bunq-sandbox", targets: ["bunq-sandbox"]),
+        .executable(name: "bunq-sessiond", targets: ["bunq-sessiond"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
     ],
     targets: [
         // MARK: C libraries of the system (pkg-config + apt providers; shims only where Swift cannot import)
@@ -74,6 +78,9 @@ let package = Package(
                 "BunqCrypto",
                 .product(name: "HeapModule", package: "swift-collections"),
                 .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Yams", package: "Yams"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: strictSettings
         ),
@@ -94,6 +101,19 @@ let package = Package(
             dependencies: [
                 "BunqSandbox",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: strictSettings
+        ),
+
+        .executableTarget(
+            name: "bunq-sessiond",
+            dependencies: [
+                "SessionKeeper",
+                "BunqAPI",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ],
             swiftSettings: strictSettings
         ),

@@ -78,10 +78,13 @@ extension BunqClient {
     /// Performs `registration.nextStep` and records its durable result in `registration`. Returns the new session
     /// when the step opened one (`session`, or `confirmDevice` when the device was bound).
     ///
-    /// Persist `registration` after every call, including failed ones (`deviceRegistrationStarted` is set before
-    /// the device-server call goes out). `psd2` is required for a PSD2 provider's `psd2Credential` step.
+    /// Persist `registration` after every call, including failed ones. `persist` is also called inside the
+    /// device-server step, with `deviceRegistrationStarted` set, before the request goes out: a crash during
+    /// that call then resumes with `confirmDevice`, never a second device. `psd2` is required for a PSD2
+    /// provider's `psd2Credential` step.
     public func advance(_ registration: inout IdentityRegistration, deviceDescription: String,
-                        psd2: PSD2Material? = nil) async throws -> BunqSession? {
+                        psd2: PSD2Material? = nil,
+                        persist: (IdentityRegistration) async throws -> Void = { _ in }) async throws -> BunqSession? {
         switch registration.nextStep {
         case .generateKey:
             registration.installationKeyPEM = try await RSAPrivateKey.generate().pkcs8PEM()
@@ -103,9 +106,8 @@ extension BunqClient {
                 certificateKey: psd2.privateKey)
             return nil
         case .deviceServer:
-            // The caller persisted `deviceRegistrationStarted` = false; mark before the call so a crash during it
-            // leads to `confirmDevice`, never a second device.
             registration.deviceRegistrationStarted = true
+            try await persist(registration)
             registration.deviceId = try await registerDevice(try registration.installationContext(),
                                                              description: deviceDescription,
                                                              secret: registration.secret ?? "")
@@ -135,7 +137,8 @@ extension BunqClient {
                           persist: (IdentityRegistration) async throws -> Void) async throws -> BunqSession {
         while true {
             do {
-                let session = try await advance(&registration, deviceDescription: deviceDescription, psd2: psd2)
+                let session = try await advance(&registration, deviceDescription: deviceDescription, psd2: psd2,
+                                                persist: persist)
                 try await persist(registration)
                 if let session { return session }
             } catch {

@@ -12,6 +12,7 @@ public enum MasterKey {
                 return try parse(try read(path), source: path)
             }
         }
+        try StateStore.prepareDirectory(stateDirectory)
         let path = stateDirectory + "/master.key"
         if FileManager.default.fileExists(atPath: path) {
             try requirePrivate(path)

@@ -10,8 +10,10 @@ public protocol SessionRenewer: Sendable {
 public enum SchedulerEvent: Sendable, Equatable {
     /// A new session is live for the context.
     case rotated(context: String, generation: Int, expiresAt: Date)
-    /// A renewal failed; `needsAttention` when it just entered that state.
-    case failed(context: String, error: RenewalError, consecutiveFailures: Int, nextRetryAt: Date?)
+    /// A renewal failed. `enteredNeedsAttention` is true only on the failure that put the context in
+    /// `needs_attention` (log that once, at error level).
+    case failed(context: String, error: RenewalError, consecutiveFailures: Int, nextRetryAt: Date?,
+                enteredNeedsAttention: Bool)
 }
 
 /// The renewal loop: one task sleeping until the earliest deadline of all contexts (or until woken), starting
@@ -84,11 +86,11 @@ public actor SessionScheduler {
             let generation = planner.succeeded(name, session: session, now: at)
             eventContinuation.yield(.rotated(context: name, generation: generation, expiresAt: session.expiresAt))
         case .failure(let error):
-            planner.failed(name, error: error, now: at)
+            let entered = planner.failed(name, error: error, now: at)
             let schedule = planner.schedule(name, now: at)
             eventContinuation.yield(.failed(context: name, error: error,
                                             consecutiveFailures: schedule?.consecutiveFailures ?? 0,
-                                            nextRetryAt: schedule?.nextRetryAt))
+                                            nextRetryAt: schedule?.nextRetryAt, enteredNeedsAttention: entered))
         }
         for waiter in waiters.removeValue(forKey: name) ?? [] { waiter.resume(returning: result) }
         wake.signal()

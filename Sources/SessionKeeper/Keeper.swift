@@ -1,0 +1,110 @@
+import BunqAPI
+import Foundation
+import Logging
+import ServiceLifecycle
+
+/// The session keeper: restores every identity from the state store, reconciles them with the configuration,
+/// and keeps their sessions alive with one scheduler. Its API (lease, schedule, renew) is what the socket server
+/// will expose.
+public final class Keeper: Service, Sendable {
+    public let configuration: KeeperConfiguration
+    public let scheduler: SessionScheduler
+    let store: StateStore
+    let client: BunqClient
+    let cache: ContextCache
+    let logger: Logger
+
+    /// Opens the store and the bunq client. `psd2` is the provider's checked material, when one is configured.
+    public init(configuration: KeeperConfiguration, psd2: PSD2Material?, logger: Logger) throws {
+        self.configuration = configuration
+        self.logger = logger
+        let key = try MasterKey.load(credentialsDirectory: configuration.credentialsDirectory,
+                                     stateDirectory: configuration.stateDirectory)
+        store = try StateStore(directory: configuration.stateDirectory, masterKey: key)
+        let limiter = BunqRateLimiter(mode: configuration.rateLimits)
+        client = try BunqClient(endpoints: configuration.endpoints, rateLimiter: limiter,
+                                psd2FirstSessionTimeout: configuration.psd2FirstSessionTimeout)
+        cache = ContextCache()
+        let renewer = BunqRenewer(client: client, store: store, cache: cache, psd2: psd2,
+                                  deviceDescription: configuration.deviceDescription, logger: logger)
+        // Renewals take their session-server slot in deadline order, before they start.
+        scheduler = SessionScheduler(policy: configuration.policy, renewer: renewer,
+                                     maxConcurrent: configuration.maxConcurrentRenewals,
+                                     admission: { await limiter.reserve(method: "POST", endpoint: "session-server") })
+    }
+
+    /// Restores stored contexts and adds the configured ones; returns the names now scheduled.
+    @discardableResult
+    public func restore() async throws -> [String] {
+        let stored = Dictionary(uniqueKeysWithValues: try store.contexts().map { ($0.name, $0) })
+        var wanted: [StoredContext] = []
+        if configuration.provider != nil {
+            wanted.append(stored["provider"]
+                ?? StoredContext(name: "provider", kind: .provider, registration: IdentityRegistration(kind: .psd2Provider)))
+        }
+        for identity in configuration.apiKeys {
+            if let existing = stored[identity.name], existing.kind == .apiKey, existing.registration.secret == identity.key {
+                wanted.append(existing)
+            } else {
+                if stored[identity.name] != nil {
+                    logger.notice("API key changed: registering the identity anew",
+                                  metadata: ["bunq.context": "\(identity.name)"])
+                    try store.removeContext(identity.name)
+                }
+                wanted.append(StoredContext(name: identity.name, kind: .apiKey,
+                                            registration: IdentityRegistration(kind: .apiKey, secret: identity.key)))
+            }
+        }
+        // OAuth-connected users are not in the configuration: they live in the store.
+        wanted += stored.values.filter { $0.kind == .oauthUser }
+        for context in wanted {
+            if stored[context.name] == nil { try store.saveRegistration(context.name, kind: context.kind, context.registration) }
+            await cache.set(context)
+            await scheduler.add(context.name, session: context.session?.info, generation: context.generation)
+            logger.info(context.session == nil ? "identity added" : "identity restored", metadata: [
+                "bunq.context": "\(context.name)",
+                "bunq.next_step": "\(context.registration.nextStep.rawValue)",
+                "bunq.expires_at": "\(context.session.map { ISO8601DateFormatter().string(from: $0.expiresAt) } ?? "-")",
+            ])
+        }
+        return wanted.map(\.name)
+    }
+
+    /// Runs the renewal loop and logs its events until shutdown.
+    public func run() async throws {
+        try await restore()
+        await withDiscardingTaskGroup { group in
+            group.addTask { [scheduler] in await cancelWhenGracefulShutdown { await scheduler.run() } }
+            group.addTask { [self] in await logEvents() }
+        }
+        await client.shutdown()
+        logger.info("stopped")
+    }
+
+    private func logEvents() async {
+        for await event in scheduler.events {
+            switch event {
+            case .rotated(let context, let generation, let expiresAt):
+                logger.info("session renewed", metadata: [
+                    "bunq.context": "\(context)", "bunq.generation": "\(generation)",
+                    "bunq.expires_at": "\(ISO8601DateFormatter().string(from: expiresAt))",
+                ])
+            case .failed(let context, let error, let failures, let retryAt, let entered):
+                var metadata: Logger.Metadata = ["bunq.context": "\(context)", "bunq.error": "\(error.message)",
+                                                 "bunq.failures": "\(failures)"]
+                if let retryAt { metadata["bunq.retry_at"] = "\(ISO8601DateFormatter().string(from: retryAt))" }
+                if error.kind == .needsAttention {
+                    if entered { logger.error("needs attention: bunq rejected the credentials", metadata: metadata) }
+                } else {
+                    logger.warning("renewal failed", metadata: metadata)
+                }
+            }
+        }
+    }
+
+    // MARK: The core's API
+
+    public func lease(_ context: String) async -> LeaseResult? { await scheduler.lease(context) }
+    public func schedule(_ context: String) async -> ContextSchedule? { await scheduler.schedule(context) }
+    public func contextNames() async -> [String] { await scheduler.contextNames }
+}

@@ -1,0 +1,291 @@
+import BunqAPI
+import Foundation
+import Yams
+
+/// A configuration problem: the file, the key and the reason. The daemon exits 78 (EX_CONFIG) with it.
+public struct ConfigurationError: Error, Sendable, CustomStringConvertible {
+    public let file: String
+    public let key: String
+    public let reason: String
+
+    public init(file: String, key: String, reason: String) {
+        self.file = file
+        self.key = key
+        self.reason = reason
+    }
+
+    public var description: String { "\(file): \(key): \(reason)" }
+}
+
+/// The daemon's configuration (`/etc/bunq-sessiond/bunq-sessiond.yaml`), validated: every key documented in
+/// `config/bunq-sessiond.yaml`. Every scalar key can be overridden by `BUNQ_SESSIOND_` + its path in upper snake
+/// case; secrets can come from `$CREDENTIALS_DIRECTORY` (systemd `LoadCredential=`).
+public struct KeeperConfiguration: Sendable {
+    public struct Provider: Sendable {
+        public let certificatePath: String
+        public let certificatePEM: String
+        /// Where the private key came from: a file path or `credential eidas-key`.
+        public let privateKeySource: String
+        public let privateKeyPEM: String
+        public let chainPath: String?
+        public let chainPEM: String?
+        public let oauthRedirectURIs: [String]
+    }
+
+    public struct APIKeyIdentity: Sendable, Equatable {
+        public let name: String
+        /// The API key. Secret.
+        public let key: String
+    }
+
+    public let file: String
+    public let endpoints: BunqEndpoints
+    public let environment: BunqEndpoints.Environment
+    public let rateLimits: BunqRateLimiter.Mode
+    public let psd2FirstSessionTimeout: Int
+    public let socketPath: String
+    public let stateDirectory: String
+    public let credentialsDirectory: String?
+    public let provider: Provider?
+    public let apiKeys: [APIKeyIdentity]
+    public let policy: RenewalPolicy
+    public let maxConcurrentRenewals: Int
+    public let deviceDescription: String
+    /// The `access:` section, checked later by the socket server.
+    public let accessSection: [String: String]
+
+    /// Every key the file may hold, as paths; nested `api_keys` items and `access` are checked separately.
+    static let scalarKeys: [[String]] = [
+        ["bunq", "environment"], ["bunq", "api_base_url"], ["bunq", "oauth_authorize_url"], ["bunq", "oauth_token_url"],
+        ["bunq", "ca_file"], ["bunq", "rate_limits"], ["bunq", "psd2_first_session_timeout"],
+        ["socket", "path"], ["state", "directory"],
+        ["provider", "certificate"], ["provider", "private_key"], ["provider", "certificate_chain"],
+        ["provider", "oauth_redirect_uris"],
+        ["renewal", "safety_margin"], ["renewal", "backoff_max"], ["renewal", "max_concurrent"],
+        ["device_description"],
+    ]
+    static let sections: Set<String> = ["bunq", "socket", "state", "provider", "api_keys", "access", "renewal",
+                                        "device_description"]
+
+    /// Reads, overrides from `environment`, and validates `file`.
+    public static func load(file: String, environment: [String: String] = ProcessInfo.processInfo.environment) throws(ConfigurationError) -> KeeperConfiguration {
+        guard let data = FileManager.default.contents(atPath: file) else {
+            throw ConfigurationError(file: file, key: "(file)", reason: "cannot be read")
+        }
+        let root: Node
+        do {
+            root = try Yams.compose(yaml: String(decoding: data, as: UTF8.self)) ?? Node.mapping([:])
+        } catch {
+            throw ConfigurationError(file: file, key: "(syntax)", reason: "is not valid YAML: \(error)")
+        }
+        var reader = Reader(file: file, root: root, environment: environment)
+        try reader.checkKeys()
+        return try reader.build()
+    }
+
+    /// Reads one configuration: YAML values with environment overrides on top.
+    struct Reader {
+        let file: String
+        var root: Node
+        let environment: [String: String]
+
+        func fail(_ key: String, _ reason: String) -> ConfigurationError {
+            ConfigurationError(file: file, key: key, reason: reason)
+        }
+
+        static func environmentName(_ path: [String]) -> String {
+            "BUNQ_SESSIOND_" + path.joined(separator: "_").uppercased()
+        }
+
+        func node(_ path: [String]) -> Node? {
+            var current: Node? = root
+            for key in path { current = current?.mapping?[Node(key)] }
+            return current
+        }
+
+        /// A scalar: the environment override, else the YAML value, else nil.
+        func string(_ path: [String]) throws(ConfigurationError) -> String? {
+            if let value = environment[Self.environmentName(path)] { return value }
+            guard let node = node(path), !node.isNull else { return nil }
+            guard let scalar = node.scalar else { throw fail(path.joined(separator: "."), "must be a single value") }
+            return scalar.string
+        }
+
+        func int(_ path: [String], default value: Int, range: ClosedRange<Int>) throws(ConfigurationError) -> Int {
+            guard let text = try string(path) else { return value }
+            guard let number = Int(text), range.contains(number) else {
+                throw fail(path.joined(separator: "."), "must be a whole number from \(range.lowerBound) to \(range.upperBound), not '\(text)'")
+            }
+            return number
+        }
+
+        /// A list of strings: YAML sequence, or a comma-separated environment override.
+        func strings(_ path: [String]) throws(ConfigurationError) -> [String] {
+            if let value = environment[Self.environmentName(path)] {
+                return value.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+            }
+            guard let node = node(path), !node.isNull else { return [] }
+            guard let sequence = node.sequence else { throw fail(path.joined(separator: "."), "must be a list") }
+            var values: [String] = []
+            for item in sequence {
+                guard let scalar = item.scalar?.string else { throw fail(path.joined(separator: "."), "must be a list of strings") }
+                values.append(scalar)
+            }
+            return values
+        }
+
+        /// Refuses keys nobody reads: a typo must not silently do nothing.
+        func checkKeys() throws(ConfigurationError) {
+            guard let mapping = root.mapping else {
+                if root.isNull { return }
+                throw fail("(root)", "must be a mapping of sections")
+            }
+            let known = Set(KeeperConfiguration.scalarKeys.map { $0.joined(separator: ".") })
+            for (key, value) in mapping {
+                let name = key.string ?? "?"
+                guard KeeperConfiguration.sections.contains(name) else {
+                    throw fail(name, "is not a known section (known: \(KeeperConfiguration.sections.sorted().joined(separator: ", ")))")
+                }
+                guard name != "api_keys", name != "access", name != "device_description", !value.isNull else { continue }
+                guard let section = value.mapping else { throw fail(name, "must be a mapping") }
+                for (subkey, _) in section where !known.contains("\(name).\(subkey.string ?? "?")") {
+                    throw fail("\(name).\(subkey.string ?? "?")", "is not a known key")
+                }
+            }
+        }
+
+        func readSecret(_ key: String, path: String) throws(ConfigurationError) -> String {
+            guard let data = FileManager.default.contents(atPath: path) else {
+                throw fail(key, "the file \(path) cannot be read")
+            }
+            return String(decoding: data, as: UTF8.self)
+        }
+
+        mutating func build() throws(ConfigurationError) -> KeeperConfiguration {
+            let environmentName = try string(["bunq", "environment"]) ?? "sandbox"
+            guard let bunqEnvironment = BunqEndpoints.Environment(rawValue: environmentName) else {
+                throw fail("bunq.environment", "must be sandbox or production, not '\(environmentName)'")
+            }
+            let preset = BunqEndpoints.preset(bunqEnvironment)
+            let apiBase = try string(["bunq", "api_base_url"]) ?? preset.apiBaseURL
+            let authorize = try string(["bunq", "oauth_authorize_url"]) ?? preset.oauthAuthorizeURL
+            let token = try string(["bunq", "oauth_token_url"]) ?? preset.oauthTokenURL
+            let caFile = try string(["bunq", "ca_file"])
+            let endpoints: BunqEndpoints
+            do {
+                endpoints = try BunqEndpoints(apiBaseURL: apiBase, oauthAuthorizeURL: authorize, oauthTokenURL: token,
+                                              caFile: caFile)
+            } catch {
+                throw fail("bunq.\(error.key)", "\(error.url) \(error.reason)")
+            }
+            if let caFile = endpoints.caFile, !FileManager.default.isReadableFile(atPath: caFile) {
+                throw fail("bunq.ca_file", "the file \(caFile) cannot be read")
+            }
+            let limitsName = try string(["bunq", "rate_limits"]) ?? "bunq"
+            guard let rateLimits = BunqRateLimiter.Mode(rawValue: limitsName) else {
+                throw fail("bunq.rate_limits", "must be bunq or unlimited, not '\(limitsName)'")
+            }
+            let firstSession = try int(["bunq", "psd2_first_session_timeout"], default: 3_600, range: 1...86_400)
+
+            let credentials = environment["CREDENTIALS_DIRECTORY"].flatMap { $0.isEmpty ? nil : $0 }
+            let stateDirectory = try string(["state", "directory"]) ?? environment["STATE_DIRECTORY"]?
+                .split(separator: ":").first.map(String.init) ?? "/var/lib/bunq-sessiond"
+            let socketPath = try string(["socket", "path"]) ?? "/run/bunq-sessiond/socket"
+            guard socketPath.hasPrefix("/"), socketPath.utf8.count < 108 else {
+                throw fail("socket.path", "must be an absolute path shorter than 108 bytes")
+            }
+
+            var provider: Provider?
+            if node(["provider"]).map({ !$0.isNull }) == true || environment[Self.environmentName(["provider", "certificate"])] != nil {
+                guard let certificate = try string(["provider", "certificate"]) else {
+                    throw fail("provider.certificate", "is required when a provider is configured")
+                }
+                let certificatePEM = try readSecret("provider.certificate", path: certificate)
+                let credentialKey = credentials.map { $0 + "/eidas-key" }
+                let (keySource, keyPEM): (String, String)
+                if let credentialKey, FileManager.default.fileExists(atPath: credentialKey) {
+                    (keySource, keyPEM) = ("credential eidas-key", try readSecret("provider.private_key", path: credentialKey))
+                } else if let path = try string(["provider", "private_key"]) {
+                    (keySource, keyPEM) = (path, try readSecret("provider.private_key", path: path))
+                } else {
+                    throw fail("provider.private_key", "is required (or the systemd credential eidas-key)")
+                }
+                let chainPath = try string(["provider", "certificate_chain"])
+                let redirects = try strings(["provider", "oauth_redirect_uris"])
+                for uri in redirects {
+                    guard let components = URLComponents(string: uri), components.scheme != nil, components.host != nil else {
+                        throw fail("provider.oauth_redirect_uris", "'\(uri)' is not an absolute URL")
+                    }
+                }
+                provider = Provider(certificatePath: certificate, certificatePEM: certificatePEM,
+                                    privateKeySource: keySource, privateKeyPEM: keyPEM, chainPath: chainPath,
+                                    chainPEM: try chainPath.map { path throws(ConfigurationError) in
+                                        try readSecret("provider.certificate_chain", path: path)
+                                    },
+                                    oauthRedirectURIs: redirects)
+            }
+
+            var apiKeys: [APIKeyIdentity] = []
+            if let node = node(["api_keys"]), !node.isNull {
+                guard let items = node.sequence else { throw fail("api_keys", "must be a list of {name, key_file}") }
+                for (index, item) in items.enumerated() {
+                    let key = "api_keys[\(index)]"
+                    guard let mapping = item.mapping else { throw fail(key, "must be a mapping {name, key_file}") }
+                    for (field, _) in mapping where !["name", "key_file", "key_credential"].contains(field.string ?? "") {
+                        throw fail("\(key).\(field.string ?? "?")", "is not a known key (name, key_file, key_credential)")
+                    }
+                    guard let name = mapping[Node("name")]?.string, Self.isValidName(name) else {
+                        throw fail("\(key).name", "must be 1-64 characters of a-z, 0-9, '-', '_' or '.', not 'provider' or user-*")
+                    }
+                    guard !apiKeys.contains(where: { $0.name == name }) else { throw fail("\(key).name", "'\(name)' is used twice") }
+                    let secret: String
+                    if let credential = mapping[Node("key_credential")]?.string {
+                        guard let credentials else {
+                            throw fail("\(key).key_credential", "needs $CREDENTIALS_DIRECTORY (systemd LoadCredential=)")
+                        }
+                        secret = try readSecret("\(key).key_credential", path: credentials + "/" + credential)
+                    } else if let file = mapping[Node("key_file")]?.string {
+                        secret = try readSecret("\(key).key_file", path: file)
+                    } else {
+                        throw fail(key, "needs key_file or key_credential")
+                    }
+                    let trimmed = secret.trimmingCharacters(in: .whitespacesAndNewlines)
+                    guard !trimmed.isEmpty, !trimmed.contains(where: \.isWhitespace) else {
+                        throw fail(key, "the API key is empty or contains spaces")
+                    }
+                    apiKeys.append(APIKeyIdentity(name: name, key: trimmed))
+                }
+            }
+
+            let margin = try int(["renewal", "safety_margin"], default: 60, range: 1...3_600)
+            let backoffMax = try int(["renewal", "backoff_max"], default: 300, range: 1...3_600)
+            let concurrency = try int(["renewal", "max_concurrent"], default: 8, range: 1...256)
+            var access: [String: String] = [:]
+            if let section = node(["access"]) {
+                guard section.isNull || section.mapping != nil else { throw fail("access", "must be a mapping") }
+                access["raw"] = (try? Yams.serialize(node: section)) ?? ""
+            }
+            return KeeperConfiguration(
+                file: file, endpoints: endpoints, environment: bunqEnvironment, rateLimits: rateLimits,
+                psd2FirstSessionTimeout: firstSession, socketPath: socketPath, stateDirectory: stateDirectory,
+                credentialsDirectory: credentials, provider: provider, apiKeys: apiKeys,
+                policy: RenewalPolicy(safetyMargin: TimeInterval(margin), backoffMax: TimeInterval(backoffMax)),
+                maxConcurrentRenewals: concurrency,
+                deviceDescription: try string(["device_description"]) ?? "bunq-sessiond",
+                accessSection: access)
+        }
+
+        static func isValidName(_ name: String) -> Bool {
+            !name.isEmpty && name.count <= 64 && name != "provider" && !name.hasPrefix("user-")
+                && name.allSatisfy { ($0.isASCII && ($0.isLowercase || $0.isNumber)) || "-_.".contains($0) }
+        }
+    }
+}
+
+extension Node {
+    /// A YAML null (`~`, `null`, or nothing) in plain style.
+    var isNull: Bool {
+        guard case .scalar(let scalar) = self, scalar.style == .plain else { return false }
+        return ["", "~", "null", "Null", "NULL"].contains(scalar.string)
+    }
+}
