@@ -151,6 +151,11 @@ let package = Package(
             swiftSettings: strictSettings
         ),
         .testTarget(
+            name: "DaemonTests",
+            dependencies: ["TestSupport"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
             name: "SystemdSupportTests",
             dependencies: ["SystemdSupport"],
             swiftSettings: strictSettings

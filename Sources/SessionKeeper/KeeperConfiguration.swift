@@ -61,7 +61,7 @@ public struct KeeperConfiguration: Sendable {
         ["socket", "path"], ["state", "directory"],
         ["provider", "certificate"], ["provider", "private_key"], ["provider", "certificate_chain"],
         ["provider", "oauth_redirect_uris"],
-        ["renewal", "safety_margin"], ["renewal", "backoff_max"], ["renewal", "max_concurrent"],
+        ["renewal", "safety_margin"], ["renewal", "backoff_base"], ["renewal", "backoff_max"], ["renewal", "max_concurrent"],
         ["device_description"],
     ]
     static let sections: Set<String> = ["bunq", "socket", "state", "provider", "api_keys", "access", "renewal",
@@ -259,6 +259,10 @@ public struct KeeperConfiguration: Sendable {
 
             let margin = try int(["renewal", "safety_margin"], default: 60, range: 1...3_600)
             let backoffMax = try int(["renewal", "backoff_max"], default: 300, range: 1...3_600)
+            let backoffBaseText = try string(["renewal", "backoff_base"]) ?? "1"
+            guard let backoffBase = Double(backoffBaseText), backoffBase >= 0.01, backoffBase <= Double(backoffMax) else {
+                throw fail("renewal.backoff_base", "must be seconds from 0.01 to renewal.backoff_max, not '\(backoffBaseText)'")
+            }
             let concurrency = try int(["renewal", "max_concurrent"], default: 8, range: 1...256)
             var access: [String: String] = [:]
             if let section = node(["access"]) {
@@ -269,7 +273,8 @@ public struct KeeperConfiguration: Sendable {
                 file: file, endpoints: endpoints, environment: bunqEnvironment, rateLimits: rateLimits,
                 psd2FirstSessionTimeout: firstSession, socketPath: socketPath, stateDirectory: stateDirectory,
                 credentialsDirectory: credentials, provider: provider, apiKeys: apiKeys,
-                policy: RenewalPolicy(safetyMargin: TimeInterval(margin), backoffMax: TimeInterval(backoffMax)),
+                policy: RenewalPolicy(safetyMargin: TimeInterval(margin), backoffBase: backoffBase,
+                                      backoffMax: TimeInterval(backoffMax)),
                 maxConcurrentRenewals: concurrency,
                 deviceDescription: try string(["device_description"]) ?? "bunq-sessiond",
                 accessSection: access)

@@ -35,24 +35,29 @@ final class FakeRenewer: SessionRenewer {
         let names = (0..<20).map { "ctx-\($0)" }
         for name in names { await scheduler.add(name, session: nil) }
         let loop = Task { await scheduler.run() }
+        // Waits for progress rather than a fixed window, so a loaded machine slows the test instead of failing it.
         var grantedTooLate = 0
-        let deadline = ContinuousClock.now + .seconds(4.5)
+        let deadline = ContinuousClock.now + .seconds(60)
+        var generations: [Int] = []
         while ContinuousClock.now < deadline {
+            generations = []
             for name in names {
+                // The planner decides with its own clock, read after `before`: a grant must outlive the margin from
+                // `before` on.
+                let before = Date()
                 if case .granted(_, _, let expiresAt, _, _)? = await scheduler.lease(name),
-                   expiresAt.timeIntervalSinceNow < 0.15 { grantedTooLate += 1 }
+                   expiresAt.timeIntervalSince(before) < 0.15 { grantedTooLate += 1 }
+                generations.append(await scheduler.schedule(name)?.generation ?? 0)
             }
+            if generations.allSatisfy({ $0 >= 3 }) { break }
             try await Task.sleep(for: .milliseconds(50))
         }
         loop.cancel()
         await loop.value
         #expect(grantedTooLate == 0)
+        #expect(generations.allSatisfy { $0 >= 3 }, "every context renewed through failures: \(generations)")
         let calls = renewer.calls.withLock { $0 }
-        #expect(names.allSatisfy { (calls[$0] ?? 0) >= 3 }, "every context renewed several times: \(calls)")
-        for name in names {
-            let schedule = try #require(await scheduler.schedule(name))
-            #expect(schedule.generation >= 2)
-        }
+        #expect(calls.values.reduce(0, +) > 60, "failures were retried: \(calls)")
     }
 
     @Test func renewNowWaitsForTheNewSessionAndRejectionsNeedAttention() async throws {

@@ -1,0 +1,73 @@
+import Foundation
+import Testing
+import TestSupport
+
+/// `--check-config`: exit 0, or 78 with the file, the key and the reason.
+@Suite struct CheckConfigTests {
+    func check(_ yaml: String, in dir: TemporaryDirectory, environment: [String: String] = [:]) throws -> Command.Output {
+        let path = try dir.write("config-\(UUID().uuidString).yaml", yaml)
+        let env = environment.map { "\($0.key)=\($0.value)" }
+        return try Command.run(["env", "-u", "CREDENTIALS_DIRECTORY"] + env + [Binaries.daemon, "--config", path, "--check-config"])
+    }
+
+    @Test func validAndInvalidConfigurations() throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        _ = try dir.write("ops.key", "sandbox_abc\n")
+        let base = """
+            bunq: {environment: sandbox, rate_limits: unlimited}
+            state: {directory: \(dir.path("state"))}
+            api_keys:
+              - {name: ops, key_file: \(dir.path("ops.key"))}
+
+            """
+        let ok = try check(base, in: dir)
+        #expect(ok.status == 0, "\(ok.stderrText)")
+        #expect(ok.stdoutText.contains("is valid (1 configured identities, sandbox)"))
+
+        try Command.check(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-keyout", dir.path("k1.pem"), "-out",
+                           dir.path("c1.pem"), "-days", "30", "-nodes", "-subj", "/CN=Test PISP/C=NL"])
+        try Command.check(["openssl", "genpkey", "-algorithm", "RSA", "-out", dir.path("k2.pem")])
+        let cases: [(String, [String: String], String)] = [
+            ("bunq: {environment: staging}\n", [:], "bunq.environment: must be sandbox or production"),
+            ("bunq: {enviroment: sandbox}\n", [:], "bunq.enviroment: is not a known key"),
+            ("sockets: {path: /x}\n", [:], "sockets: is not a known section"),
+            ("bunq: {api_base_url: 'http://api.bunq.com/v1/'}\n", [:], "bunq.api_base_url: http://api.bunq.com/v1/ uses plain http://"),
+            ("bunq: {rate_limits: sometimes}\n", [:], "bunq.rate_limits: must be bunq or unlimited"),
+            ("renewal: {max_concurrent: 0}\n", [:], "renewal.max_concurrent: must be a whole number from 1 to 256"),
+            ("api_keys:\n  - {name: ops, key_file: /nonexistent/ops.key}\n", [:], "api_keys[0].key_file: the file /nonexistent/ops.key cannot be read"),
+            ("api_keys:\n  - {name: provider, key_file: \(dir.path("ops.key"))}\n", [:], "api_keys[0].name"),
+            ("provider: {certificate: \(dir.path("c1.pem")), private_key: \(dir.path("k2.pem"))}\n", [:],
+             "provider.private_key: \(dir.path("k2.pem")) does not belong to the certificate"),
+            ("bunq: {environment: sandbox}\n", ["BUNQ_SESSIOND_BUNQ_ENVIRONMENT": "moon"], "bunq.environment: must be sandbox or production, not 'moon'"),
+            ("bunq: [1, 2\n", [:], "(syntax): is not valid YAML"),
+        ]
+        for (yaml, environment, expected) in cases {
+            let result = try check(yaml, in: dir, environment: environment)
+            #expect(result.status == 78, "\(yaml)")
+            #expect(result.stderrText.contains(expected), "expected '\(expected)', got: \(result.stderrText)")
+            #expect(result.stderrText.contains("config-"), "the file is named: \(result.stderrText)")
+        }
+        // Environment overrides apply to valid values too.
+        let overridden = try check(base, in: dir, environment: ["BUNQ_SESSIOND_BUNQ_ENVIRONMENT": "production"])
+        #expect(overridden.stdoutText.contains("production"))
+        let missing = try Command.run([Binaries.daemon, "--config", "/nonexistent.yaml", "--check-config"])
+        #expect(missing.status == 78 && missing.stderrText.contains("/nonexistent.yaml: (file): cannot be read"))
+    }
+
+    @Test func theDocumentedExampleIsValid() throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let example = Binaries.directory.deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("config/bunq-sessiond.yaml")
+        try Command.check(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-keyout", dir.path("eidas-key.pem"), "-out",
+                           dir.path("eidas-cert.pem"), "-days", "90", "-nodes", "-subj", "/CN=Example PISP AISP/C=NL"])
+        _ = try dir.write("ops.key", "sandbox_example\n")
+        let yaml = try String(contentsOf: example, encoding: .utf8)
+            .replacingOccurrences(of: "/etc/bunq-sessiond/", with: dir.url.path + "/")
+            .replacingOccurrences(of: "/var/lib/bunq-sessiond", with: dir.path("state"))
+        let result = try check(yaml, in: dir)
+        #expect(result.status == 0, "config/bunq-sessiond.yaml must stay valid: \(result.stderrText)")
+        #expect(result.stdoutText.contains("2 configured identities"))
+    }
+}
