@@ -142,7 +142,10 @@ let package = Package(
         ),
         .testTarget(
             name: "SessionKeeperTests",
-            dependencies: ["SessionKeeper", "BunqAPI", "BunqCrypto", "TestSupport"],
+            dependencies: [
+                "SessionKeeper", "BunqAPI", "BunqCrypto", "BunqSandbox", "CurlHTTP", "TestSupport",
+                .product(name: "Logging", package: "swift-log"),
+            ],
             swiftSettings: strictSettings
         ),
         .testTarget(

@@ -12,6 +12,7 @@ public final class Keeper: Service, Sendable {
     let store: StateStore
     let client: BunqClient
     let cache: ContextCache
+    let oauthStates = OAuthStates()
     let logger: Logger
 
     /// Opens the store and the bunq client. `psd2` is the provider's checked material, when one is configured.
@@ -55,8 +56,9 @@ public final class Keeper: Service, Sendable {
                                             registration: IdentityRegistration(kind: .apiKey, secret: identity.key)))
             }
         }
-        // OAuth-connected users are not in the configuration: they live in the store.
-        wanted += stored.values.filter { $0.kind == .oauthUser }
+        // OAuth-connected users are not in the configuration: they live in the store. A provisional entry left by
+        // a crash during a connection is resumed under its provisional name.
+        wanted += stored.values.filter { $0.kind == .oauthUser }.sorted { $0.name < $1.name }
         for context in wanted {
             if stored[context.name] == nil { try store.saveRegistration(context.name, kind: context.kind, context.registration) }
             await cache.set(context)

@@ -1,0 +1,141 @@
+import BunqAPI
+import BunqCrypto
+import Foundation
+import Logging
+
+/// An authorize URL handed to an operator: send the user there; bunq redirects back with `code` and `state`.
+public struct OAuthAuthorization: Sendable, Equatable {
+    public let url: String
+    public let state: String
+    public let redirectURI: String
+    public let expiresAt: Date
+}
+
+/// Pending OAuth `state`s: single-use, valid for 10 minutes.
+actor OAuthStates {
+    static let lifetime: TimeInterval = 600
+    private var pending: [String: (redirectURI: String, expiresAt: Date)] = [:]
+    private(set) var client: OAuthClientInfo?
+
+    func remember(_ state: String, redirectURI: String, now: Date) -> Date {
+        pending = pending.filter { $0.value.expiresAt > now }
+        let expiresAt = now.addingTimeInterval(Self.lifetime)
+        pending[state] = (redirectURI, expiresAt)
+        return expiresAt
+    }
+
+    /// The redirect URI the state was issued for; the state is consumed either way.
+    func take(_ state: String, now: Date) -> String? {
+        guard let entry = pending.removeValue(forKey: state), entry.expiresAt > now else { return nil }
+        return entry.redirectURI
+    }
+
+    func setClient(_ client: OAuthClientInfo) { self.client = client }
+}
+
+extension Keeper {
+    /// The provider's live session and installation, for calls made as the provider.
+    private func providerSession() async throws -> (InstallationContext, token: String, userId: Int) {
+        guard configuration.provider != nil else {
+            throw KeeperError(.noProvider, "no provider is configured (provider: in the configuration)")
+        }
+        guard case .granted(let token, let userId, _, _, _)? = await scheduler.lease("provider"),
+              let context = await cache.get("provider") else {
+            throw KeeperError(.providerNotLive, "the provider has no live session yet; try again shortly")
+        }
+        return (try context.registration.installationContext(), token, userId)
+    }
+
+    /// An authorize URL with a fresh single-use `state`, for one of the configured redirect URIs (the first when
+    /// none is given). Ensures the provider's OAuth client exists and knows every configured redirect URI.
+    public func oauthAuthorizeURL(redirectURI: String? = nil) async throws -> OAuthAuthorization {
+        let (installation, token, userId) = try await providerSession()
+        let allowed = configuration.provider?.oauthRedirectURIs ?? []
+        guard let redirect = redirectURI ?? allowed.first, allowed.contains(redirect) else {
+            throw KeeperError(.invalidRedirectURI, "the redirect URI must be one of provider.oauth_redirect_uris")
+        }
+        let client: OAuthClientInfo
+        if let known = await oauthStates.client, Set(allowed).isSubset(of: known.callbackURLs) {
+            client = known
+        } else {
+            do {
+                client = try await self.client.ensureOAuthClient(installation, sessionToken: token, userId: userId,
+                                                                 callbackURLs: allowed)
+            } catch {
+                throw KeeperError(.upstream, "setting up the OAuth client failed: \(error)")
+            }
+            await oauthStates.setClient(client)
+        }
+        let (url, state) = try self.client.authorizeURL(clientId: client.clientId, redirectURI: redirect)
+        let expiresAt = await oauthStates.remember(state, redirectURI: redirect, now: Date())
+        return OAuthAuthorization(url: url, state: state, redirectURI: redirect, expiresAt: expiresAt)
+    }
+
+    /// Completes an authorization: checks the single-use `state`, exchanges the code, registers the user's own
+    /// identity and brings it live. Returns its context name (`name`, else `user-<bunq user id>`).
+    public func completeOAuth(code: String, state: String, name: String? = nil) async throws -> String {
+        guard let redirect = await oauthStates.take(state, now: Date()) else {
+            throw KeeperError(.invalidOAuthState, "the OAuth state is unknown, already used, or older than 10 minutes")
+        }
+        if let name, !KeeperConfiguration.Reader.isValidName(name) || configuredNames.contains(name) {
+            throw KeeperError(.unknownContext, "'\(name)' is not a usable context name")
+        }
+        guard let oauthClient = await oauthStates.client else {
+            throw KeeperError(.invalidOAuthState, "no OAuth client is set up")
+        }
+        let accessToken: String
+        do {
+            accessToken = try await client.exchangeCode(code, redirectURI: redirect, client: oauthClient)
+        } catch {
+            throw KeeperError(.upstream, "the code exchange failed: \(error)")
+        }
+        // The code is spent: keep the access token durably at once, under a provisional name.
+        let provisional = "oauth-pending-" + String(state.prefix(12))
+        var registration = IdentityRegistration(kind: .oauthUser, secret: accessToken)
+        try store.saveRegistration(provisional, kind: .oauthUser, registration)
+        let session: BunqSession
+        do {
+            session = try await client.bootstrap(&registration, deviceDescription: configuration.deviceDescription) {
+                try self.store.saveRegistration(provisional, kind: .oauthUser, $0)
+            }
+        } catch {
+            throw KeeperError(.upstream, "registering the user's identity failed: \(error)")
+        }
+        let finalName = name ?? "user-\(session.user.grantedBy?.id ?? session.user.id)"
+        if await cache.get(finalName) != nil { try await removeContext(finalName, endSession: true) }
+        let stored = StoredSession(id: session.id, token: session.token, userId: session.user.id,
+                                   created: session.created, expiresAt: session.expiresAt)
+        try store.saveRegistration(finalName, kind: .oauthUser, registration)
+        try store.saveSession(finalName, stored, generation: 1, registration: registration)
+        try store.removeContext(provisional)
+        await cache.set(StoredContext(name: finalName, kind: .oauthUser, registration: registration, session: stored,
+                                      generation: 1))
+        await scheduler.add(finalName, session: stored.info, generation: 1)
+        logger.info("OAuth user connected", metadata: ["bunq.context": "\(finalName)"])
+        return finalName
+    }
+
+    /// Ends the context's session at bunq (best effort) and forgets it with its secrets.
+    public func removeContext(_ name: String, endSession: Bool = true) async throws {
+        guard let context = await cache.get(name) else {
+            throw KeeperError(.unknownContext, "no context named \(name)")
+        }
+        if endSession, let session = context.session, session.expiresAt > Date(),
+           let installation = try? context.registration.installationContext() {
+            do {
+                try await client.deleteSession(installation, sessionToken: session.token)
+            } catch {
+                logger.warning("could not end the session at bunq", metadata: ["bunq.context": "\(name)",
+                                                                                 "bunq.error": "\(error)"])
+            }
+        }
+        await scheduler.remove(name)
+        try store.removeContext(name)
+        await cache.remove(name)
+        logger.notice("context removed", metadata: ["bunq.context": "\(name)"])
+    }
+
+    var configuredNames: Set<String> {
+        Set(configuration.apiKeys.map(\.name) + (configuration.provider == nil ? [] : ["provider"]))
+    }
+}
