@@ -51,14 +51,14 @@ struct BunqRenewer: SessionRenewer {
                 if opened == nil { try await persist(registration) }
             }
             guard let session = opened else { throw RenewalError(.retryable, "no session") }
-            let stored = StoredSession(id: session.id, token: session.token, userId: session.user.id,
+            let stored = SessionInfo(id: session.id, token: session.token, userId: session.user.id,
                                        created: session.created, expiresAt: session.expiresAt)
             context.registration = registration
             context.session = stored
             context.generation += 1
             try store.saveSession(name, stored, generation: context.generation, registration: registration)
             await cache.set(context)
-            return .success(stored.info)
+            return .success(stored)
         } catch {
             return .failure(Self.classify(error))
         }

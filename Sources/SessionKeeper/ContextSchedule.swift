@@ -18,14 +18,17 @@ public enum ContextState: String, Sendable, Codable, CaseIterable {
     case removed
 }
 
-/// A session as the keeper holds it. The token is secret.
+/// A session as the keeper holds and stores it. The token is secret (sealed at rest).
 public struct SessionInfo: Sendable, Equatable {
+    /// bunq's session id.
+    public let id: Int
     public let token: String
     public let userId: Int
     public let created: Date
     public let expiresAt: Date
 
-    public init(token: String, userId: Int, created: Date, expiresAt: Date) {
+    public init(id: Int = 0, token: String, userId: Int, created: Date, expiresAt: Date) {
+        self.id = id
         self.token = token
         self.userId = userId
         self.created = created

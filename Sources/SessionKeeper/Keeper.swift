@@ -62,7 +62,7 @@ public final class Keeper: Service, Sendable {
         for context in wanted {
             if stored[context.name] == nil { try store.saveRegistration(context.name, kind: context.kind, context.registration) }
             await cache.set(context)
-            await scheduler.add(context.name, session: context.session?.info, generation: context.generation)
+            await scheduler.add(context.name, session: context.session, generation: context.generation)
             logger.info(context.session == nil ? "identity added" : "identity restored", metadata: [
                 "bunq.context": "\(context.name)",
                 "bunq.next_step": "\(context.registration.nextStep.rawValue)",

@@ -103,14 +103,14 @@ extension Keeper {
         }
         let finalName = name ?? "user-\(session.user.grantedBy?.id ?? session.user.id)"
         if await cache.get(finalName) != nil { try await removeContext(finalName, endSession: true) }
-        let stored = StoredSession(id: session.id, token: session.token, userId: session.user.id,
+        let stored = SessionInfo(id: session.id, token: session.token, userId: session.user.id,
                                    created: session.created, expiresAt: session.expiresAt)
         try store.saveRegistration(finalName, kind: .oauthUser, registration)
         try store.saveSession(finalName, stored, generation: 1, registration: registration)
         try store.removeContext(provisional)
         await cache.set(StoredContext(name: finalName, kind: .oauthUser, registration: registration, session: stored,
                                       generation: 1))
-        await scheduler.add(finalName, session: stored.info, generation: 1)
+        await scheduler.add(finalName, session: stored, generation: 1)
         logger.info("OAuth user connected", metadata: ["bunq.context": "\(finalName)"])
         return finalName
     }

@@ -14,37 +14,16 @@ public struct StoredContext: Sendable, Equatable {
     public let name: String
     public let kind: Kind
     public var registration: IdentityRegistration
-    public var session: StoredSession?
+    public var session: SessionInfo?
     public var generation: Int
 
-    public init(name: String, kind: Kind, registration: IdentityRegistration, session: StoredSession? = nil,
+    public init(name: String, kind: Kind, registration: IdentityRegistration, session: SessionInfo? = nil,
                 generation: Int = 0) {
         self.name = name
         self.kind = kind
         self.registration = registration
         self.session = session
         self.generation = generation
-    }
-}
-
-/// A session as stored (its token is sealed at rest).
-public struct StoredSession: Sendable, Equatable {
-    public let id: Int
-    public let token: String
-    public let userId: Int
-    public let created: Date
-    public let expiresAt: Date
-
-    public init(id: Int, token: String, userId: Int, created: Date, expiresAt: Date) {
-        self.id = id
-        self.token = token
-        self.userId = userId
-        self.created = created
-        self.expiresAt = expiresAt
-    }
-
-    public var info: SessionInfo {
-        SessionInfo(token: token, userId: userId, created: created, expiresAt: expiresAt)
     }
 }
 
@@ -141,11 +120,11 @@ public final class StateStore: Sendable {
         }
         let registrationJSON = try open(row["registration"], name, "registration")
         let registration = try JSONDecoder().decode(IdentityRegistration.self, from: Data(registrationJSON))
-        var session: StoredSession?
+        var session: SessionInfo?
         if let sessionId: Int = row["session_id"] {
             let token = String(decoding: try open(row["token"], name, "session"), as: UTF8.self)
-            session = StoredSession(id: sessionId, token: token, userId: row["user_id"],
-                                    created: Date(timeIntervalSince1970: row["created"]),
+            session = SessionInfo(id: sessionId, token: token, userId: row["user_id"],
+                                  created: Date(timeIntervalSince1970: row["created"]),
                                     expiresAt: Date(timeIntervalSince1970: row["expires_at"]))
         }
         return StoredContext(name: name, kind: kind, registration: registration, session: session,
@@ -169,7 +148,7 @@ public final class StateStore: Sendable {
     }
 
     /// Stores a new session together with the registration that opened it and the new generation.
-    public func saveSession(_ name: String, _ session: StoredSession, generation: Int,
+    public func saveSession(_ name: String, _ session: SessionInfo, generation: Int,
                             registration: IdentityRegistration) throws {
         let sealedToken = try seal(Data(session.token.utf8), name, "session")
         let sealedRegistration = try seal(JSONEncoder().encode(registration), name, "registration")

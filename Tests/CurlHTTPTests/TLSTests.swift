@@ -9,6 +9,12 @@ import TestSupport
         let process: Process
         let port: Int
         let caFile: String
+
+        /// Ends the server for certain: SIGKILL and wait, so no test run leaves one behind.
+        func stop() {
+            if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+            process.waitUntilExit()
+        }
     }
 
     struct ServerDidNotStart: Error {}
@@ -47,7 +53,7 @@ import TestSupport
             return error == 0
         }
         guard ready else {
-            process.terminate()
+            kill(process.processIdentifier, SIGKILL)
             throw ServerDidNotStart()
         }
         return TLSServer(process: process, port: port, caFile: dir.path("ca.pem"))
@@ -57,7 +63,7 @@ import TestSupport
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
         let server = try await startServer(in: dir)
-        defer { server.process.terminate() }
+        defer { server.stop() }
         let url = "https://127.0.0.1:\(server.port)/hello.txt"
 
         let systemTrust = try HTTPClient()
@@ -76,7 +82,7 @@ import TestSupport
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
         let server = try await startServer(in: dir, subjectAltName: "DNS:api.bunq.example")
-        defer { server.process.terminate() }
+        defer { server.stop() }
         let client = try HTTPClient(configuration: .init(caFile: server.caFile))
         expectKind(.tls, await httpError {
             try await client.execute(HTTPRequest(url: "https://127.0.0.1:\(server.port)/hello.txt"))

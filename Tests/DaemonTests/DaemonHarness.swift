@@ -43,8 +43,12 @@ final class ChildProcess: Sendable {
         return condition(log)
     }
 
+    /// Sends `signal`, waits up to 20 s for the exit, then SIGKILLs: no test leaves a process behind.
     func stop(signal: Int32 = SIGTERM) -> Int32 {
         if process.isRunning { kill(process.processIdentifier, signal) }
+        let deadline = Date().addingTimeInterval(20)
+        while process.isRunning, Date() < deadline { usleep(50_000) }
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
         process.waitUntilExit()
         return process.terminationStatus
     }

@@ -25,7 +25,7 @@ import TestSupport
         let stateDir = dir.path("state")
         let key = try MasterKey.load(credentialsDirectory: nil, stateDirectory: try makeDirectory(stateDir))
         let registration = try await registration()
-        let session = StoredSession(id: 7, token: token, userId: 1822179, created: Date(timeIntervalSince1970: 1_700_000_000),
+        let session = SessionInfo(id: 7, token: token, userId: 1822179, created: Date(timeIntervalSince1970: 1_700_000_000),
                                     expiresAt: Date(timeIntervalSince1970: 1_700_604_800))
         do {
             let store = try StateStore(directory: stateDir, masterKey: key)
@@ -51,7 +51,7 @@ import TestSupport
         let registration = try await registration()
         let store = try StateStore(directory: stateDir, masterKey: key)
         try store.saveRegistration("ops", kind: .apiKey, registration)
-        try store.saveSession("ops", StoredSession(id: 1, token: token, userId: 2, created: Date(), expiresAt: Date()),
+        try store.saveSession("ops", SessionInfo(id: 1, token: token, userId: 2, created: Date(), expiresAt: Date()),
                              generation: 1, registration: registration)
         let secrets = [apiKey, token, "INSTALLATIONTOKEN0123456789", "BEGIN PRIVATE KEY",
                        String(registration.installationKeyPEM!.split(separator: "\n")[1])]
