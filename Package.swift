@@ -72,6 +72,21 @@ let package = Package(
             swiftSettings: strictSettings
         ),
         .target(
+            name: "SessionProtocol",
+            swiftSettings: strictSettings
+        ),
+        .target(
+            name: "SessionServer",
+            dependencies: [
+                "SessionKeeper", "SessionProtocol", "BunqAPI",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        .target(
             name: "SessionKeeper",
             dependencies: [
                 "BunqAPI",
@@ -109,6 +124,7 @@ let package = Package(
             name: "bunq-sessiond",
             dependencies: [
                 "SessionKeeper",
+                "SessionServer",
                 "BunqAPI",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),

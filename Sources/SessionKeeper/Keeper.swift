@@ -14,6 +14,15 @@ public final class Keeper: Service, Sendable {
     let cache: ContextCache
     let oauthStates = OAuthStates()
     let logger: Logger
+    /// Sessions as the socket server reads them, without a round trip through the scheduler.
+    public let leases = LeaseTable()
+    /// Rotations and failures, for `session.subscribe`.
+    public let events = EventBroadcaster()
+    /// When the keeper started, for `daemon.status`.
+    public let startedAt = Date()
+    let signingKeys = SigningKeys()
+    /// Fires once every stored context is restored and scheduled (expired ones renewing).
+    public let restored = OneShotSignal()
 
     /// Opens the store and the bunq client. `psd2` is the provider's checked material, when one is configured.
     public init(configuration: KeeperConfiguration, psd2: PSD2Material?, logger: Logger) throws {
@@ -63,6 +72,7 @@ public final class Keeper: Service, Sendable {
             if stored[context.name] == nil { try store.saveRegistration(context.name, kind: context.kind, context.registration) }
             await cache.set(context)
             await scheduler.add(context.name, session: context.session, generation: context.generation)
+            await refreshLease(context.name)
             logger.info(context.session == nil ? "identity added" : "identity restored", metadata: [
                 "bunq.context": "\(context.name)",
                 "bunq.next_step": "\(context.registration.nextStep.rawValue)",
@@ -75,6 +85,7 @@ public final class Keeper: Service, Sendable {
     /// Runs the renewal loop and logs its events until shutdown.
     public func run() async throws {
         try await restore()
+        restored.fire()
         await withDiscardingTaskGroup { group in
             group.addTask { [scheduler] in await cancelWhenGracefulShutdown { await scheduler.run() } }
             group.addTask { [self] in await logEvents() }
@@ -87,11 +98,13 @@ public final class Keeper: Service, Sendable {
         for await event in scheduler.events {
             switch event {
             case .rotated(let context, let generation, let expiresAt):
+                events.publish(event, await refreshLease(context))
                 logger.info("session renewed", metadata: [
                     "bunq.context": "\(context)", "bunq.generation": "\(generation)",
                     "bunq.expires_at": "\(ISO8601DateFormatter().string(from: expiresAt))",
                 ])
             case .failed(let context, let error, let failures, let retryAt, let entered):
+                events.publish(event, await refreshLease(context))
                 var metadata: Logger.Metadata = ["bunq.context": "\(context)", "bunq.error": "\(error.message)",
                                                  "bunq.failures": "\(failures)"]
                 if let retryAt { metadata["bunq.retry_at"] = "\(ISO8601DateFormatter().string(from: retryAt))" }
@@ -102,6 +115,22 @@ public final class Keeper: Service, Sendable {
                 }
             }
         }
+    }
+
+    /// Copies the scheduler's view of `name` into the lease table (or removes it); returns the new entry.
+    @discardableResult
+    func refreshLease(_ name: String) async -> LeaseEntry? {
+        guard let context = await cache.get(name), let schedule = await scheduler.schedule(name) else {
+            leases.remove(name)
+            return nil
+        }
+        let session = context.session
+        let margin = session.map { configuration.policy.margin(lifetime: $0.expiresAt.timeIntervalSince($0.created)) } ?? 0
+        let entry = LeaseEntry(context: name, kind: context.kind, session: session, renewAt: schedule.renewAt,
+                               generation: schedule.generation, serverPublicKeyPEM: context.registration.serverPublicKeyPEM,
+                               margin: margin, needsAttention: schedule.state == .needsAttention)
+        leases.set(entry)
+        return entry
     }
 
     // MARK: The core's API

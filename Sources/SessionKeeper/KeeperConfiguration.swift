@@ -51,8 +51,8 @@ public struct KeeperConfiguration: Sendable {
     public let policy: RenewalPolicy
     public let maxConcurrentRenewals: Int
     public let deviceDescription: String
-    /// The `access:` section, checked later by the socket server.
-    public let accessSection: [String: String]
+    /// Who may use what over the socket (`access:`).
+    public let access: AccessRules
 
     /// Every key the file may hold, as paths; nested `api_keys` items and `access` are checked separately.
     static let scalarKeys: [[String]] = [
@@ -264,11 +264,7 @@ public struct KeeperConfiguration: Sendable {
                 throw fail("renewal.backoff_base", "must be seconds from 0.01 to renewal.backoff_max, not '\(backoffBaseText)'")
             }
             let concurrency = try int(["renewal", "max_concurrent"], default: 8, range: 1...256)
-            var access: [String: String] = [:]
-            if let section = node(["access"]) {
-                guard section.isNull || section.mapping != nil else { throw fail("access", "must be a mapping") }
-                access["raw"] = (try? Yams.serialize(node: section)) ?? ""
-            }
+            let access = try accessRules()
             return KeeperConfiguration(
                 file: file, endpoints: endpoints, environment: bunqEnvironment, rateLimits: rateLimits,
                 psd2FirstSessionTimeout: firstSession, socketPath: socketPath, stateDirectory: stateDirectory,
@@ -277,7 +273,43 @@ public struct KeeperConfiguration: Sendable {
                                       backoffMax: TimeInterval(backoffMax)),
                 maxConcurrentRenewals: concurrency,
                 deviceDescription: try string(["device_description"]) ?? "bunq-sessiond",
-                accessSection: access)
+                access: access)
+        }
+
+        /// `access: {admin: {users, groups}, contexts: {PATTERN: {users, groups}}}`; users and groups by name or
+        /// number. Without the section: root is admin and the group bunq-session may use every context.
+        func accessRules() throws(ConfigurationError) -> AccessRules {
+            guard let section = node(["access"]), !section.isNull else { return AccessRules.default }
+            guard let mapping = section.mapping else { throw fail("access", "must be a mapping {admin, contexts}") }
+            func principals(_ node: Node, _ key: String) throws(ConfigurationError) -> Principals {
+                guard let mapping = node.mapping else { throw fail(key, "must be a mapping {users: [...], groups: [...]}") }
+                var result = Principals()
+                for (field, value) in mapping {
+                    let name = field.string ?? "?"
+                    guard name == "users" || name == "groups" else { throw fail("\(key).\(name)", "is not a known key (users, groups)") }
+                    guard let items = value.sequence?.compactMap({ $0.scalar?.string }), items.count == value.sequence?.count else {
+                        throw fail("\(key).\(name)", "must be a list of names or numbers")
+                    }
+                    if name == "users" { result.users = items } else { result.groups = items }
+                }
+                return result
+            }
+            var rules = AccessRules(admin: Principals(), contexts: [])
+            for (field, value) in mapping {
+                switch field.string ?? "?" {
+                case "admin": rules.admin = try principals(value, "access.admin")
+                case "contexts":
+                    guard let contexts = value.mapping else { throw fail("access.contexts", "must be a mapping of context patterns") }
+                    for (pattern, principalsNode) in contexts {
+                        let name = pattern.string ?? "?"
+                        rules.contexts.append(AccessRules.Rule(pattern: name,
+                                                               principals: try principals(principalsNode, "access.contexts.\(name)")))
+                    }
+                default:
+                    throw fail("access.\(field.string ?? "?")", "is not a known key (admin, contexts)")
+                }
+            }
+            return rules
         }
 
         static func isValidName(_ name: String) -> Bool {

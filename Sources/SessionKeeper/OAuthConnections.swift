@@ -111,6 +111,7 @@ extension Keeper {
         await cache.set(StoredContext(name: finalName, kind: .oauthUser, registration: registration, session: stored,
                                       generation: 1))
         await scheduler.add(finalName, session: stored, generation: 1)
+        await refreshLease(finalName)
         logger.info("OAuth user connected", metadata: ["bunq.context": "\(finalName)"])
         return finalName
     }
@@ -132,6 +133,8 @@ extension Keeper {
         await scheduler.remove(name)
         try store.removeContext(name)
         await cache.remove(name)
+        leases.remove(name)
+        signingKeys.forget(name)
         logger.notice("context removed", metadata: ["bunq.context": "\(name)"])
     }
 

@@ -4,6 +4,7 @@ import Foundation
 import Logging
 import ServiceLifecycle
 import SessionKeeper
+import SessionServer
 import UnixSignals
 
 /// `bunq-sessiond`: keeps bunq API sessions alive for a PSD2 provider, API-key identities and OAuth-connected users.
@@ -76,8 +77,27 @@ struct BunqSessiondCommand: AsyncParsableCommand {
         }
         logger.info("starting", metadata: ["bunq.api": "\(settings.endpoints.apiBaseURL)",
                                            "bunq.state": "\(settings.stateDirectory)"])
-        let group = ServiceGroup(configuration: .init(services: [keeper], gracefulShutdownSignals: [.sigterm, .sigint],
-                                                      logger: logger))
+        let service = SocketService(keeper: keeper, access: AccessControl(rules: settings.access), logger: logger)
+        let server = SocketServer(path: settings.socketPath, service: service, logger: logger)
+        let readiness = Readiness(keeper: keeper, server: server, service: service, logger: logger)
+        let group = ServiceGroup(configuration: .init(services: [keeper, server, readiness],
+                                                      gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
+    }
+}
+
+/// Declares the daemon ready once the socket listens and every restored session has been checked.
+struct Readiness: Service {
+    let keeper: Keeper
+    let server: SocketServer
+    let service: SocketService
+    let logger: Logger
+
+    func run() async throws {
+        await keeper.restored.wait()
+        await server.listening.wait()
+        service.markReady()
+        logger.info("ready", metadata: ["bunq.socket": "\(server.path)"])
+        try await gracefulShutdown()
     }
 }

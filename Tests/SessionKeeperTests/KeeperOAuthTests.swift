@@ -27,7 +27,8 @@ import TestSupport
             let provider = try #require(configuration.provider)
             let psd2 = try PSD2Material(certificatePEM: provider.certificatePEM, certificatePath: provider.certificatePath,
                                         privateKeyPEM: provider.privateKeyPEM, privateKeyPath: provider.privateKeySource)
-            let keeper = try Keeper(configuration: configuration, psd2: psd2, logger: Logger(label: "test"))
+            let keeper = try Keeper(configuration: configuration, psd2: psd2,
+                                    logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
             let running = Task { try await keeper.run() }
             defer { running.cancel() }
 

@@ -1,0 +1,43 @@
+import BunqAPI
+import BunqCrypto
+import Foundation
+import Synchronization
+
+/// Parsed installation keys, keyed by context and installation token (a new installation replaces the key).
+final class SigningKeys: Sendable {
+    private let keys = Mutex<[String: (installationToken: String, key: RSAPrivateKey)]>([:])
+
+    func key(for context: StoredContext) throws -> RSAPrivateKey {
+        guard let pem = context.registration.installationKeyPEM, let token = context.registration.installationToken else {
+            throw KeeperError(.unknownContext, "context \(context.name) has no installation yet")
+        }
+        if let cached = keys.withLock({ $0[context.name] }), cached.installationToken == token { return cached.key }
+        let key = try RSAPrivateKey(pem: pem)
+        keys.withLock { $0[context.name] = (token, key) }
+        return key
+    }
+
+    func forget(_ context: String) { _ = keys.withLock { $0.removeValue(forKey: context) } }
+}
+
+extension Keeper {
+    /// The base64 RSA-SHA256 signature of `body` with the context's installation key: what bunq expects in
+    /// `X-Bunq-Client-Signature`. The key never leaves the daemon.
+    public func sign(_ contextName: String, body: [UInt8]) async throws -> String {
+        guard let context = await cache.get(contextName) else {
+            throw KeeperError(.unknownContext, "no context named \(contextName)")
+        }
+        return try signingKeys.key(for: context).base64Signature(for: body)
+    }
+
+    /// bunq answered "Insufficient authentication" to the context's token: stop handing it out and renew at once
+    /// (once; a repeat before a successful renewal changes nothing).
+    public func reportSessionInvalid(_ contextName: String) async {
+        await scheduler.sessionInvalid(contextName)
+        if let entry = leases.entry(contextName) {
+            leases.set(LeaseEntry(context: entry.context, kind: entry.kind, session: nil, renewAt: nil,
+                                  generation: entry.generation, serverPublicKeyPEM: entry.serverPublicKeyPEM,
+                                  margin: entry.margin, needsAttention: entry.needsAttention))
+        }
+    }
+}

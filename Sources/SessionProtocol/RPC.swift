@@ -1,0 +1,170 @@
+import Foundation
+
+/// The JSON-RPC 2.0 error codes of the socket protocol (DESIGN.md, "The socket protocol").
+public enum RPCErrorCode: Int, Sendable, CaseIterable {
+    case parseError = -32700
+    /// Also an oversize line (> 64 KiB).
+    case invalidRequest = -32600
+    case methodNotFound = -32601
+    case invalidParams = -32602
+    case internalError = -32603
+    /// An unknown context, or one the caller may not see: the same answer, so names cannot be probed.
+    case unknownContext = 1001
+    case permissionDenied = 1002
+    /// No usable session right now: `data.state`, `data.retry_at`.
+    case sessionUnavailable = 1003
+    /// A human must act: `data.reason`.
+    case needsAttention = 1004
+    case upstreamFailure = 1005
+    case invalidOAuthState = 1006
+}
+
+/// The methods of the socket protocol.
+public enum RPCMethod: String, Sendable, CaseIterable {
+    case sessionGet = "session.get"
+    case requestSign = "request.sign"
+    case sessionRenew = "session.renew"
+    case sessionSubscribe = "session.subscribe"
+    case contextList = "context.list"
+    case contextStatus = "context.status"
+    case contextRemove = "context.remove"
+    case oauthAuthorizeURL = "oauth.authorize_url"
+    case oauthComplete = "oauth.complete"
+    case daemonStatus = "daemon.status"
+}
+
+/// A request id: a number, a string, or null (as JSON-RPC allows).
+public enum RPCID: Sendable, Hashable, CustomStringConvertible {
+    case number(Int64)
+    case string(String)
+    case null
+
+    init?(json: Any?) {
+        switch json {
+        case nil: return nil
+        case is NSNull: self = .null
+        case let string as String: self = .string(string)
+        case let number as NSNumber where "iqlsIQLS".contains(String(cString: number.objCType)):
+            // Integers only: booleans report "c", floats "d" or "f".
+            self = .number(number.int64Value)
+        default: return nil
+        }
+    }
+
+    public var json: String {
+        switch self {
+        case .number(let value): String(value)
+        case .string(let value): JSONText.quote(value)
+        case .null: "null"
+        }
+    }
+
+    public var description: String { json }
+}
+
+/// A parsed request line.
+public struct RPCRequest: @unchecked Sendable {
+    // Invariant: `params` holds JSONSerialization output only and is never mutated.
+    public let id: RPCID?
+    public let method: String
+    public let params: [String: Any]
+
+    /// A string parameter, or nil.
+    public func string(_ name: String) -> String? { params[name] as? String }
+}
+
+/// Why a line is not a request: the error to answer with (`id` when it could be read).
+public struct RPCLineError: Error, Sendable {
+    public let id: RPCID
+    public let code: RPCErrorCode
+    public let message: String
+}
+
+public enum RPCCodec {
+    /// The longest line accepted (the newline excluded).
+    public static let maxLineBytes = 64 * 1024
+
+    /// Parses one line into a request, or the error to answer.
+    public static func parse(_ line: some Collection<UInt8>) -> Result<RPCRequest, RPCLineError> {
+        guard let object = try? JSONSerialization.jsonObject(with: Data(line), options: [.fragmentsAllowed]) else {
+            return .failure(RPCLineError(id: .null, code: .parseError, message: "Parse error: the line is not valid JSON (UTF-8)"))
+        }
+        guard let request = object as? [String: Any] else {
+            let message = object is [Any] ? "Invalid Request: batches are not supported" : "Invalid Request: not an object"
+            return .failure(RPCLineError(id: .null, code: .invalidRequest, message: message))
+        }
+        let rawId = request["id"]
+        let id = RPCID(json: rawId)
+        if rawId != nil, id == nil {
+            return .failure(RPCLineError(id: .null, code: .invalidRequest, message: "Invalid Request: id must be a string, an integer or null"))
+        }
+        guard request["jsonrpc"] as? String == "2.0" else {
+            return .failure(RPCLineError(id: id ?? .null, code: .invalidRequest, message: "Invalid Request: jsonrpc must be \"2.0\""))
+        }
+        guard let method = request["method"] as? String else {
+            return .failure(RPCLineError(id: id ?? .null, code: .invalidRequest, message: "Invalid Request: method must be a string"))
+        }
+        let params: [String: Any]
+        switch request["params"] {
+        case nil, is NSNull: params = [:]
+        case let object as [String: Any]: params = object
+        default:
+            return .failure(RPCLineError(id: id ?? .null, code: .invalidParams, message: "Invalid params: params must be an object"))
+        }
+        return .success(RPCRequest(id: id, method: method, params: params))
+    }
+
+    /// `{"jsonrpc":"2.0","id":…,"result":…}\n`; `resultJSON` is already serialized.
+    public static func result(id: RPCID, _ resultJSON: String) -> [UInt8] {
+        Array("{\"jsonrpc\":\"2.0\",\"id\":\(id.json),\"result\":\(resultJSON)}\n".utf8)
+    }
+
+    /// `{"jsonrpc":"2.0","id":…,"error":{"code":…,"message":…,"data":…}}\n`.
+    public static func error(id: RPCID, _ code: RPCErrorCode, _ message: String, data: [String: Any]? = nil) -> [UInt8] {
+        var text = "{\"jsonrpc\":\"2.0\",\"id\":\(id.json),\"error\":{\"code\":\(code.rawValue),\"message\":\(JSONText.quote(message))"
+        if let data { text += ",\"data\":" + JSONText.encode(data) }
+        return Array((text + "}}\n").utf8)
+    }
+
+    /// A server notification: `{"jsonrpc":"2.0","method":…,"params":…}\n`.
+    public static func notification(_ method: String, _ params: [String: Any]) -> [UInt8] {
+        Array("{\"jsonrpc\":\"2.0\",\"method\":\(JSONText.quote(method)),\"params\":\(JSONText.encode(params))}\n".utf8)
+    }
+}
+
+/// JSON text helpers: quoting on the hot path, JSONSerialization for the rest.
+public enum JSONText {
+    /// A JSON string literal for `value`.
+    public static func quote(_ value: String) -> String {
+        var out = "\""
+        out.reserveCapacity(value.utf8.count + 2)
+        for scalar in value.unicodeScalars {
+            switch scalar {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            case let c where c.value < 0x20: out += String(format: "\\u%04x", c.value)
+            default: out.unicodeScalars.append(scalar)
+            }
+        }
+        return out + "\""
+    }
+
+    /// Compact JSON with sorted keys; nil values become null.
+    public static func encode(_ object: Any) -> String {
+        guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .fragmentsAllowed,
+                                                                                       .withoutEscapingSlashes]) else {
+            return "null"
+        }
+        return String(decoding: data, as: UTF8.self)
+    }
+
+    /// RFC 3339 UTC with milliseconds, as every timestamp of the protocol.
+    public static func timestamp(_ date: Date) -> String {
+        let formatter = ISO8601DateFormatter()
+        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        return formatter.string(from: date)
+    }
+}

@@ -1,0 +1,99 @@
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+import SessionKeeper
+import SessionProtocol
+import Synchronization
+
+/// The Unix-socket JSON-RPC server: newline-delimited JSON-RPC 2.0 on `path` (mode 0660), callers identified by
+/// `SO_PEERCRED`, a bound on connections, idle connections closed.
+public final class SocketServer: Service, Sendable {
+    public struct Limits: Sendable {
+        public var maxConnections = 4_096
+        public var idleTimeout: TimeAmount = .seconds(300)
+        public init() {}
+    }
+
+    public let path: String
+    let service: SocketService
+    let limits: Limits
+    let logger: Logger
+    private let connections = Atomic<Int>(0)
+    /// Fires once the socket accepts connections.
+    public let listening = OneShotSignal()
+
+    public init(path: String, service: SocketService, limits: Limits = Limits(), logger: Logger) {
+        self.path = path
+        self.service = service
+        self.limits = limits
+        self.logger = logger
+    }
+
+    public var connectionCount: Int { connections.load(ordering: .relaxed) }
+
+    public func run() async throws {
+        try Self.prepare(path)
+        let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .serverChannelOption(.backlog, value: 256)
+            .childChannelOption(.autoRead, value: true)
+            .childChannelOption(.writeBufferWaterMark, value: .init(low: 64 * 1024, high: 1024 * 1024))
+            .childChannelInitializer { [self] channel in initialize(channel) }
+            .bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true)
+            .get()
+        chmod(path, 0o660)
+        logger.info("listening", metadata: ["bunq.socket": "\(path)"])
+        listening.fire()
+        await withGracefulShutdownHandler {
+            try? await server.closeFuture.get()
+        } onGracefulShutdown: {
+            server.close(promise: nil)
+        }
+        unlink(path)
+    }
+
+    private func initialize(_ channel: any Channel) -> EventLoopFuture<Void> {
+        let count = connections.wrappingAdd(1, ordering: .relaxed).newValue
+        let release: @Sendable () -> Void = { [self] in _ = connections.wrappingSubtract(1, ordering: .relaxed) }
+        guard count <= limits.maxConnections else {
+            release()
+            let line = RPCCodec.error(id: .null, .internalError, "Too many connections")
+            return channel.writeAndFlush(ByteBuffer(bytes: line)).flatMap { channel.close() }
+        }
+        return PeerCredentials.read(channel).flatMapThrowing { [self] peer in
+            try channel.pipeline.syncOperations.addHandlers([
+                IdleStateHandler(readTimeout: limits.idleTimeout),
+                ByteToMessageHandler(LineFrameDecoder()),
+                RPCConnectionHandler(service: service, peer: peer, onClose: release),
+            ])
+        }.flatMapErrorThrowing { error in
+            release()
+            throw error
+        }
+    }
+
+    /// The socket's directory must exist (it is created 0755 if missing) and must not let others replace the
+    /// socket: not writable by others unless sticky.
+    static func prepare(_ path: String) throws {
+        let directory = (path as NSString).deletingLastPathComponent
+        if !FileManager.default.fileExists(atPath: directory) {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true,
+                                                    attributes: [.posixPermissions: 0o755])
+        }
+        var info = stat()
+        guard stat(directory, &info) == 0 else { throw SocketServerError("cannot stat the socket directory \(directory)") }
+        if info.st_mode & 0o002 != 0, info.st_mode & 0o1000 == 0 {
+            throw SocketServerError("the socket directory \(directory) is writable by everyone; use a private directory")
+        }
+        var existing = stat()
+        if lstat(path, &existing) == 0, existing.st_mode & S_IFMT != S_IFSOCK {
+            throw SocketServerError("\(path) exists and is not a socket; refusing to replace it")
+        }
+    }
+}
+
+public struct SocketServerError: Error, CustomStringConvertible {
+    public let description: String
+    init(_ description: String) { self.description = description }
+}

@@ -1,0 +1,267 @@
+import BunqAPI
+import Foundation
+import Logging
+import SessionKeeper
+import SessionProtocol
+import Synchronization
+
+/// The socket protocol's methods over the keeper, with access control. Answers are complete response lines.
+public final class SocketService: Sendable {
+    let keeper: Keeper
+    public let access: AccessControl
+    let logger: Logger
+    /// (uid, context) pairs already granted a token: the first grant is logged at info, later ones at debug.
+    private let granted = Mutex<Set<String>>([])
+    /// Serialized `session.get` results per context and generation: the hot path reuses them.
+    private let grantJSON = Mutex<[String: (session: SessionInfo, generation: Int, json: String)]>([:])
+    private let ready = Atomic<Bool>(false)
+
+    public init(keeper: Keeper, access: AccessControl, logger: Logger) {
+        self.keeper = keeper
+        self.access = access
+        self.logger = logger
+    }
+
+    public func markReady() { ready.store(true, ordering: .releasing) }
+
+    // MARK: session.get (the hot path: no suspension)
+
+    /// The answer when a token can be handed out right away; nil when the slow path must decide.
+    func sessionGetFast(_ request: RPCRequest, id: RPCID, peer: PeerCredentials) -> [UInt8]? {
+        guard let context = request.string("context") else {
+            return RPCCodec.error(id: id, .invalidParams, "Invalid params: context (a string) is required")
+        }
+        guard access.mayUse(peer, context), let entry = keeper.leases.entry(context) else {
+            return RPCCodec.error(id: id, .unknownContext, "Unknown context: \(context)")
+        }
+        guard let session = entry.grantable(at: Date()) else { return nil }
+        logGrant(context, peer)
+        let json = grantJSON.withLock { cache -> String in
+            if let cached = cache[context], cached.session == session, cached.generation == entry.generation { return cached.json }
+            var fields = "{\"context\":\(JSONText.quote(context)),\"token\":\(JSONText.quote(session.token))"
+            fields += ",\"user_id\":\(session.userId),\"expires_at\":\"\(JSONText.timestamp(session.expiresAt))\""
+            fields += ",\"renew_at\":" + (entry.renewAt.map { "\"\(JSONText.timestamp($0))\"" } ?? "null")
+            fields += ",\"generation\":\(entry.generation),\"server_public_key\":"
+                + (entry.serverPublicKeyPEM.map(JSONText.quote) ?? "null") + "}"
+            cache[context] = (session, entry.generation, fields)
+            return fields
+        }
+        return RPCCodec.result(id: id, json)
+    }
+
+    private func logGrant(_ context: String, _ peer: PeerCredentials) {
+        let first = granted.withLock { $0.insert("\(peer.uid) \(context)").inserted }
+        let level: Logger.Level = first ? .info : .debug
+        guard logger.logLevel <= level else { return }
+        logger.log(level: level, first ? "token granted to a new caller" : "token granted", metadata: [
+            "bunq.context": "\(context)", "bunq.peer_pid": "\(peer.pid)", "bunq.peer_uid": "\(peer.uid)",
+            "bunq.peer_unit": "\(peer.unit ?? "-")",
+        ])
+    }
+
+    // MARK: Everything else
+
+    /// Answers any request (the slow path); `subscribe` registers a subscription for this connection.
+    func handle(_ request: RPCRequest, id: RPCID, peer: PeerCredentials,
+                subscribe: @Sendable ([String]) -> Void) async -> [UInt8] {
+        guard let method = RPCMethod(rawValue: request.method) else {
+            return RPCCodec.error(id: id, .methodNotFound, "Method not found: \(request.method)")
+        }
+        do {
+            return RPCCodec.result(id: id, try await call(method, request, peer: peer, subscribe: subscribe))
+        } catch let error as ServiceError {
+            return RPCCodec.error(id: id, error.code, error.message, data: error.data)
+        } catch let error as KeeperError {
+            let code: RPCErrorCode = switch error.code {
+            case .unknownContext: .unknownContext
+            case .invalidOAuthState: .invalidOAuthState
+            case .providerNotLive: .sessionUnavailable
+            case .noProvider, .invalidRedirectURI: .invalidParams
+            case .upstream: .upstreamFailure
+            case .store: .internalError
+            }
+            return RPCCodec.error(id: id, code, error.message)
+        } catch {
+            logger.error("request failed", metadata: ["bunq.method": "\(request.method)", "error": "\(error)"])
+            return RPCCodec.error(id: id, .internalError, "Internal error")
+        }
+    }
+
+    struct ServiceError: Error {
+        let code: RPCErrorCode
+        let message: String
+        var data: [String: String]?
+    }
+
+    private func requireContext(_ request: RPCRequest, _ peer: PeerCredentials) async throws -> String {
+        guard let context = request.string("context") else {
+            throw ServiceError(code: .invalidParams, message: "Invalid params: context (a string) is required")
+        }
+        // Unknown and forbidden answer alike: names cannot be probed.
+        guard access.mayUse(peer, context), await keeper.schedule(context) != nil else {
+            throw ServiceError(code: .unknownContext, message: "Unknown context: \(context)")
+        }
+        return context
+    }
+
+    private func requireAdmin(_ peer: PeerCredentials, _ method: RPCMethod) throws {
+        guard access.isAdmin(peer) else {
+            throw ServiceError(code: .permissionDenied, message: "Permission denied: \(method.rawValue) is for admins")
+        }
+    }
+
+    private func call(_ method: RPCMethod, _ request: RPCRequest, peer: PeerCredentials,
+                      subscribe: @Sendable ([String]) -> Void) async throws -> String {
+        switch method {
+        case .sessionGet:
+            let context = try await requireContext(request, peer)
+            if let fast = sessionGetFast(request, id: .null, peer: peer) {
+                // Granted in the meantime: reuse the serialized result.
+                let text = String(decoding: fast, as: UTF8.self)
+                if let range = text.range(of: "\"result\":") { return String(text[range.upperBound...].dropLast(2)) }
+            }
+            throw unavailable(context, await keeper.lease(context))
+
+        case .requestSign:
+            let context = try await requireContext(request, peer)
+            let body: [UInt8]
+            if let text = request.string("body") {
+                body = Array(text.utf8)
+            } else if let encoded = request.string("body_base64") {
+                guard let data = Data(base64Encoded: encoded) else {
+                    throw ServiceError(code: .invalidParams, message: "Invalid params: body_base64 is not valid base64")
+                }
+                body = Array(data)
+            } else {
+                throw ServiceError(code: .invalidParams, message: "Invalid params: body (string) or body_base64 is required")
+            }
+            return JSONText.encode(["signature": try await keeper.sign(context, body: body)])
+
+        case .sessionRenew:
+            let context = try await requireContext(request, peer)
+            switch await keeper.scheduler.renewNow(context) {
+            case .success(let session)?:
+                let generation = await keeper.schedule(context)?.generation ?? 0
+                return JSONText.encode(["generation": generation, "expires_at": JSONText.timestamp(session.expiresAt)])
+            case .failure(let error)?:
+                throw error.kind == .needsAttention
+                    ? ServiceError(code: .needsAttention, message: "Needs attention", data: ["reason": error.message])
+                    : ServiceError(code: .upstreamFailure, message: "Renewal failed: \(error.message)")
+            case nil:
+                throw ServiceError(code: .unknownContext, message: "Unknown context: \(context)")
+            }
+
+        case .sessionSubscribe:
+            var contexts: [String]
+            if request.params["context"] != nil {
+                contexts = [try await requireContext(request, peer)]
+            } else {
+                contexts = await keeper.contextNames().filter { access.mayUse(peer, $0) }
+            }
+            contexts.sort()
+            subscribe(contexts)
+            return JSONText.encode(["subscribed": contexts])
+
+        case .contextList:
+            var items: [[String: Any]] = []
+            for name in await keeper.contextNames() where access.mayUse(peer, name) {
+                guard let schedule = await keeper.schedule(name) else { continue }
+                items.append([
+                    "name": name, "kind": keeper.leases.entry(name)?.kind.rawValue ?? "unknown",
+                    "state": schedule.state.rawValue, "user_id": schedule.userId.map { $0 as Any } ?? NSNull(),
+                    "expires_at": schedule.expiresAt.map(JSONText.timestamp) ?? NSNull(),
+                    "renew_at": schedule.renewAt.map(JSONText.timestamp) ?? NSNull(),
+                ])
+            }
+            return JSONText.encode(["contexts": items])
+
+        case .contextStatus:
+            let context = try await requireContext(request, peer)
+            guard let schedule = await keeper.schedule(context) else {
+                throw ServiceError(code: .unknownContext, message: "Unknown context: \(context)")
+            }
+            return JSONText.encode(Self.statusJSON(context, schedule, kind: keeper.leases.entry(context)?.kind))
+
+        case .contextRemove:
+            try requireAdmin(peer, method)
+            let context = try await requireContext(request, peer)
+            try await keeper.removeContext(context)
+            return "{}"
+
+        case .oauthAuthorizeURL:
+            try requireAdmin(peer, method)
+            let authorization = try await keeper.oauthAuthorizeURL(redirectURI: request.string("redirect_uri"))
+            return JSONText.encode(["url": authorization.url, "state": authorization.state,
+                                    "expires_at": JSONText.timestamp(authorization.expiresAt)])
+
+        case .oauthComplete:
+            try requireAdmin(peer, method)
+            guard let code = request.string("code"), let state = request.string("state") else {
+                throw ServiceError(code: .invalidParams, message: "Invalid params: code and state (strings) are required")
+            }
+            let name = try await keeper.completeOAuth(code: code, state: state, name: request.string("name"))
+            return JSONText.encode(["context": name])
+
+        case .daemonStatus:
+            var counts: [String: Int] = Dictionary(uniqueKeysWithValues: ContextState.allCases.filter { $0 != .removed }
+                .map { ($0.rawValue, 0) })
+            let names = await keeper.contextNames()
+            for name in names {
+                if let state = await keeper.schedule(name)?.state { counts[state.rawValue, default: 0] += 1 }
+            }
+            var contexts: [String: Any] = counts
+            contexts["total"] = names.count
+            return JSONText.encode([
+                "version": BunqSessiondVersion.current,
+                "uptime_seconds": Int(Date().timeIntervalSince(keeper.startedAt)),
+                "ready": ready.load(ordering: .acquiring),
+                "contexts": contexts,
+                "next_renewal_at": await keeper.scheduler.nextDeadline().map(JSONText.timestamp) ?? NSNull(),
+            ])
+        }
+    }
+
+    private func unavailable(_ context: String, _ lease: LeaseResult?) -> ServiceError {
+        guard case .unavailable(let state, let retryAt, let reason)? = lease else {
+            return ServiceError(code: .sessionUnavailable, message: "Session unavailable", data: ["state": "renewing"])
+        }
+        if state == .needsAttention {
+            return ServiceError(code: .needsAttention, message: "Needs attention: bunq rejected the credentials",
+                                data: ["state": state.rawValue, "reason": reason ?? "credentials rejected"])
+        }
+        var data = ["state": state.rawValue]
+        data["retry_at"] = retryAt.map(JSONText.timestamp)
+        return ServiceError(code: .sessionUnavailable, message: "Session unavailable for \(context)", data: data)
+    }
+
+    static func statusJSON(_ context: String, _ schedule: ContextSchedule, kind: StoredContext.Kind?) -> [String: Any] {
+        [
+            "context": context, "kind": kind?.rawValue ?? "unknown", "state": schedule.state.rawValue,
+            "user_id": schedule.userId.map { $0 as Any } ?? NSNull(), "generation": schedule.generation,
+            "expires_at": schedule.expiresAt.map(JSONText.timestamp) ?? NSNull(),
+            "renew_at": schedule.renewAt.map(JSONText.timestamp) ?? NSNull(),
+            "last_renewed_at": schedule.lastRenewedAt.map(JSONText.timestamp) ?? NSNull(),
+            "consecutive_failures": schedule.consecutiveFailures,
+            "next_retry_at": schedule.nextRetryAt.map(JSONText.timestamp) ?? NSNull(),
+            "last_error": schedule.lastError ?? NSNull(),
+        ]
+    }
+
+    /// The notification for a scheduler event, or nil when the event is not for this subscriber.
+    static func notification(_ event: SchedulerEvent, _ entry: LeaseEntry?) -> (context: String, line: [UInt8])? {
+        switch event {
+        case .rotated(let context, let generation, let expiresAt):
+            guard let token = entry?.session?.token else { return nil }
+            return (context, RPCCodec.notification("session.rotated", [
+                "context": context, "generation": generation, "token": token,
+                "expires_at": JSONText.timestamp(expiresAt),
+            ]))
+        case .failed(let context, let error, _, _, _):
+            let state = error.kind == .needsAttention ? ContextState.needsAttention
+                : (entry?.grantable(at: Date()) != nil ? .retrying : .expired)
+            return (context, RPCCodec.notification("context.state", [
+                "context": context, "state": state.rawValue, "reason": error.message,
+            ]))
+        }
+    }
+}
