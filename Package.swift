@@ -21,6 +21,8 @@ let package = Package(
         .library(name: "BunqAPI", targets: ["BunqAPI"]),
         .executable(name: "bunq-sandbox", targets: ["bunq-sandbox"]),
         .executable(name: "bunq-sessiond", targets: ["bunq-sessiond"]),
+        .executable(name: "bunq-sessionctl", targets: ["bunq-sessionctl"]),
+        .library(name: "SessiondClient", targets: ["SessiondClient"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
@@ -73,6 +75,19 @@ let package = Package(
         ),
         .target(
             name: "SessionProtocol",
+            swiftSettings: strictSettings
+        ),
+        .target(
+            name: "SessiondClient",
+            dependencies: ["SessionProtocol"],
+            swiftSettings: strictSettings
+        ),
+        .executableTarget(
+            name: "bunq-sessionctl",
+            dependencies: [
+                "SessiondClient", "SessionProtocol",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
             swiftSettings: strictSettings
         ),
         .target(

@@ -1,0 +1,129 @@
+import Foundation
+import SessionProtocol
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Why a call to bunq-sessiond failed.
+public enum SessiondClientError: Error, CustomStringConvertible {
+    /// The socket could not be reached (daemon not running, wrong path, no permission).
+    case unreachable(path: String, reason: String)
+    /// The daemon answered with a JSON-RPC error.
+    case rpc(code: Int, message: String, data: [String: String]?)
+    /// The connection broke or the reply was not understood.
+    case protocolError(String)
+
+    public var description: String {
+        switch self {
+        case .unreachable(let path, let reason): "cannot reach bunq-sessiond at \(path): \(reason)"
+        case .rpc(let code, let message, let data):
+            "\(message) (\(code))" + (data.map { " " + JSONText.encode($0) } ?? "")
+        case .protocolError(let reason): "protocol error: \(reason)"
+        }
+    }
+}
+
+/// A connection to bunq-sessiond's Unix socket, speaking newline-delimited JSON-RPC 2.0.
+///
+/// Calls block the calling thread until the answer arrives; use one connection per thread (it is not Sendable).
+public final class SessiondConnection {
+    /// `$BUNQ_SESSIOND_SOCKET`, else `/run/bunq-sessiond/socket`.
+    public static var defaultPath: String {
+        ProcessInfo.processInfo.environment["BUNQ_SESSIOND_SOCKET"].flatMap { $0.isEmpty ? nil : $0 }
+            ?? "/run/bunq-sessiond/socket"
+    }
+
+    public let path: String
+    private let fd: Int32
+    private var buffer: [UInt8] = []
+    private var nextId: Int64 = 0
+    /// Notifications that arrived while waiting for an answer.
+    private var queuedNotifications: [(method: String, params: [String: Any])] = []
+
+    public init(path: String = SessiondConnection.defaultPath) throws {
+        self.path = path
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw SessiondClientError.unreachable(path: path, reason: String(cString: strerror(errno))) }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
+            close(fd)
+            throw SessiondClientError.unreachable(path: path, reason: "the path is too long for a Unix socket")
+        }
+        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: bytes + [0]) }
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard connected == 0 else {
+            let reason = String(cString: strerror(errno))
+            close(fd)
+            throw SessiondClientError.unreachable(path: path, reason: reason)
+        }
+        self.fd = fd
+    }
+
+    deinit {
+        close(fd)
+    }
+
+    /// Calls `method` and returns its result object.
+    @discardableResult
+    public func call(_ method: String, _ params: [String: Any] = [:]) throws -> [String: Any] {
+        nextId += 1
+        let id = nextId
+        let line = JSONText.encode(["jsonrpc": "2.0", "id": id, "method": method, "params": params]) + "\n"
+        try send(Array(line.utf8))
+        while true {
+            let message = try readMessage()
+            if message["id"] == nil, let method = message["method"] as? String {
+                queuedNotifications.append((method, message["params"] as? [String: Any] ?? [:]))
+                continue
+            }
+            guard (message["id"] as? NSNumber)?.int64Value == id else { continue }
+            if let error = message["error"] as? [String: Any] {
+                throw SessiondClientError.rpc(code: (error["code"] as? Int) ?? 0, message: (error["message"] as? String) ?? "",
+                                              data: (error["data"] as? [String: Any])?.mapValues { "\($0)" })
+            }
+            return message["result"] as? [String: Any] ?? [:]
+        }
+    }
+
+    /// The next server notification (`session.rotated`, `context.state`), blocking until one arrives.
+    public func nextNotification() throws -> (method: String, params: [String: Any]) {
+        if !queuedNotifications.isEmpty { return queuedNotifications.removeFirst() }
+        while true {
+            let message = try readMessage()
+            if message["id"] == nil, let method = message["method"] as? String {
+                return (method, message["params"] as? [String: Any] ?? [:])
+            }
+        }
+    }
+
+    private func send(_ bytes: [UInt8]) throws {
+        var offset = 0
+        while offset < bytes.count {
+            let written = bytes[offset...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            guard written > 0 else { throw SessiondClientError.protocolError("the connection closed while sending") }
+            offset += written
+        }
+    }
+
+    private func readMessage() throws -> [String: Any] {
+        while true {
+            if let newline = buffer.firstIndex(of: UInt8(ascii: "\n")) {
+                let line = buffer[..<newline]
+                buffer.removeSubrange(...newline)
+                guard let object = try? JSONSerialization.jsonObject(with: Data(line)) as? [String: Any] else {
+                    throw SessiondClientError.protocolError("an answer is not a JSON object")
+                }
+                return object
+            }
+            var chunk = [UInt8](repeating: 0, count: 65_536)
+            let count = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            guard count > 0 else { throw SessiondClientError.protocolError("the daemon closed the connection") }
+            buffer.append(contentsOf: chunk.prefix(count))
+        }
+    }
+}
