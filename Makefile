@@ -16,7 +16,7 @@ BUILD_LOG := .build/make-build.log
 SDK_VENV := .build/sdk-venv
 SDK_PACKAGES := bunq-sdk==1.28.0
 
-.PHONY: all deps build test sdk-compat run clean
+.PHONY: all deps build test sdk-compat run sandbox clean
 
 all: build
 
@@ -57,8 +57,13 @@ sdk-compat: $(SDK_VENV)/.installed
 	$(SWIFT) build --product bunq-sandbox
 	$(SDK_VENV)/bin/python Tests/sdk-compat/python_sdk_compat.py "$$($(SWIFT) build --show-bin-path)/bunq-sandbox"
 
-## run: the bunq sandbox emulator in the foreground on http://127.0.0.1:8089 (until the daemon demo replaces it)
+## run: the demo: bunq-sandbox + bunq-sessiond, a PSD2 provider, an API-key identity and an OAuth user, live
 run: deps
+	$(SWIFT) build
+	bash scripts/demo.sh
+
+## sandbox: only the bunq sandbox emulator, in the foreground on http://127.0.0.1:8089
+sandbox: deps
 	$(SWIFT) build --product bunq-sandbox
 	"$$($(SWIFT) build --show-bin-path)/bunq-sandbox" --port 8089 --session-timeout 120 --psd2-first-session-timeout 60
 

@@ -47,6 +47,10 @@ struct BunqSandboxCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
+        // A parent may have started us with SIGTERM or SIGINT ignored (dispositions survive exec); a server that
+        // cannot be stopped is a bug, so take the defaults back.
+        signal(SIGTERM, SIG_DFL)
+        signal(SIGINT, SIG_DFL)
         let configuration = SandboxConfiguration(
             host: host, port: port, sessionTimeout: sessionTimeout, psd2FirstSessionTimeout: psd2FirstSessionTimeout,
             rateLimits: rateLimits == "bunq", expiredSessionStatus: expiredSessionStatus)

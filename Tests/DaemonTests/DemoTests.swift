@@ -1,0 +1,24 @@
+import Foundation
+import Testing
+import TestSupport
+
+/// `make run`'s script, in the bounded form CI can run: everything comes up, an OAuth user connects, and
+/// everything stops.
+@Suite struct DemoTests {
+    @Test func theDemoConnectsAUserAndStopsCleanly() throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let script = Binaries.directory.deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("scripts/demo.sh").path
+        let output = try Command.run(["env", "DEMO_SECONDS=4", "SESSION_TIMEOUT=30", "DEMO_DIR=\(dir.path("demo"))",
+                                      "bash", script])
+        let text = output.stdoutText
+        #expect(output.status == 0, "\(output.stderrText)")
+        #expect(text.contains("connected: user-"), "\(text)")
+        #expect(text.contains("contexts: 3 (3 live"), "\(text)")
+        #expect(text.contains("stopped."))
+        // Nothing is left running from the demo's folder.
+        let leftovers = try Command.run(["pgrep", "-f", dir.path("demo")])
+        #expect(leftovers.stdoutText.isEmpty, "processes left behind: \(leftovers.stdoutText)")
+    }
+}
