@@ -16,7 +16,7 @@ BUILD_LOG := .build/make-build.log
 SDK_VENV := .build/sdk-venv
 SDK_PACKAGES := bunq-sdk==1.28.0
 
-.PHONY: all deps build test sdk-compat run sandbox clean
+.PHONY: all deps build test sdk-compat run sandbox bench clean
 
 all: build
 
@@ -61,6 +61,11 @@ sdk-compat: $(SDK_VENV)/.installed
 run: deps
 	$(SWIFT) build
 	bash scripts/demo.sh
+
+## bench: throughput, latency, signing, memory and start-up figures (release build; not a test)
+bench: deps
+	$(SWIFT) build -c release
+	"$$($(SWIFT) build -c release --show-bin-path)/bunq-sessiond-bench" "$$($(SWIFT) build -c release --show-bin-path)"
 
 ## sandbox: only the bunq sandbox emulator, in the foreground on http://127.0.0.1:8089
 sandbox: deps

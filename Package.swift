@@ -149,6 +149,12 @@ let package = Package(
             swiftSettings: strictSettings
         ),
 
+        .executableTarget(
+            name: "bunq-sessiond-bench",
+            dependencies: ["SessionKeeper", "BunqAPI", "BunqCrypto"],
+            swiftSettings: strictSettings
+        ),
+
         // MARK: Tests
         .target(
             name: "TestSupport",

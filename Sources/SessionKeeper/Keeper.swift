@@ -73,12 +73,16 @@ public final class Keeper: Service, Sendable {
             await cache.set(context)
             await scheduler.add(context.name, session: context.session, generation: context.generation)
             await refreshLease(context.name)
-            logger.info(context.session == nil ? "identity added" : "identity restored", metadata: [
+            // One line per identity for small deployments; at scale, only the summary below.
+            logger.log(level: wanted.count <= 100 ? .info : .debug,
+                       context.session == nil ? "identity added" : "identity restored", metadata: [
                 "bunq.context": "\(context.name)",
                 "bunq.next_step": "\(context.registration.nextStep.rawValue)",
                 "bunq.expires_at": "\(context.session.map { ISO8601DateFormatter().string(from: $0.expiresAt) } ?? "-")",
             ])
         }
+        logger.info("identities restored", metadata: ["bunq.count": "\(wanted.count)",
+                                                      "bunq.with_session": "\(wanted.filter { $0.session != nil }.count)"])
         return wanted.map(\.name)
     }
 

@@ -166,6 +166,32 @@ public final class StateStore: Sendable {
         }
     }
 
+    /// Stores many contexts in one transaction (imports, benchmarks); existing names are replaced.
+    public func importContexts(_ contexts: [StoredContext]) throws {
+        let sealed = try contexts.map { context in
+            (context, try seal(JSONEncoder().encode(context.registration), context.name, "registration"),
+             try context.session.map { try seal(Data($0.token.utf8), context.name, "session") })
+        }
+        try wrap("import \(contexts.count) contexts") {
+            try pool.write { db in
+                let now = Date().timeIntervalSince1970
+                for (context, registration, token) in sealed {
+                    try db.execute(sql: """
+                        INSERT OR REPLACE INTO context (name, kind, registration, generation, created_at, updated_at)
+                        VALUES (?, ?, ?, ?, ?, ?)
+                        """, arguments: [context.name, context.kind.rawValue, registration, context.generation, now, now])
+                    if let session = context.session, let token {
+                        try db.execute(sql: """
+                            INSERT OR REPLACE INTO session (context, session_id, token, user_id, created, expires_at)
+                            VALUES (?, ?, ?, ?, ?, ?)
+                            """, arguments: [context.name, session.id, token, session.userId,
+                                             session.created.timeIntervalSince1970, session.expiresAt.timeIntervalSince1970])
+                    }
+                }
+            }
+        }
+    }
+
     /// Forgets a context and its secrets.
     public func removeContext(_ name: String) throws {
         try wrap("remove \(name)") {

@@ -1,0 +1,286 @@
+import BunqAPI
+import BunqCrypto
+import Foundation
+import SessionKeeper
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `make bench`: bunq-sessiond's throughput, latency, signing rate, memory and start-up time, against a local
+/// bunq-sandbox. A benchmark, not a test: it prints figures (also as README table rows).
+@main
+struct Bench {
+    static func main() throws {
+        guard CommandLine.arguments.count >= 2 else {
+            print("usage: bunq-sessiond-bench BIN_DIR   (the directory holding bunq-sessiond and bunq-sandbox)")
+            exit(2)
+        }
+        let bin = CommandLine.arguments[1]
+        let seconds = Double(ProcessInfo.processInfo.environment["BENCH_SECONDS"] ?? "5") ?? 5
+        let identities = Int(ProcessInfo.processInfo.environment["BENCH_IDENTITIES"] ?? "100000") ?? 100_000
+        let work = FileManager.default.temporaryDirectory.appendingPathComponent("bunq-bench-\(getpid())").path
+        try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: work) }
+
+        let sandbox = try Child(bin + "/bunq-sandbox", ["--port", "0", "--session-timeout", "86400",
+                                                      "--psd2-first-session-timeout", "86400", "--rate-limits", "off"],
+                                log: work + "/sandbox.log")
+        defer { sandbox.stop() }
+        guard sandbox.waitFor("listening on", timeout: 20), let base = sandbox.log.split(separator: "\n").first?
+            .replacingOccurrences(of: "listening on ", with: "") else { fatalError("bunq-sandbox did not start") }
+        let apiKey = try sandboxAPIKey(base)
+        try apiKey.write(toFile: work + "/ops.key", atomically: true, encoding: .utf8)
+
+        print("bunq-sessiond benchmark: \(ProcessInfo.processInfo.activeProcessorCount) cores, \(seconds) s per run")
+        var rows: [String] = []
+
+        // 1. session.get and request.sign against a daemon with one live identity.
+        let config = try writeConfig(work, base: base, state: work + "/state")
+        let daemon = try Child(bin + "/bunq-sessiond", ["--config", config], log: work + "/daemon.log")
+        guard daemon.waitFor("[bunq_sessiond] ready", timeout: 60), waitLive(work + "/socket") else {
+            daemon.stop()
+            fatalError("the daemon did not get ready: \(daemon.log)")
+        }
+        let getLine = #"{"jsonrpc":"2.0","id":1,"method":"session.get","params":{"context":"ops"}}"#
+        _ = load(work + "/socket", getLine, connections: 50, seconds: 1)  // warm-up
+        for connections in [1, 50, 200] {
+            let result = load(work + "/socket", getLine, connections: connections, seconds: seconds)
+            let row = "| `session.get`, \(connections) connection\(connections == 1 ? "" : "s") | "
+                + "\(Int(result.rate)) /s | p50 \(format(result.p50)) | p99 \(format(result.p99)) |"
+            print(row)
+            rows.append(row)
+        }
+        let body = String(repeating: "x", count: 200)
+        let signLine = #"{"jsonrpc":"2.0","id":1,"method":"request.sign","params":{"context":"ops","body":"\#(body)"}}"#
+        let cores = ProcessInfo.processInfo.activeProcessorCount
+        let sign = load(work + "/socket", signLine, connections: cores * 2, seconds: seconds)
+        let opensslRate = opensslSignRate()
+        let signRow = "| `request.sign`, \(cores * 2) connections | \(Int(sign.rate)) /s (\(Int(sign.rate) / cores) per core) | "
+            + "p50 \(format(sign.p50)) | openssl speed rsa2048: \(Int(opensslRate)) sign/s per core |"
+        print(signRow)
+        rows.append(signRow)
+        daemon.stop()
+
+        // 2. Start-up and memory with many stored identities.
+        let bigState = work + "/big-state"
+        let seeded = try seed(bigState, count: identities)
+        let bigConfig = try writeConfig(work, base: base, state: bigState, name: "big.yaml", socket: work + "/big.socket")
+        let started = Date()
+        let big = try Child(bin + "/bunq-sessiond", ["--config", bigConfig], log: work + "/big.log")
+        defer { big.stop() }
+        guard big.waitFor("[bunq_sessiond] ready", timeout: 120) else { fatalError("not ready: \(big.log.suffix(2000))") }
+        let ready = Date().timeIntervalSince(started)
+        Thread.sleep(forTimeInterval: 1)
+        let rss = residentMegabytes(big.process.processIdentifier)
+        let bigGet = load(work + "/big.socket",
+                          #"{"jsonrpc":"2.0","id":1,"method":"session.get","params":{"context":"user-\#(identities / 2)"}}"#,
+                          connections: 50, seconds: min(seconds, 3))
+        let bigRow = "| \(seeded) stored identities | ready in \(String(format: "%.2f", ready)) s | \(rss) MB resident | "
+            + "`session.get` \(Int(bigGet.rate)) /s, p99 \(format(bigGet.p99)) |"
+        print(bigRow)
+        rows.append(bigRow)
+        print("\nREADME rows:\n" + rows.joined(separator: "\n"))
+    }
+
+    // MARK: Load
+
+    struct LoadResult {
+        let rate: Double
+        let p50: UInt64
+        let p99: UInt64
+    }
+
+    /// `connections` clients, each with one request outstanding at a time, for `seconds`.
+    static func load(_ socket: String, _ line: String, connections: Int, seconds: Double) -> LoadResult {
+        let request = Array((line + "\n").utf8)
+        let samples = Mutex<[UInt64]>([])
+        let done = DispatchGroup()
+        let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(seconds * 1e9)
+        for _ in 0..<connections {
+            done.enter()
+            let thread = Thread {
+                defer { done.leave() }
+                guard let fd = connectUnix(socket) else { return }
+                defer { close(fd) }
+                var local: [UInt64] = []
+                local.reserveCapacity(200_000)
+                var buffer = [UInt8](repeating: 0, count: 65_536)
+                while DispatchTime.now().uptimeNanoseconds < deadline {
+                    let start = DispatchTime.now().uptimeNanoseconds
+                    guard request.withUnsafeBytes({ send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) == request.count
+                    else { return }
+                    var got = 0
+                    while true {
+                        let count = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + got, $0.count - got, 0) }
+                        guard count > 0 else { return }
+                        got += count
+                        if buffer[got - 1] == UInt8(ascii: "\n") { break }
+                    }
+                    local.append(DispatchTime.now().uptimeNanoseconds - start)
+                }
+                samples.withLock { $0.append(contentsOf: local) }
+            }
+            thread.stackSize = 1 << 20
+            thread.start()
+        }
+        done.wait()
+        var all = samples.withLock { $0 }
+        all.sort()
+        guard !all.isEmpty else { return LoadResult(rate: 0, p50: 0, p99: 0) }
+        return LoadResult(rate: Double(all.count) / seconds, p50: all[all.count / 2], p99: all[min(all.count - 1, all.count * 99 / 100)])
+    }
+
+    static func connectUnix(_ path: String) -> Int32? {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(path.utf8) + [0]) }
+        let ok = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        if ok != 0 { close(fd); return nil }
+        return fd
+    }
+
+    static func waitLive(_ socket: String) -> Bool {
+        let line = Array((#"{"jsonrpc":"2.0","id":1,"method":"session.get","params":{"context":"ops"}}"# + "\n").utf8)
+        for _ in 0..<300 {
+            if let fd = connectUnix(socket) {
+                _ = line.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+                var buffer = [UInt8](repeating: 0, count: 4096)
+                let count = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+                close(fd)
+                if count > 0, String(decoding: buffer.prefix(count), as: UTF8.self).contains("\"token\"") { return true }
+            }
+            usleep(100_000)
+        }
+        return false
+    }
+
+    static func format(_ nanoseconds: UInt64) -> String {
+        nanoseconds < 1_000_000 ? "\(nanoseconds / 1_000) µs" : String(format: "%.2f ms", Double(nanoseconds) / 1e6)
+    }
+
+    // MARK: Set-up
+
+    static func sandboxAPIKey(_ base: String) throws -> String {
+        let output = try run(["curl", "-sf", "-X", "POST", base + "/v1/sandbox-user-person"])
+        let json = try JSONSerialization.jsonObject(with: Data(output.utf8)) as? [String: Any]
+        let item = (json?["Response"] as? [[String: Any]])?.first?["ApiKey"] as? [String: Any]
+        guard let key = item?["api_key"] as? String else { throw BenchError("no API key from the sandbox") }
+        return key
+    }
+
+    static func writeConfig(_ work: String, base: String, state: String, name: String = "config.yaml",
+                            socket: String? = nil) throws -> String {
+        let path = work + "/" + name
+        try """
+            bunq: {api_base_url: '\(base)/v1/', oauth_authorize_url: '\(base)/auth', oauth_token_url: '\(base)/v1/token',
+                   rate_limits: unlimited}
+            socket: {path: \(socket ?? work + "/socket")}
+            state: {directory: \(state)}
+            api_keys:
+              - {name: ops, key_file: \(work)/ops.key}
+            access: {admin: {users: ['\(getuid())']}}
+            """.write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
+    /// Stores `count` OAuth-user identities with sessions valid for a week, as a large deployment would have.
+    static func seed(_ directory: String, count: Int) throws -> Int {
+        let key = try MasterKey.load(credentialsDirectory: nil, stateDirectory: directory)
+        let store = try StateStore(directory: directory, masterKey: key)
+        let installationKey = try RSAPrivateKey.generateBlocking()
+        let serverKey = try RSAPrivateKey.generateBlocking().publicKey.pem()
+        var template = IdentityRegistration(kind: .oauthUser, secret: "")
+        template.installationKeyPEM = try installationKey.pkcs8PEM()
+        template.serverPublicKeyPEM = serverKey
+        template.deviceBound = true
+        template.sessionsOpened = 1
+        let now = Date()
+        for chunk in stride(from: 0, to: count, by: 10_000) {
+            try store.importContexts((chunk..<min(count, chunk + 10_000)).map { index in
+                var registration = template
+                registration.secret = String(format: "%064x", index)
+                registration.installationToken = String(format: "%064x", index + 1)
+                registration.installationId = index
+                let session = SessionInfo(id: index, token: String(format: "%064x", index + 7), userId: 1_000_000 + index,
+                                          created: now, expiresAt: now.addingTimeInterval(7 * 86_400))
+                return StoredContext(name: "user-\(index)", kind: .oauthUser, registration: registration, session: session,
+                                     generation: 1)
+            })
+        }
+        return count
+    }
+
+    static func opensslSignRate() -> Double {
+        guard let output = try? run(["openssl", "speed", "-seconds", "3", "rsa2048"]) else { return 0 }
+        // "rsa 2048 bits 0.000812s 0.000024s   1231.5  41253.2": sign/s is the fourth number.
+        guard let line = output.split(separator: "\n").first(where: { $0.hasPrefix("rsa 2048") }) else { return 0 }
+        let numbers = line.split(separator: " ").compactMap { Double($0) }
+        return numbers.count >= 4 ? numbers[numbers.count - 2] : 0
+    }
+
+    static func residentMegabytes(_ pid: Int32) -> Int {
+        guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
+              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }),
+              let kilobytes = line.split(separator: " ").compactMap({ Int($0) }).first else { return -1 }
+        return kilobytes / 1024
+    }
+
+    static func run(_ arguments: [String]) throws -> String {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = arguments
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return String(decoding: data, as: UTF8.self)
+    }
+}
+
+struct BenchError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// A child process logging to a file.
+final class Child {
+    let process = Process()
+    let logPath: String
+
+    init(_ executable: String, _ arguments: [String], log: String) throws {
+        logPath = log
+        _ = FileManager.default.createFile(atPath: log, contents: nil)
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        process.standardOutput = handle
+        process.standardError = handle
+        try process.run()
+    }
+
+    var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
+
+    func waitFor(_ text: String, timeout: Double) -> Bool {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if log.contains(text) { return true }
+            usleep(10_000)
+        }
+        return false
+    }
+
+    func stop() {
+        guard process.isRunning else { return }
+        kill(process.processIdentifier, SIGTERM)
+        for _ in 0..<200 where process.isRunning { usleep(50_000) }
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        process.waitUntilExit()
+    }
+}
