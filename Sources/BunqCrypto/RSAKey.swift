@@ -42,14 +42,40 @@ final class EVPKey: @unchecked Sendable {
     }
 }
 
+/// An `EVP_MD_CTX` after `EVP_DigestSignInit` with one key and SHA-256, used only as the source of copies.
+///
+/// `@unchecked Sendable`: never modified after `init`; `EVP_MD_CTX_copy_ex` only reads it.
+final class SignTemplate: @unchecked Sendable {
+    let context: OpaquePointer
+
+    init?(_ key: EVPKey) {
+        guard let context = EVP_MD_CTX_new() else { return nil }
+        guard EVP_DigestSignInit(context, nil, EVP_sha256(), nil, key.pointer) == 1 else {
+            EVP_MD_CTX_free(context)
+            OpenSSLErrorQueue.clear()
+            return nil
+        }
+        self.context = context
+    }
+
+    deinit {
+        EVP_MD_CTX_free(context)
+    }
+}
+
 /// An RSA private key: the installation key bunq-sessiond signs requests with, or an eIDAS certificate's key.
 ///
 /// Its `description` is redacted, so a key interpolated into a log line never prints its material.
 public struct RSAPrivateKey: Sendable, CustomStringConvertible {
     let key: EVPKey
 
+    /// A digest-sign context initialised once with this key; each signature copies it instead of paying
+    /// OpenSSL 3's per-call algorithm fetch and set-up again.
+    let signTemplate: SignTemplate?
+
     init(key: EVPKey) {
         self.key = key
+        self.signTemplate = SignTemplate(key)
     }
 
     /// Generates a fresh key. RSA generation takes tens to hundreds of milliseconds, so it runs on a Dispatch
@@ -102,6 +128,7 @@ public struct RSAPrivateKey: Sendable, CustomStringConvertible {
             throw CryptoError.openSSL(.invalidKey, "could not decode the '\(block.label)' PEM block")
         }
         self.key = try EVPKey.requireRSA(pointer, "the private key")
+        self.signTemplate = SignTemplate(key)
     }
 
     /// The public half of this key.
@@ -126,7 +153,9 @@ public struct RSAPrivateKey: Sendable, CustomStringConvertible {
             throw CryptoError.openSSL(.internalError, "could not allocate a digest context")
         }
         defer { EVP_MD_CTX_free(context) }
-        guard EVP_DigestSignInit(context, nil, EVP_sha256(), nil, key.pointer) == 1 else {
+        let ready = if let signTemplate { EVP_MD_CTX_copy_ex(context, signTemplate.context) == 1 }
+            else { EVP_DigestSignInit(context, nil, EVP_sha256(), nil, key.pointer) == 1 }
+        guard ready else {
             throw CryptoError.openSSL(.signingFailed, "could not start an RSA-SHA256 signature")
         }
         var length = key.signatureSize

@@ -2,14 +2,14 @@ import BunqAPI
 import Foundation
 import Logging
 
-/// The in-memory copy of every stored context, updated together with the store.
+/// The in-memory record of every context (no secrets but session tokens), updated together with the store.
 actor ContextCache {
-    private var contexts: [String: StoredContext] = [:]
+    private var records: [String: ContextRecord] = [:]
 
-    func set(_ context: StoredContext) { contexts[context.name] = context }
-    func get(_ name: String) -> StoredContext? { contexts[name] }
-    func remove(_ name: String) { contexts[name] = nil }
-    func all() -> [StoredContext] { contexts.values.sorted { $0.name < $1.name } }
+    func set(_ record: ContextRecord) { records[record.name] = record }
+    func setMany(_ many: [ContextRecord]) { for record in many { records[record.name] = record } }
+    func get(_ name: String) -> ContextRecord? { records[name] }
+    func remove(_ name: String) { records[name] = nil }
 }
 
 /// Renews a context against bunq: bootstraps what is missing (persisting every step), opens a session, and
@@ -23,7 +23,8 @@ struct BunqRenewer: SessionRenewer {
     let logger: Logger
 
     func renew(_ name: String) async -> Result<SessionInfo, RenewalError> {
-        guard var context = await cache.get(name) else {
+        // The full registration (with its secrets) comes from the store only now, for this renewal.
+        guard await cache.get(name) != nil, var context = try? store.context(name) else {
             return .failure(RenewalError(.needsAttention, "context \(name) is unknown"))
         }
         var logger = logger
@@ -31,7 +32,7 @@ struct BunqRenewer: SessionRenewer {
         let persist: (IdentityRegistration) async throws -> Void = { registration in
             context.registration = registration
             try store.saveRegistration(name, kind: context.kind, registration)
-            await cache.set(context)
+            await cache.set(context.record)
         }
         do {
             var registration = context.registration
@@ -57,7 +58,7 @@ struct BunqRenewer: SessionRenewer {
             context.session = stored
             context.generation += 1
             try store.saveSession(name, stored, generation: context.generation, registration: registration)
-            await cache.set(context)
+            await cache.set(context.record)
             return .success(stored)
         } catch {
             return .failure(Self.classify(error))

@@ -43,47 +43,63 @@ public final class Keeper: Service, Sendable {
                                      admission: { await limiter.reserve(method: "POST", endpoint: "session-server") })
     }
 
-    /// Restores stored contexts and adds the configured ones; returns the names now scheduled.
+    /// Restores stored contexts and adds the configured ones; returns the names now scheduled. Reads only the
+    /// light records of OAuth users (the bulk at scale); configured identities are checked against their full
+    /// registration.
     @discardableResult
     public func restore() async throws -> [String] {
-        let stored = Dictionary(uniqueKeysWithValues: try store.contexts().map { ($0.name, $0) })
-        var wanted: [StoredContext] = []
+        let records = Dictionary(uniqueKeysWithValues: try store.records().map { ($0.name, $0) })
+        var wanted: [ContextRecord] = []
+        var added: [StoredContext] = []
         if configuration.provider != nil {
-            wanted.append(stored["provider"]
-                ?? StoredContext(name: "provider", kind: .provider, registration: IdentityRegistration(kind: .psd2Provider)))
+            if let record = records["provider"] {
+                wanted.append(record)
+            } else {
+                added.append(StoredContext(name: "provider", kind: .provider, registration: IdentityRegistration(kind: .psd2Provider)))
+            }
         }
         for identity in configuration.apiKeys {
-            if let existing = stored[identity.name], existing.kind == .apiKey, existing.registration.secret == identity.key {
-                wanted.append(existing)
+            if let record = records[identity.name], record.kind == .apiKey,
+               try store.context(identity.name)?.registration.secret == identity.key {
+                wanted.append(record)
             } else {
-                if stored[identity.name] != nil {
+                if records[identity.name] != nil {
                     logger.notice("API key changed: registering the identity anew",
                                   metadata: ["bunq.context": "\(identity.name)"])
                     try store.removeContext(identity.name)
                 }
-                wanted.append(StoredContext(name: identity.name, kind: .apiKey,
-                                            registration: IdentityRegistration(kind: .apiKey, secret: identity.key)))
+                added.append(StoredContext(name: identity.name, kind: .apiKey,
+                                           registration: IdentityRegistration(kind: .apiKey, secret: identity.key)))
             }
         }
         // OAuth-connected users are not in the configuration: they live in the store. A provisional entry left by
         // a crash during a connection is resumed under its provisional name.
-        wanted += stored.values.filter { $0.kind == .oauthUser }.sorted { $0.name < $1.name }
-        for context in wanted {
-            if stored[context.name] == nil { try store.saveRegistration(context.name, kind: context.kind, context.registration) }
-            await cache.set(context)
-            await scheduler.add(context.name, session: context.session, generation: context.generation)
-            await refreshLease(context.name)
+        wanted += records.values.filter { $0.kind == .oauthUser }.sorted { $0.name < $1.name }
+        for context in added {
+            try store.saveRegistration(context.name, kind: context.kind, context.registration)
+            wanted.append(context.record)
+        }
+        await cache.setMany(wanted)
+        let schedules = await scheduler.addMany(wanted.map { ($0.name, $0.session, $0.generation) })
+        for record in wanted {
+            if let schedule = schedules[record.name] { leases.set(leaseEntry(record, schedule)) }
             // One line per identity for small deployments; at scale, only the summary below.
             logger.log(level: wanted.count <= 100 ? .info : .debug,
-                       context.session == nil ? "identity added" : "identity restored", metadata: [
-                "bunq.context": "\(context.name)",
-                "bunq.next_step": "\(context.registration.nextStep.rawValue)",
-                "bunq.expires_at": "\(context.session.map { ISO8601DateFormatter().string(from: $0.expiresAt) } ?? "-")",
+                       record.session == nil ? "identity added" : "identity restored", metadata: [
+                "bunq.context": "\(record.name)",
+                "bunq.next_step": "\(nextStep(record.name, added))",
+                "bunq.expires_at": "\(record.session.map { ISO8601DateFormatter().string(from: $0.expiresAt) } ?? "-")",
             ])
         }
         logger.info("identities restored", metadata: ["bunq.count": "\(wanted.count)",
                                                       "bunq.with_session": "\(wanted.filter { $0.session != nil }.count)"])
         return wanted.map(\.name)
+    }
+
+    /// The next bootstrap step, for the start-up log (read from the store only when that line is logged).
+    private func nextStep(_ name: String, _ added: [StoredContext]) -> String {
+        if let fresh = added.first(where: { $0.name == name }) { return fresh.registration.nextStep.rawValue }
+        return (try? store.context(name))?.registration.nextStep.rawValue ?? "?"
     }
 
     /// Runs the renewal loop and logs its events until shutdown.
@@ -124,17 +140,21 @@ public final class Keeper: Service, Sendable {
     /// Copies the scheduler's view of `name` into the lease table (or removes it); returns the new entry.
     @discardableResult
     func refreshLease(_ name: String) async -> LeaseEntry? {
-        guard let context = await cache.get(name), let schedule = await scheduler.schedule(name) else {
+        guard let record = await cache.get(name), let schedule = await scheduler.schedule(name) else {
             leases.remove(name)
             return nil
         }
-        let session = context.session
-        let margin = session.map { configuration.policy.margin(lifetime: $0.expiresAt.timeIntervalSince($0.created)) } ?? 0
-        let entry = LeaseEntry(context: name, kind: context.kind, session: session, renewAt: schedule.renewAt,
-                               generation: schedule.generation, serverPublicKeyPEM: context.registration.serverPublicKeyPEM,
-                               margin: margin, needsAttention: schedule.state == .needsAttention)
+        let entry = leaseEntry(record, schedule)
         leases.set(entry)
         return entry
+    }
+
+    func leaseEntry(_ record: ContextRecord, _ schedule: ContextSchedule) -> LeaseEntry {
+        let session = record.session
+        let margin = session.map { configuration.policy.margin(lifetime: $0.expiresAt.timeIntervalSince($0.created)) } ?? 0
+        return LeaseEntry(context: record.name, kind: record.kind, session: session, renewAt: schedule.renewAt,
+                          generation: schedule.generation, serverPublicKeyPEM: record.serverPublicKeyPEM,
+                          margin: margin, needsAttention: schedule.state == .needsAttention)
     }
 
     // MARK: The core's API

@@ -40,7 +40,7 @@ extension Keeper {
             throw KeeperError(.noProvider, "no provider is configured (provider: in the configuration)")
         }
         guard case .granted(let token, let userId, _, _, _)? = await scheduler.lease("provider"),
-              let context = await cache.get("provider") else {
+              let context = try store.context("provider") else {
             throw KeeperError(.providerNotLive, "the provider has no live session yet; try again shortly")
         }
         return (try context.registration.installationContext(), token, userId)
@@ -109,7 +109,7 @@ extension Keeper {
         try store.saveSession(finalName, stored, generation: 1, registration: registration)
         try store.removeContext(provisional)
         await cache.set(StoredContext(name: finalName, kind: .oauthUser, registration: registration, session: stored,
-                                      generation: 1))
+                                      generation: 1).record)
         await scheduler.add(finalName, session: stored, generation: 1)
         await refreshLease(finalName)
         logger.info("OAuth user connected", metadata: ["bunq.context": "\(finalName)"])
@@ -118,7 +118,7 @@ extension Keeper {
 
     /// Ends the context's session at bunq (best effort) and forgets it with its secrets.
     public func removeContext(_ name: String, endSession: Bool = true) async throws {
-        guard let context = await cache.get(name) else {
+        guard await cache.get(name) != nil, let context = try store.context(name) else {
             throw KeeperError(.unknownContext, "no context named \(name)")
         }
         if endSession, let session = context.session, session.expiresAt > Date(),

@@ -104,6 +104,19 @@ public actor SessionScheduler {
         wake.signal()
     }
 
+    /// Adds many contexts at once (start-up); returns their schedules.
+    public func addMany(_ contexts: [(name: String, session: SessionInfo?, generation: Int)]) -> [String: ContextSchedule] {
+        let at = now()
+        var schedules: [String: ContextSchedule] = [:]
+        schedules.reserveCapacity(contexts.count)
+        for context in contexts {
+            planner.add(context.name, session: context.session, generation: context.generation, now: at)
+            schedules[context.name] = planner.schedule(context.name, now: at)
+        }
+        wake.signal()
+        return schedules
+    }
+
     public func remove(_ name: String) {
         planner.remove(name)
         for waiter in waiters.removeValue(forKey: name) ?? [] {

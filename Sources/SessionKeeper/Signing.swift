@@ -7,13 +7,15 @@ import Synchronization
 final class SigningKeys: Sendable {
     private let keys = Mutex<[String: (installationToken: String, key: RSAPrivateKey)]>([:])
 
-    func key(for context: StoredContext) throws -> RSAPrivateKey {
-        guard let pem = context.registration.installationKeyPEM, let token = context.registration.installationToken else {
-            throw KeeperError(.unknownContext, "context \(context.name) has no installation yet")
+    /// The context's parsed installation key; `load` reads the full context from the store on a miss.
+    func key(for name: String, load: () throws -> StoredContext?) throws -> RSAPrivateKey {
+        if let cached = keys.withLock({ $0[name] }) { return cached.key }
+        guard let context = try load(), let pem = context.registration.installationKeyPEM,
+              let token = context.registration.installationToken else {
+            throw KeeperError(.unknownContext, "context \(name) has no installation yet")
         }
-        if let cached = keys.withLock({ $0[context.name] }), cached.installationToken == token { return cached.key }
         let key = try RSAPrivateKey(pem: pem)
-        keys.withLock { $0[context.name] = (token, key) }
+        keys.withLock { $0[name] = (token, key) }
         return key
     }
 
@@ -24,10 +26,20 @@ extension Keeper {
     /// The base64 RSA-SHA256 signature of `body` with the context's installation key: what bunq expects in
     /// `X-Bunq-Client-Signature`. The key never leaves the daemon.
     public func sign(_ contextName: String, body: [UInt8]) async throws -> String {
-        guard let context = await cache.get(contextName) else {
+        guard let record = await cache.get(contextName) else {
             throw KeeperError(.unknownContext, "no context named \(contextName)")
         }
-        return try signingKeys.key(for: context).base64Signature(for: body)
+        let key = try signingKeys.key(for: record.name) { try store.context(record.name) }
+        return try key.base64Signature(for: body)
+    }
+
+    /// `sign` without suspending, for a blocking-work thread pool: the context is checked in the lease table and
+    /// the key comes from the parsed-key cache (read from the store on a miss).
+    public func signBlocking(_ contextName: String, body: [UInt8]) throws -> String {
+        guard leases.entry(contextName) != nil else {
+            throw KeeperError(.unknownContext, "no context named \(contextName)")
+        }
+        return try signingKeys.key(for: contextName) { try store.context(contextName) }.base64Signature(for: body)
     }
 
     /// bunq answered "Insufficient authentication" to the context's token: stop handing it out and renew at once

@@ -27,6 +27,31 @@ public struct StoredContext: Sendable, Equatable {
     }
 }
 
+/// What the keeper holds in memory for every context: enough to schedule it and serve its token, not its secrets
+/// (the registration stays sealed in the store until a renewal or a signature needs it).
+public struct ContextRecord: Sendable, Equatable {
+    public let name: String
+    public let kind: StoredContext.Kind
+    public var session: SessionInfo?
+    public var generation: Int
+    public var serverPublicKeyPEM: String?
+
+    public init(name: String, kind: StoredContext.Kind, session: SessionInfo?, generation: Int, serverPublicKeyPEM: String?) {
+        self.name = name
+        self.kind = kind
+        self.session = session
+        self.generation = generation
+        self.serverPublicKeyPEM = serverPublicKeyPEM
+    }
+}
+
+extension StoredContext {
+    public var record: ContextRecord {
+        ContextRecord(name: name, kind: kind, session: session, generation: generation,
+                      serverPublicKeyPEM: registration.serverPublicKeyPEM)
+    }
+}
+
 /// The daemon's durable state: SQLite (WAL) through GRDB in the state directory, every secret sealed with
 /// AES-256-GCM under the master key, bound to its row and column by the associated data. Every write is a
 /// transaction, committed before the value it records is used.
@@ -88,6 +113,10 @@ public final class StateStore: Sendable {
                 table.column("expires_at", .double).notNull()
             }
         }
+        // v2: bunq's server key (public) in the clear, so start-up need not decrypt every registration.
+        migrator.registerMigration("v2") { db in
+            try db.alter(table: "context") { table in table.add(column: "server_public_key", .text) }
+        }
         return migrator
     }
 
@@ -110,7 +139,49 @@ public final class StateStore: Sendable {
     }
 
     public func context(_ name: String) throws -> StoredContext? {
-        try contexts().first { $0.name == name }
+        try wrap("read context \(name)") {
+            try pool.read { db in
+                try Row.fetchOne(db, sql: """
+                    SELECT c.name, c.kind, c.registration, c.generation, s.session_id, s.token, s.user_id, s.created, s.expires_at
+                    FROM context c LEFT JOIN session s ON s.context = c.name WHERE c.name = ?
+                    """, arguments: [name]).map(decodeContext)
+            }
+        }
+    }
+
+    /// What start-up needs of every context, without decrypting registrations: name, kind, generation, session
+    /// and bunq's (public) server key. Identical server keys share one string.
+    public func records() throws -> [ContextRecord] {
+        try wrap("read the context records") {
+            try pool.read { db in
+                var interned: [String: String] = [:]
+                return try Row.fetchAll(db, sql: """
+                    SELECT c.name, c.kind, c.generation, c.server_public_key, s.session_id, s.token, s.user_id, s.created,
+                           s.expires_at
+                    FROM context c LEFT JOIN session s ON s.context = c.name ORDER BY c.name
+                    """).map { row in
+                    let name: String = row["name"]
+                    guard let kind = StoredContext.Kind(rawValue: row["kind"]) else {
+                        throw StoreError(.corrupt, "context \(name) has an unknown kind")
+                    }
+                    let serverKey: String? = (row["server_public_key"] as String?).map { key in
+                        if let shared = interned[key] { return shared }
+                        interned[key] = key
+                        return key
+                    }
+                    return ContextRecord(name: name, kind: kind, session: try decodeSession(row, name), generation: row["generation"],
+                                         serverPublicKeyPEM: serverKey)
+                }
+            }
+        }
+    }
+
+    private func decodeSession(_ row: Row, _ name: String) throws -> SessionInfo? {
+        guard let sessionId: Int = row["session_id"] else { return nil }
+        let token = String(decoding: try open(row["token"], name, "session"), as: UTF8.self)
+        return SessionInfo(id: sessionId, token: token, userId: row["user_id"],
+                           created: Date(timeIntervalSince1970: row["created"]),
+                           expiresAt: Date(timeIntervalSince1970: row["expires_at"]))
     }
 
     private func decodeContext(_ row: Row) throws -> StoredContext {
@@ -120,13 +191,7 @@ public final class StateStore: Sendable {
         }
         let registrationJSON = try open(row["registration"], name, "registration")
         let registration = try JSONDecoder().decode(IdentityRegistration.self, from: Data(registrationJSON))
-        var session: SessionInfo?
-        if let sessionId: Int = row["session_id"] {
-            let token = String(decoding: try open(row["token"], name, "session"), as: UTF8.self)
-            session = SessionInfo(id: sessionId, token: token, userId: row["user_id"],
-                                  created: Date(timeIntervalSince1970: row["created"]),
-                                    expiresAt: Date(timeIntervalSince1970: row["expires_at"]))
-        }
+        let session = try decodeSession(row, name)
         return StoredContext(name: name, kind: kind, registration: registration, session: session,
                              generation: row["generation"])
     }
@@ -140,9 +205,11 @@ public final class StateStore: Sendable {
             try pool.write { db in
                 let now = Date().timeIntervalSince1970
                 try db.execute(sql: """
-                    INSERT INTO context (name, kind, registration, created_at, updated_at) VALUES (?, ?, ?, ?, ?)
-                    ON CONFLICT(name) DO UPDATE SET registration = excluded.registration, updated_at = excluded.updated_at
-                    """, arguments: [name, kind.rawValue, sealed, now, now])
+                    INSERT INTO context (name, kind, registration, server_public_key, created_at, updated_at)
+                    VALUES (?, ?, ?, ?, ?, ?)
+                    ON CONFLICT(name) DO UPDATE SET registration = excluded.registration,
+                        server_public_key = excluded.server_public_key, updated_at = excluded.updated_at
+                    """, arguments: [name, kind.rawValue, sealed, registration.serverPublicKeyPEM, now, now])
             }
         }
     }
@@ -154,8 +221,10 @@ public final class StateStore: Sendable {
         let sealedRegistration = try seal(JSONEncoder().encode(registration), name, "registration")
         try wrap("save the session of \(name)") {
             try pool.write { db in
-                try db.execute(sql: "UPDATE context SET registration = ?, generation = ?, updated_at = ? WHERE name = ?",
-                               arguments: [sealedRegistration, generation, Date().timeIntervalSince1970, name])
+                try db.execute(sql: """
+                    UPDATE context SET registration = ?, server_public_key = ?, generation = ?, updated_at = ? WHERE name = ?
+                    """, arguments: [sealedRegistration, registration.serverPublicKeyPEM, generation,
+                                     Date().timeIntervalSince1970, name])
                 guard db.changesCount == 1 else { throw StoreError(.corrupt, "context \(name) does not exist") }
                 try db.execute(sql: """
                     INSERT OR REPLACE INTO session (context, session_id, token, user_id, created, expires_at)
@@ -177,9 +246,11 @@ public final class StateStore: Sendable {
                 let now = Date().timeIntervalSince1970
                 for (context, registration, token) in sealed {
                     try db.execute(sql: """
-                        INSERT OR REPLACE INTO context (name, kind, registration, generation, created_at, updated_at)
-                        VALUES (?, ?, ?, ?, ?, ?)
-                        """, arguments: [context.name, context.kind.rawValue, registration, context.generation, now, now])
+                        INSERT OR REPLACE INTO context (name, kind, registration, server_public_key, generation, created_at,
+                                                        updated_at)
+                        VALUES (?, ?, ?, ?, ?, ?, ?)
+                        """, arguments: [context.name, context.kind.rawValue, registration,
+                                         context.registration.serverPublicKeyPEM, context.generation, now, now])
                     if let session = context.session, let token {
                         try db.execute(sql: """
                             INSERT OR REPLACE INTO session (context, session_id, token, user_id, created, expires_at)

@@ -1,5 +1,6 @@
 import Logging
 import NIOCore
+import NIOPosix
 import SessionKeeper
 import SessionProtocol
 
@@ -66,6 +67,14 @@ final class RPCConnectionHandler: ChannelInboundHandler {
         let service = self.service, peer = self.peer, channel = context.channel
         let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
         let loopContext = NIOLoopBound(context, eventLoop: context.eventLoop)
+        if request.method == RPCMethod.requestSign.rawValue, let (signContext, body) = service.signInput(request, peer: peer) {
+            NIOThreadPool.singleton.runIfActive(eventLoop: context.eventLoop) {
+                service.signBlocking(signContext, body, id: id)
+            }.whenComplete { result in
+                handler.value.finish(loopContext.value, (try? result.get()) ?? RPCCodec.error(id: id, .internalError, "Internal error"))
+            }
+            return
+        }
         context.eventLoop.makeFutureWithTask {
             await service.handle(request, id: id, peer: peer) { contexts in
                 channel.eventLoop.execute { handler.value.subscribe(contexts, channel: channel) }

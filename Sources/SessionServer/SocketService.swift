@@ -59,6 +59,25 @@ public final class SocketService: Sendable {
         ])
     }
 
+    // MARK: request.sign (blocking RSA work, on a thread pool rather than the event loop or Swift's pool)
+
+    /// The parsed request, when it is a well-formed `request.sign` the caller may make; else nil (slow path).
+    func signInput(_ request: RPCRequest, peer: PeerCredentials) -> (context: String, body: [UInt8])? {
+        guard let context = request.string("context"), access.mayUse(peer, context),
+              keeper.leases.entry(context) != nil else { return nil }
+        if let text = request.string("body") { return (context, Array(text.utf8)) }
+        if let encoded = request.string("body_base64"), let data = Data(base64Encoded: encoded) { return (context, Array(data)) }
+        return nil
+    }
+
+    func signBlocking(_ context: String, _ body: [UInt8], id: RPCID) -> [UInt8] {
+        do {
+            return RPCCodec.result(id: id, "{\"signature\":\(JSONText.quote(try keeper.signBlocking(context, body: body)))}")
+        } catch {
+            return RPCCodec.error(id: id, .unknownContext, "Unknown context: \(context)")
+        }
+    }
+
     // MARK: Everything else
 
     /// Answers any request (the slow path); `subscribe` registers a subscription for this connection.

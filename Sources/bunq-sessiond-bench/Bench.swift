@@ -45,20 +45,34 @@ struct Bench {
         }
         let getLine = #"{"jsonrpc":"2.0","id":1,"method":"session.get","params":{"context":"ops"}}"#
         _ = load(work + "/socket", getLine, connections: 50, seconds: 1)  // warm-up
+        let pid = daemon.process.processIdentifier
         for connections in [1, 50, 200] {
+            let cpuBefore = cpuSeconds(pid)
             let result = load(work + "/socket", getLine, connections: connections, seconds: seconds)
+            let cpuPerRequest = (cpuSeconds(pid) - cpuBefore) / max(1, result.rate * seconds) * 1e6
             let row = "| `session.get`, \(connections) connection\(connections == 1 ? "" : "s") | "
-                + "\(Int(result.rate)) /s | p50 \(format(result.p50)) | p99 \(format(result.p99)) |"
+                + "\(Int(result.rate)) /s | p50 \(format(result.p50)) | p99 \(format(result.p99)) | "
+                + String(format: "%.1f µs daemon CPU per request", cpuPerRequest) + " |"
             print(row)
             rows.append(row)
         }
+        // Pipelined: 8 requests in flight per connection (the protocol allows it), so per-request syscalls and
+        // context switches are shared; latency is that of a whole batch of 8.
+        let pipelined = load(work + "/socket", getLine, connections: 50, seconds: seconds, depth: 8)
+        let pipelinedRow = "| `session.get`, 50 connections × 8 pipelined | \(Int(pipelined.rate)) /s | "
+            + "batch p50 \(format(pipelined.p50)) | batch p99 \(format(pipelined.p99)) |"
+        print(pipelinedRow)
+        rows.append(pipelinedRow)
         let body = String(repeating: "x", count: 200)
         let signLine = #"{"jsonrpc":"2.0","id":1,"method":"request.sign","params":{"context":"ops","body":"\#(body)"}}"#
         let cores = ProcessInfo.processInfo.activeProcessorCount
+        let signCPUBefore = cpuSeconds(pid)
         let sign = load(work + "/socket", signLine, connections: cores * 2, seconds: seconds)
+        let signsPerCPUSecond = sign.rate * seconds / max(0.001, cpuSeconds(pid) - signCPUBefore)
         let opensslRate = opensslSignRate()
-        let signRow = "| `request.sign`, \(cores * 2) connections | \(Int(sign.rate)) /s (\(Int(sign.rate) / cores) per core) | "
-            + "p50 \(format(sign.p50)) | openssl speed rsa2048: \(Int(opensslRate)) sign/s per core |"
+        let signRow = "| `request.sign`, \(cores * 2) connections | \(Int(sign.rate)) /s | p50 \(format(sign.p50)) | "
+            + "\(Int(signsPerCPUSecond)) per daemon CPU-second vs openssl speed rsa2048 \(Int(opensslRate)) sign/s per core "
+            + String(format: "(%.0f%%)", signsPerCPUSecond / max(1, opensslRate) * 100) + " |"
         print(signRow)
         rows.append(signRow)
         daemon.stop()
@@ -92,9 +106,10 @@ struct Bench {
         let p99: UInt64
     }
 
-    /// `connections` clients, each with one request outstanding at a time, for `seconds`.
-    static func load(_ socket: String, _ line: String, connections: Int, seconds: Double) -> LoadResult {
-        let request = Array((line + "\n").utf8)
+    /// `connections` clients, each with `depth` requests outstanding at a time (sent together), for `seconds`.
+    /// Latencies are per batch; the rate counts requests.
+    static func load(_ socket: String, _ line: String, connections: Int, seconds: Double, depth: Int = 1) -> LoadResult {
+        let request = Array(String(repeating: line + "\n", count: depth).utf8)
         let samples = Mutex<[UInt64]>([])
         let done = DispatchGroup()
         let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(seconds * 1e9)
@@ -111,12 +126,13 @@ struct Bench {
                     let start = DispatchTime.now().uptimeNanoseconds
                     guard request.withUnsafeBytes({ send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) == request.count
                     else { return }
-                    var got = 0
-                    while true {
+                    var got = 0, lines = 0
+                    while lines < depth {
+                        if got == buffer.count { buffer.append(contentsOf: [UInt8](repeating: 0, count: buffer.count)) }
                         let count = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + got, $0.count - got, 0) }
                         guard count > 0 else { return }
+                        lines += buffer[got..<(got + count)].reduce(0) { $0 + ($1 == UInt8(ascii: "\n") ? 1 : 0) }
                         got += count
-                        if buffer[got - 1] == UInt8(ascii: "\n") { break }
                     }
                     local.append(DispatchTime.now().uptimeNanoseconds - start)
                 }
@@ -129,7 +145,8 @@ struct Bench {
         var all = samples.withLock { $0 }
         all.sort()
         guard !all.isEmpty else { return LoadResult(rate: 0, p50: 0, p99: 0) }
-        return LoadResult(rate: Double(all.count) / seconds, p50: all[all.count / 2], p99: all[min(all.count - 1, all.count * 99 / 100)])
+        return LoadResult(rate: Double(all.count * depth) / seconds, p50: all[all.count / 2],
+                          p99: all[min(all.count - 1, all.count * 99 / 100)])
     }
 
     static func connectUnix(_ path: String) -> Int32? {
@@ -217,10 +234,19 @@ struct Bench {
 
     static func opensslSignRate() -> Double {
         guard let output = try? run(["openssl", "speed", "-seconds", "3", "rsa2048"]) else { return 0 }
-        // "rsa 2048 bits 0.000812s 0.000024s   1231.5  41253.2": sign/s is the fourth number.
+        // "rsa 2048 bits 0.000211s 0.000013s   4730.0  79268.0": sign/s is the next-to-last field.
         guard let line = output.split(separator: "\n").first(where: { $0.hasPrefix("rsa 2048") }) else { return 0 }
-        let numbers = line.split(separator: " ").compactMap { Double($0) }
-        return numbers.count >= 4 ? numbers[numbers.count - 2] : 0
+        let fields = line.split(separator: " ")
+        return fields.count >= 2 ? Double(fields[fields.count - 2]) ?? 0 : 0
+    }
+
+    /// User plus system CPU time of `pid` so far, in seconds (/proc/PID/stat fields 14 and 15).
+    static func cpuSeconds(_ pid: Int32) -> Double {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = stat.lastIndex(of: ")") else { return 0 }
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        guard fields.count > 13, let user = Double(fields[11]), let system = Double(fields[12]) else { return 0 }
+        return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
     }
 
     static func residentMegabytes(_ pid: Int32) -> Int {

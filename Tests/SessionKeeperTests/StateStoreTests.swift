@@ -32,13 +32,19 @@ import TestSupport
             try store.saveRegistration("ops", kind: .apiKey, registration)
             try store.saveSession("ops", session, generation: 3, registration: registration)
             try store.saveRegistration("provider", kind: .provider, IdentityRegistration(kind: .psd2Provider))
-            #expect(try store.appliedMigrations() == ["v1"])
+            #expect(try store.appliedMigrations() == ["v1", "v2"])
         }
         let reopened = try StateStore(directory: stateDir, masterKey: try MasterKey.load(credentialsDirectory: nil, stateDirectory: stateDir))
         let contexts = try reopened.contexts()
         #expect(contexts.map(\.name) == ["ops", "provider"])
         #expect(contexts[0] == StoredContext(name: "ops", kind: .apiKey, registration: registration, session: session, generation: 3))
         #expect(contexts[1].session == nil && contexts[1].registration.kind == .psd2Provider)
+        // Start-up reads light records: sessions and the (public) server key, no registration.
+        let records = try reopened.records()
+        #expect(records.map(\.name) == ["ops", "provider"])
+        #expect(records[0] == ContextRecord(name: "ops", kind: .apiKey, session: session, generation: 3,
+                                            serverPublicKeyPEM: registration.serverPublicKeyPEM))
+        #expect(try reopened.context("provider")?.kind == .provider && reopened.context("ghost") == nil)
         try reopened.removeContext("ops")
         #expect(try reopened.contexts().map(\.name) == ["provider"])
     }
