@@ -44,6 +44,10 @@ public struct KeeperConfiguration: Sendable {
     public let rateLimits: BunqRateLimiter.Mode
     public let psd2FirstSessionTimeout: Int
     public let socketPath: String
+    /// Connections served at once; more are answered with an error and closed.
+    public let maxConnections: Int
+    /// Seconds after which a connection that sent nothing and is not subscribed is closed.
+    public let idleTimeout: Int
     public let stateDirectory: String
     public let credentialsDirectory: String?
     public let provider: Provider?
@@ -58,7 +62,7 @@ public struct KeeperConfiguration: Sendable {
     static let scalarKeys: [[String]] = [
         ["bunq", "environment"], ["bunq", "api_base_url"], ["bunq", "oauth_authorize_url"], ["bunq", "oauth_token_url"],
         ["bunq", "ca_file"], ["bunq", "rate_limits"], ["bunq", "psd2_first_session_timeout"],
-        ["socket", "path"], ["state", "directory"],
+        ["socket", "path"], ["socket", "max_connections"], ["socket", "idle_timeout"], ["state", "directory"],
         ["provider", "certificate"], ["provider", "private_key"], ["provider", "certificate_chain"],
         ["provider", "oauth_redirect_uris"],
         ["renewal", "safety_margin"], ["renewal", "backoff_base"], ["renewal", "backoff_max"], ["renewal", "max_concurrent"],
@@ -194,6 +198,8 @@ public struct KeeperConfiguration: Sendable {
             guard socketPath.hasPrefix("/"), socketPath.utf8.count < 108 else {
                 throw fail("socket.path", "must be an absolute path shorter than 108 bytes")
             }
+            let maxConnections = try int(["socket", "max_connections"], default: 4_096, range: 1...1_000_000)
+            let idleTimeout = try int(["socket", "idle_timeout"], default: 300, range: 1...86_400)
 
             var provider: Provider?
             if node(["provider"]).map({ !$0.isNull }) == true || environment[Self.environmentName(["provider", "certificate"])] != nil {
@@ -267,7 +273,8 @@ public struct KeeperConfiguration: Sendable {
             let access = try accessRules()
             return KeeperConfiguration(
                 file: file, endpoints: endpoints, environment: bunqEnvironment, rateLimits: rateLimits,
-                psd2FirstSessionTimeout: firstSession, socketPath: socketPath, stateDirectory: stateDirectory,
+                psd2FirstSessionTimeout: firstSession, socketPath: socketPath, maxConnections: maxConnections,
+                idleTimeout: idleTimeout, stateDirectory: stateDirectory,
                 credentialsDirectory: credentials, provider: provider, apiKeys: apiKeys,
                 policy: RenewalPolicy(safetyMargin: TimeInterval(margin), backoffBase: backoffBase,
                                       backoffMax: TimeInterval(backoffMax)),

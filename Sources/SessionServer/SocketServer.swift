@@ -12,7 +12,7 @@ import Synchronization
 public final class SocketServer: Service, Sendable {
     public struct Limits: Sendable {
         public var maxConnections = 4_096
-        public var idleTimeout: TimeAmount = .seconds(300)
+        public var idleTimeout: Duration = .seconds(300)
         public init() {}
     }
 
@@ -58,12 +58,13 @@ public final class SocketServer: Service, Sendable {
         let release: @Sendable () -> Void = { [self] in _ = connections.wrappingSubtract(1, ordering: .relaxed) }
         guard count <= limits.maxConnections else {
             release()
-            let line = RPCCodec.error(id: .null, .internalError, "Too many connections")
-            return channel.writeAndFlush(ByteBuffer(bytes: line)).flatMap { channel.close() }
+            return channel.eventLoop.makeCompletedFuture {
+                try channel.pipeline.syncOperations.addHandler(RejectHandler())
+            }
         }
         return PeerCredentials.read(channel).flatMapThrowing { [self] peer in
             try channel.pipeline.syncOperations.addHandlers([
-                IdleStateHandler(readTimeout: limits.idleTimeout),
+                IdleStateHandler(readTimeout: .milliseconds(Int64(limits.idleTimeout / .milliseconds(1)))),
                 ByteToMessageHandler(LineFrameDecoder()),
                 RPCConnectionHandler(service: service, peer: peer, onClose: release),
             ])
@@ -90,6 +91,18 @@ public final class SocketServer: Service, Sendable {
         if lstat(path, &existing) == 0, existing.st_mode & S_IFMT != S_IFSOCK {
             throw SocketServerError("\(path) exists and is not a socket; refusing to replace it")
         }
+    }
+}
+
+/// Answers a connection over the limit with an error line once it is active, then closes it.
+final class RejectHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    func channelActive(context: ChannelHandlerContext) {
+        let line = RPCCodec.error(id: .null, .internalError, "Too many connections")
+        let channel = context.channel
+        context.writeAndFlush(wrapOutboundOut(ByteBuffer(bytes: line))).whenComplete { _ in channel.close(promise: nil) }
     }
 }
 

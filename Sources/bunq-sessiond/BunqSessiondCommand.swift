@@ -78,7 +78,10 @@ struct BunqSessiondCommand: AsyncParsableCommand {
         logger.info("starting", metadata: ["bunq.api": "\(settings.endpoints.apiBaseURL)",
                                            "bunq.state": "\(settings.stateDirectory)"])
         let service = SocketService(keeper: keeper, access: AccessControl(rules: settings.access), logger: logger)
-        let server = SocketServer(path: settings.socketPath, service: service, logger: logger)
+        var limits = SocketServer.Limits()
+        limits.maxConnections = settings.maxConnections
+        limits.idleTimeout = .seconds(settings.idleTimeout)
+        let server = SocketServer(path: settings.socketPath, service: service, limits: limits, logger: logger)
         let readiness = Readiness(keeper: keeper, server: server, service: service, logger: logger)
         let group = ServiceGroup(configuration: .init(services: [keeper, server, readiness],
                                                       gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))

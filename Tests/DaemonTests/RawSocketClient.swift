@@ -87,13 +87,24 @@ struct RunningDaemon {
     let apiKey: String
     var socket: String { dir.path("socket") }
 
-    static func start(sessionTimeout: Int = 600, access: String = "", provider: Bool = true) async throws -> RunningDaemon {
+    /// `access` is extra configuration appended to the file; with `socketInConfig` it may carry its own `socket:`
+    /// section (the default one is then left out).
+    static func start(sessionTimeout: Int = 600, access: String = "", provider: Bool = true,
+                      socketInConfig: Bool = false) async throws -> RunningDaemon {
         let dir = try TemporaryDirectory()
         let sandbox = try await Sandbox.start(in: dir, ["--session-timeout", "\(sessionTimeout)",
                                                         "--psd2-first-session-timeout", "\(sessionTimeout)"])
         let apiKey = try sandbox.newAPIKey()
-        let config = try writeConfig(dir, sandbox: sandbox, apiKey: apiKey, provider: provider,
-                                     firstSession: sessionTimeout, extra: access)
+        let extra = socketInConfig
+            ? access.replacingOccurrences(of: "socket: {", with: "socket: {path: \(dir.path("socket")), ") : access
+        var config = try writeConfig(dir, sandbox: sandbox, apiKey: apiKey, provider: provider,
+                                     firstSession: sessionTimeout, extra: extra)
+        if socketInConfig {
+            // Drop writeConfig's own socket section: the extra configuration carries one.
+            let text = try String(contentsOfFile: config, encoding: .utf8)
+                .replacingOccurrences(of: "socket:\n  path: \(dir.path("socket"))\n", with: "")
+            config = try dir.write("config.yaml", text)
+        }
         let daemon = try ChildProcess(Binaries.daemon, ["--config", config], log: dir.path("daemon.log"))
         guard await daemon.waitFor(.seconds(60), { $0.contains("[bunq_sessiond] ready") }) else {
             _ = daemon.stop()

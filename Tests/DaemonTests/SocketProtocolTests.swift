@@ -116,6 +116,30 @@ import Glibc
         #expect(running.daemon.process.isRunning)
     }
 
+    @Test func idleConnectionsCloseSubscribersStayAndConnectionsAreBounded() async throws {
+        let running = try await RunningDaemon.start(access: "socket: {max_connections: 5, idle_timeout: 1}", provider: false,
+                                                    socketInConfig: true)
+        defer { running.stop() }
+        let idle = try RawSocketClient(running.socket)
+        let subscriber = try RawSocketClient(running.socket)
+        #expect(result(subscriber.call(#"{"jsonrpc":"2.0","id":1,"method":"session.subscribe","params":{}}"#)) != nil)
+        #expect(idle.isClosed(timeout: 5), "an idle connection is closed after idle_timeout")
+        try await Task.sleep(for: .seconds(2))
+        #expect(result(subscriber.call(#"{"jsonrpc":"2.0","id":2,"method":"daemon.status"}"#)) != nil, "subscribers stay")
+
+        // Five at once are served (subscribers, so the idle timeout spares them); the sixth is told and closed.
+        var clients = [subscriber]
+        for _ in 0..<4 {
+            let client = try RawSocketClient(running.socket)
+            #expect(result(client.call(#"{"jsonrpc":"2.0","id":1,"method":"session.subscribe","params":{}}"#)) != nil)
+            clients.append(client)
+        }
+        let extra = try RawSocketClient(running.socket)
+        #expect(extra.readLine(timeout: 5).map { $0.contains("Too many connections") } == true)
+        #expect(extra.isClosed())
+        #expect(clients.allSatisfy { result($0.call(#"{"jsonrpc":"2.0","id":3,"method":"daemon.status"}"#)) != nil })
+    }
+
     @Test func subscriptionsDeliverRotations() async throws {
         let running = try await RunningDaemon.start(sessionTimeout: 10, provider: false)
         defer { running.stop() }
