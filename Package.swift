@@ -64,7 +64,7 @@ let package = Package(
         ),
         .target(
             name: "SystemdSupport",
-            dependencies: ["CSystemd"],
+            dependencies: ["CSystemd", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strictSettings
         ),
 
@@ -140,6 +140,7 @@ let package = Package(
             dependencies: [
                 "SessionKeeper",
                 "SessionServer",
+                "SystemdSupport",
                 "BunqAPI",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),

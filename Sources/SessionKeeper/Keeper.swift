@@ -160,6 +160,28 @@ public final class Keeper: Service, Sendable {
     // MARK: The core's API
 
     public func lease(_ context: String) async -> LeaseResult? { await scheduler.lease(context) }
+
+    /// One line for `systemctl status`: "3 live, 0 failing; next renewal provider in 41 min".
+    public func statusLine() async -> String {
+        var live = 0, failing = 0, attention = 0
+        for name in await scheduler.contextNames {
+            switch await scheduler.schedule(name)?.state {
+            case .live?, .renewing?: live += 1
+            case .retrying?, .expired?, .bootstrapping?: failing += 1
+            case .needsAttention?: attention += 1
+            default: break
+            }
+        }
+        var line = "\(live) live, \(failing) failing"
+        if attention > 0 { line += ", \(attention) need attention" }
+        if let (name, at) = await scheduler.nextDue() {
+            let seconds = max(0, Int(at.timeIntervalSinceNow))
+            let when = seconds >= 3_600 ? "\(seconds / 3_600) h \(seconds % 3_600 / 60) min"
+                : seconds >= 60 ? "\(seconds / 60) min" : "\(seconds) s"
+            line += "; next renewal \(name) in \(when)"
+        }
+        return line
+    }
     public func schedule(_ context: String) async -> ContextSchedule? { await scheduler.schedule(context) }
     public func contextNames() async -> [String] { await scheduler.contextNames }
 }

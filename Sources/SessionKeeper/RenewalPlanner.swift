@@ -80,6 +80,12 @@ public struct RenewalPlanner<Random: RandomNumberGenerator & Sendable>: Sendable
         return deadlines.min?.at
     }
 
+    /// The context due next and when.
+    public mutating func nextDue() -> (name: String, at: Date)? {
+        dropStale()
+        return deadlines.min.map { ($0.name, $0.at) }
+    }
+
     /// Contexts due at `now`, earliest deadline first, at most `limit`; they are marked in flight, and each must
     /// be answered with `succeeded` or `failed`.
     public mutating func takeDue(now: Date, limit: Int) -> [String] {

@@ -33,6 +33,14 @@ public actor SessionScheduler {
     public nonisolated let events: AsyncStream<SchedulerEvent>
     /// Loop iterations so far: proof of progress for the watchdog.
     public private(set) var ticks: UInt64 = 0
+    /// The longest the loop sleeps without a deadline, so a healthy loop ticks at least this often.
+    private var maxSleep: TimeInterval = 10
+
+    /// Makes the loop wake at least every `interval` (for a watchdog pinging at about twice that period).
+    public func setMaxSleep(_ interval: TimeInterval) {
+        maxSleep = max(0.05, interval)
+        wake.signal()
+    }
 
     public init(policy: RenewalPolicy, renewer: any SessionRenewer, maxConcurrent: Int = 8,
                 admission: @escaping @Sendable () async -> ContinuousClock.Instant = { .now },
@@ -68,11 +76,9 @@ public actor SessionScheduler {
     }
 
     private func sleep(until deadline: Date?) async {
+        let seconds = min(maxSleep, max(0, deadline?.timeIntervalSince(now()) ?? maxSleep))
         await withTaskGroup(of: Void.self) { group in
-            if let deadline {
-                let seconds = max(0, deadline.timeIntervalSince(now()))
-                group.addTask { try? await Task.sleep(for: .seconds(seconds)) }
-            }
+            group.addTask { try? await Task.sleep(for: .seconds(seconds)) }
             group.addTask { [wake] in await wake.wait() }
             await group.next()
             group.cancelAll()
@@ -133,6 +139,11 @@ public actor SessionScheduler {
 
     public func schedule(_ name: String) -> ContextSchedule? {
         planner.schedule(name, now: now())
+    }
+
+    /// The context due next and when.
+    public func nextDue() -> (name: String, at: Date)? {
+        planner.nextDue()
     }
 
     /// The earliest upcoming renewal or retry.

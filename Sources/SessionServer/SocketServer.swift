@@ -17,6 +17,8 @@ public final class SocketServer: Service, Sendable {
     }
 
     public let path: String
+    /// A listening socket inherited from systemd (socket activation); nil: bind `path` ourselves.
+    public let inheritedSocket: Int32?
     let service: SocketService
     let limits: Limits
     let logger: Logger
@@ -24,8 +26,10 @@ public final class SocketServer: Service, Sendable {
     /// Fires once the socket accepts connections.
     public let listening = OneShotSignal()
 
-    public init(path: String, service: SocketService, limits: Limits = Limits(), logger: Logger) {
+    public init(path: String, inheritedSocket: Int32? = nil, service: SocketService, limits: Limits = Limits(),
+                logger: Logger) {
         self.path = path
+        self.inheritedSocket = inheritedSocket
         self.service = service
         self.limits = limits
         self.logger = logger
@@ -34,23 +38,46 @@ public final class SocketServer: Service, Sendable {
     public var connectionCount: Int { connections.load(ordering: .relaxed) }
 
     public func run() async throws {
-        try Self.prepare(path)
-        let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+        let bootstrap = ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.backlog, value: 256)
             .childChannelOption(.autoRead, value: true)
             .childChannelOption(.writeBufferWaterMark, value: .init(low: 64 * 1024, high: 1024 * 1024))
             .childChannelInitializer { [self] channel in initialize(channel) }
-            .bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true)
-            .get()
-        chmod(path, 0o660)
-        logger.info("listening", metadata: ["bunq.socket": "\(path)"])
+        let server: any Channel
+        if let inheritedSocket {
+            // systemd made the socket (its mode, owner and group come from the .socket unit).
+            server = try await bootstrap.withBoundSocket(inheritedSocket).get()
+            logger.info("listening on the socket systemd passed", metadata: ["bunq.socket": "\(path)"])
+        } else {
+            try Self.prepare(path)
+            server = try await bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).get()
+            chmod(path, 0o660)
+            logger.info("listening", metadata: ["bunq.socket": "\(path)"])
+        }
         listening.fire()
         await withGracefulShutdownHandler {
             try? await server.closeFuture.get()
         } onGracefulShutdown: {
             server.close(promise: nil)
         }
-        unlink(path)
+        // An inherited socket belongs to systemd, which keeps listening on it for the next start.
+        if inheritedSocket == nil { unlink(path) }
+    }
+
+    /// Whether an event loop of the server runs tasks within `timeout`: the watchdog's proof that the server is
+    /// not wedged.
+    public func probe(timeout: Duration = .seconds(2)) async -> Bool {
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        return await withTaskGroup(of: Bool.self) { group in
+            group.addTask { (try? await loop.submit { true }.get()) ?? false }
+            group.addTask {
+                try? await Task.sleep(for: timeout)
+                return false
+            }
+            let first = await group.next() ?? false
+            group.cancelAll()
+            return first
+        }
     }
 
     private func initialize(_ channel: any Channel) -> EventLoopFuture<Void> {

@@ -5,6 +5,7 @@ import Logging
 import ServiceLifecycle
 import SessionKeeper
 import SessionServer
+import SystemdSupport
 import UnixSignals
 
 /// `bunq-sessiond`: keeps bunq API sessions alive for a PSD2 provider, API-key identities and OAuth-connected users.
@@ -52,6 +53,7 @@ struct BunqSessiondCommand: AsyncParsableCommand {
             psd2 = try settings.provider.map { try Self.checkPSD2($0, config: config) }
         } catch {
             FileHandle.standardError.write(Data("bunq-sessiond: configuration error: \(error)\n".utf8))
+            ServiceManager.failed(errno: EINVAL, status: "configuration error: \(error)")
             throw ExitCode(Self.configurationErrorExit)
         }
         if checkConfig {
@@ -61,7 +63,14 @@ struct BunqSessiondCommand: AsyncParsableCommand {
             return
         }
 
+        // Native journal entries under systemd (stderr is the journal), readable lines otherwise.
+        let journal = JournalLogHandler.stderrIsJournal
         LoggingSystem.bootstrap { label in
+            if journal {
+                var handler = JournalLogHandler(identifier: "bunq-sessiond")
+                handler.logLevel = level
+                return handler
+            }
             var handler = StreamLogHandler.standardError(label: label)
             handler.logLevel = level
             return handler
@@ -73,6 +82,7 @@ struct BunqSessiondCommand: AsyncParsableCommand {
             keeper = try Keeper(configuration: settings, psd2: psd2, logger: logger)
         } catch {
             logger.critical("cannot start", metadata: ["error": "\(error)"])
+            ServiceManager.failed(errno: EIO, status: "cannot start: \(error)")
             throw ExitCode(73)
         }
         logger.info("starting", metadata: ["bunq.api": "\(settings.endpoints.apiBaseURL)",
@@ -81,15 +91,23 @@ struct BunqSessiondCommand: AsyncParsableCommand {
         var limits = SocketServer.Limits()
         limits.maxConnections = settings.maxConnections
         limits.idleTimeout = .seconds(settings.idleTimeout)
-        let server = SocketServer(path: settings.socketPath, service: service, limits: limits, logger: logger)
-        let readiness = Readiness(keeper: keeper, server: server, service: service, logger: logger)
-        let group = ServiceGroup(configuration: .init(services: [keeper, server, readiness],
-                                                      gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        // Socket activation: systemd's socket (named "api" in the .socket unit, or the only one passed).
+        let inherited = ServiceManager.listeningSockets()
+        let socketFD = (inherited.first { $0.name == "api" } ?? (inherited.count == 1 ? inherited.first : nil))?.fd
+        let server = SocketServer(path: settings.socketPath, inheritedSocket: socketFD, service: service, limits: limits,
+                                  logger: logger)
+        var services: [any Service] = [keeper, server, Readiness(keeper: keeper, server: server, service: service, logger: logger)]
+        if let interval = ServiceManager.watchdogInterval {
+            services.append(Watchdog(keeper: keeper, server: server, interval: interval, logger: logger))
+        }
+        let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint],
+                                                      logger: logger))
         try await group.run()
     }
 }
 
-/// Declares the daemon ready once the socket listens and every restored session has been checked.
+/// Declares the daemon ready once the socket listens and every restored session has been checked, keeps the
+/// STATUS line current, and says STOPPING on shutdown.
 struct Readiness: Service {
     let keeper: Keeper
     let server: SocketServer
@@ -100,7 +118,45 @@ struct Readiness: Service {
         await keeper.restored.wait()
         await server.listening.wait()
         service.markReady()
+        ServiceManager.ready(status: await keeper.statusLine())
         logger.info("ready", metadata: ["bunq.socket": "\(server.path)"])
-        try await gracefulShutdown()
+        await cancelWhenGracefulShutdown {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .seconds(5))
+                ServiceManager.status(await keeper.statusLine())
+            }
+        }
+        ServiceManager.stopping()
+    }
+}
+
+/// Pings systemd's watchdog at half its interval, but only while the renewal loop is ticking and the socket
+/// server's event loop answers: a stalled scheduler or a wedged server stops the pings and gets the daemon
+/// restarted.
+struct Watchdog: Service {
+    let keeper: Keeper
+    let server: SocketServer
+    let interval: Duration
+    let logger: Logger
+
+    func run() async throws {
+        let period = interval / 2
+        let periodSeconds = Double(period.components.seconds) + Double(period.components.attoseconds) / 1e18
+        await keeper.scheduler.setMaxSleep(periodSeconds / 2)
+        await cancelWhenGracefulShutdown {
+            var lastTicks = await keeper.scheduler.ticks
+            while !Task.isCancelled {
+                try? await Task.sleep(for: period)
+                let ticks = await keeper.scheduler.ticks
+                let serverAlive = await server.probe(timeout: period / 2)
+                if ticks != lastTicks, serverAlive {
+                    ServiceManager.watchdog()
+                } else {
+                    logger.warning("watchdog: no progress, not pinging",
+                                   metadata: ["bunq.scheduler_ticking": "\(ticks != lastTicks)", "bunq.server_alive": "\(serverAlive)"])
+                }
+                lastTicks = ticks
+            }
+        }
     }
 }
