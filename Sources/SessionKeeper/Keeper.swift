@@ -2,6 +2,7 @@ import BunqAPI
 import Foundation
 import Logging
 import ServiceLifecycle
+import Synchronization
 
 /// The session keeper: restores every identity from the state store, reconciles them with the configuration,
 /// and keeps their sessions alive with one scheduler. Its API (lease, schedule, renew) is what the socket server
@@ -23,6 +24,8 @@ public final class Keeper: Service, Sendable {
     let signingKeys = SigningKeys()
     /// Fires once every stored context is restored and scheduled (expired ones renewing).
     public let restored = OneShotSignal()
+    /// What a reload can change: the API-key identities and the renewal policy.
+    let reloadable: Mutex<(apiKeys: [KeeperConfiguration.APIKeyIdentity], policy: RenewalPolicy)>
 
     /// Opens the store and the bunq client. `psd2` is the provider's checked material, when one is configured.
     public init(configuration: KeeperConfiguration, psd2: PSD2Material?, logger: Logger) throws {
@@ -35,6 +38,7 @@ public final class Keeper: Service, Sendable {
         client = try BunqClient(endpoints: configuration.endpoints, rateLimiter: limiter,
                                 psd2FirstSessionTimeout: configuration.psd2FirstSessionTimeout)
         cache = ContextCache()
+        reloadable = Mutex((configuration.apiKeys, configuration.policy))
         let renewer = BunqRenewer(client: client, store: store, cache: cache, psd2: psd2,
                                   deviceDescription: configuration.deviceDescription, logger: logger)
         // Renewals take their session-server slot in deadline order, before they start.
@@ -151,7 +155,8 @@ public final class Keeper: Service, Sendable {
 
     func leaseEntry(_ record: ContextRecord, _ schedule: ContextSchedule) -> LeaseEntry {
         let session = record.session
-        let margin = session.map { configuration.policy.margin(lifetime: $0.expiresAt.timeIntervalSince($0.created)) } ?? 0
+        let policy = reloadable.withLock { $0.policy }
+        let margin = session.map { policy.margin(lifetime: $0.expiresAt.timeIntervalSince($0.created)) } ?? 0
         return LeaseEntry(context: record.name, kind: record.kind, session: session, renewAt: schedule.renewAt,
                           generation: schedule.generation, serverPublicKeyPEM: record.serverPublicKeyPEM,
                           margin: margin, needsAttention: schedule.state == .needsAttention)
@@ -160,6 +165,32 @@ public final class Keeper: Service, Sendable {
     // MARK: The core's API
 
     public func lease(_ context: String) async -> LeaseResult? { await scheduler.lease(context) }
+
+    /// Applies a reloaded configuration's API-key identities and renewal policy: new identities are registered,
+    /// removed ones ended at bunq and forgotten, changed keys registered anew; `needs_attention` contexts are
+    /// retried (a reload is how an operator says "I fixed it"). Other settings need a restart.
+    public func applyReload(_ new: KeeperConfiguration) async throws {
+        let old = reloadable.withLock { state in
+            defer { state = (new.apiKeys, new.policy) }
+            return state.apiKeys
+        }
+        await scheduler.setPolicy(new.policy)
+        for identity in old where !new.apiKeys.contains(where: { $0.name == identity.name && $0.key == identity.key }) {
+            if await cache.get(identity.name) != nil { try await removeContext(identity.name, endSession: true) }
+        }
+        for identity in new.apiKeys where !old.contains(where: { $0.name == identity.name && $0.key == identity.key }) {
+            let context = StoredContext(name: identity.name, kind: .apiKey,
+                                        registration: IdentityRegistration(kind: .apiKey, secret: identity.key))
+            try store.saveRegistration(context.name, kind: context.kind, context.registration)
+            await cache.set(context.record)
+            await scheduler.add(context.name, session: nil)
+            await refreshLease(context.name)
+            logger.notice("identity added by reload", metadata: ["bunq.context": "\(identity.name)"])
+        }
+        for name in await scheduler.contextNames where await scheduler.schedule(name)?.state == .needsAttention {
+            await scheduler.requestRenewal(name)
+        }
+    }
 
     /// One line for `systemctl status`: "3 live, 0 failing; next renewal provider in 41 min".
     public func statusLine() async -> String {

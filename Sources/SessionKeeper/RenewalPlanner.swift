@@ -36,7 +36,8 @@ public struct RenewalPlanner<Random: RandomNumberGenerator & Sendable>: Sendable
         }
     }
 
-    public let policy: RenewalPolicy
+    /// Applies to renewals scheduled from now on (a reload can change it).
+    public var policy: RenewalPolicy
     private var random: Random
     private var entries: [String: Entry] = [:]
     private var deadlines = Heap<Deadline>()

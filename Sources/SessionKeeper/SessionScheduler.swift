@@ -36,6 +36,11 @@ public actor SessionScheduler {
     /// The longest the loop sleeps without a deadline, so a healthy loop ticks at least this often.
     private var maxSleep: TimeInterval = 10
 
+    /// A new renewal policy (a configuration reload): applies to every renewal scheduled from now on.
+    public func setPolicy(_ policy: RenewalPolicy) {
+        planner.policy = policy
+    }
+
     /// Makes the loop wake at least every `interval` (for a watchdog pinging at about twice that period).
     public func setMaxSleep(_ interval: TimeInterval) {
         maxSleep = max(0.05, interval)

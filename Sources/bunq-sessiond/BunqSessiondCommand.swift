@@ -96,7 +96,8 @@ struct BunqSessiondCommand: AsyncParsableCommand {
         let socketFD = (inherited.first { $0.name == "api" } ?? (inherited.count == 1 ? inherited.first : nil))?.fd
         let server = SocketServer(path: settings.socketPath, inheritedSocket: socketFD, service: service, limits: limits,
                                   logger: logger)
-        var services: [any Service] = [keeper, server, Readiness(keeper: keeper, server: server, service: service, logger: logger)]
+        var services: [any Service] = [keeper, server, Readiness(keeper: keeper, server: server, service: service, logger: logger),
+                                       Reloader(configPath: config, keeper: keeper, access: service.access, logger: logger)]
         if let interval = ServiceManager.watchdogInterval {
             services.append(Watchdog(keeper: keeper, server: server, interval: interval, logger: logger))
         }
@@ -156,6 +157,34 @@ struct Watchdog: Service {
                                    metadata: ["bunq.scheduler_ticking": "\(ticks != lastTicks)", "bunq.server_alive": "\(serverAlive)"])
                 }
                 lastTicks = ticks
+            }
+        }
+    }
+}
+
+/// SIGHUP: re-reads the configuration and applies access rules, renewal policy and API-key identities without
+/// dropping connections. An invalid new configuration is refused with an error; the old one keeps running.
+struct Reloader: Service {
+    let configPath: String
+    let keeper: Keeper
+    let access: AccessControl
+    let logger: Logger
+
+    func run() async throws {
+        let signals = await UnixSignalsSequence(trapping: .sighup)
+        await cancelWhenGracefulShutdown {
+            for await _ in signals {
+                ServiceManager.reloading()
+                do {
+                    let new = try KeeperConfiguration.load(file: configPath)
+                    access.update(new.access)
+                    try await keeper.applyReload(new)
+                    logger.notice("configuration reloaded", metadata: ["bunq.config": "\(configPath)"])
+                } catch {
+                    logger.error("reload refused: the new configuration is invalid; the running one stays",
+                                 metadata: ["bunq.config": "\(configPath)", "error": "\(error)"])
+                }
+                ServiceManager.ready(status: await keeper.statusLine())
             }
         }
     }
