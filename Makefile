@@ -16,7 +16,7 @@ BUILD_LOG := .build/make-build.log
 SDK_VENV := .build/sdk-venv
 SDK_PACKAGES := bunq-sdk==1.28.0
 
-.PHONY: all deps build test sdk-compat run sandbox bench clean
+.PHONY: all deps build test sdk-compat run sandbox bench install install-files clean
 
 all: build
 
@@ -66,6 +66,37 @@ run: deps
 bench: deps
 	$(SWIFT) build -c release
 	"$$($(SWIFT) build -c release --show-bin-path)/bunq-sessiond-bench" "$$($(SWIFT) build -c release --show-bin-path)"
+
+## install: binaries, systemd units, sysusers and the example config (PREFIX, DESTDIR, SYSCONFDIR)
+PREFIX ?= /usr/local
+SYSCONFDIR ?= /etc
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
+install:
+	$(SWIFT) build -c release --product bunq-sessiond
+	$(SWIFT) build -c release --product bunq-sessionctl
+	$(SWIFT) build -c release --product bunq-sandbox
+	$(MAKE) --no-print-directory install-files BUILT="$$($(SWIFT) build -c release --show-bin-path)"
+
+## install-files: the installation itself, from already built binaries in BUILT (no build step)
+install-files:
+	@test -n "$(BUILT)" || { echo "install-files: set BUILT to the directory of the built binaries"; exit 2; }
+	install -d "$(DESTDIR)$(PREFIX)/bin" "$(DESTDIR)$(UNITDIR)" "$(DESTDIR)$(SYSUSERSDIR)" \
+	  "$(DESTDIR)$(SYSCONFDIR)/bunq-sessiond" "$(DESTDIR)$(PREFIX)/share/doc/bunq-sessiond"
+	install -m 0755 "$(BUILT)/bunq-sessiond" "$(BUILT)/bunq-sessionctl" "$(BUILT)/bunq-sandbox" "$(DESTDIR)$(PREFIX)/bin/"
+	sed 's|@BINDIR@|$(PREFIX)/bin|g; s|@PREFIX@|$(PREFIX)|g' systemd/bunq-sessiond.service.in \
+	  > "$(DESTDIR)$(UNITDIR)/bunq-sessiond.service"
+	chmod 0644 "$(DESTDIR)$(UNITDIR)/bunq-sessiond.service"
+	install -m 0644 systemd/bunq-sessiond.socket "$(DESTDIR)$(UNITDIR)/"
+	install -m 0644 systemd/sysusers-bunq-sessiond.conf "$(DESTDIR)$(SYSUSERSDIR)/bunq-sessiond.conf"
+	install -m 0644 README.md "$(DESTDIR)$(PREFIX)/share/doc/bunq-sessiond/"
+	@if [ ! -e "$(DESTDIR)$(SYSCONFDIR)/bunq-sessiond/bunq-sessiond.yaml" ]; then \
+	  install -m 0640 config/bunq-sessiond.yaml "$(DESTDIR)$(SYSCONFDIR)/bunq-sessiond/bunq-sessiond.yaml"; \
+	else \
+	  install -m 0640 config/bunq-sessiond.yaml "$(DESTDIR)$(SYSCONFDIR)/bunq-sessiond/bunq-sessiond.yaml.example"; \
+	fi
+	@echo "installed into $(DESTDIR)$(PREFIX); next: systemd-sysusers, edit $(SYSCONFDIR)/bunq-sessiond/bunq-sessiond.yaml," \
+	  "systemctl daemon-reload, systemctl enable --now bunq-sessiond.socket"
 
 ## sandbox: only the bunq sandbox emulator, in the foreground on http://127.0.0.1:8089
 sandbox: deps
