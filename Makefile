@@ -7,9 +7,10 @@ SWIFT ?= swift
 export PATH := $(PATH):/opt/swift/usr/bin
 
 # System packages the build and the tests need (headers for the C bindings, the openssl command for interop
-# tests, CA certificates for TLS, Python for the official-SDK compatibility test).
+# tests, CA certificates for TLS, Python for the official-SDK compatibility test, systemd-nspawn and debootstrap
+# for the test under a real systemd).
 DEB_PACKAGES := libssl-dev libcurl4-openssl-dev libsystemd-dev libsqlite3-dev sqlite3 pkg-config openssl ca-certificates curl \
-  python3 python3-venv
+  python3 python3-venv systemd-container debootstrap
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 BUILD_LOG := .build/make-build.log
 # bunq's official Python SDK, for the emulator's compatibility test, in a virtualenv under .build/.
@@ -42,10 +43,12 @@ build: deps
 	  echo "make build: compiler warnings in our code (above) are errors"; exit 1; \
 	fi
 
-## test: deps, build, then every test: the Swift suites and the official-SDK compatibility test
+## test: deps, build, then every test: the Swift suites, the official-SDK compatibility test, and the daemon under a
+## real systemd (nspawn; prints SKIPPED where it cannot run)
 test: build
 	$(SWIFT) test --skip-build
 	$(MAKE) --no-print-directory sdk-compat
+	bash Tests/systemd/nspawn-test.sh
 
 $(SDK_VENV)/.installed: Makefile
 	python3 -m venv $(SDK_VENV)

@@ -48,9 +48,11 @@ public enum HTTPServerCore {
                              onBound: @Sendable (Int) async throws -> Void) async throws {
         let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .bind(host: host, port: port) { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    // A latency hint, set per connection: where a sandbox refuses it (EPERM seen under
+                    // systemd-nspawn), the connection goes on without it instead of failing the whole server.
+                    _ = try? channel.syncOptions?.setOption(.socketOption(.tcp_nodelay), value: 1)
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
                     return try NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>(wrappingChannelSynchronously: channel)
                 }

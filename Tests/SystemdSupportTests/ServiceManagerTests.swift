@@ -34,12 +34,38 @@ import Glibc
         defer {
             if let previous { setenv("NOTIFY_SOCKET", previous, 1) } else { unsetenv("NOTIFY_SOCKET") }
         }
+        func next() -> String {
+            var buffer = [UInt8](repeating: 0, count: 512)
+            let received = recv(fd, &buffer, buffer.count, Int32(MSG_DONTWAIT))
+            return String(decoding: buffer.prefix(max(0, received)), as: UTF8.self)
+        }
         #expect(ServiceManager.notify("READY=1\nSTATUS=3 live, 0 failing"))
+        #expect(next() == "READY=1\nSTATUS=3 live, 0 failing")
+        #expect(ServiceManager.ready(status: "2 live, 0 failing; next renewal ops in 41 min"))
+        #expect(next() == "READY=1\nSTATUS=2 live, 0 failing; next renewal ops in 41 min")
+        #expect(ServiceManager.status("1 live, 1 failing"))
+        #expect(next() == "STATUS=1 live, 1 failing")
+        #expect(ServiceManager.watchdog())
+        #expect(next() == "WATCHDOG=1")
+        #expect(ServiceManager.stopping())
+        #expect(next() == "STOPPING=1")
+        #expect(ServiceManager.reloading())
+        let reloading = next()
+        #expect(reloading.hasPrefix("RELOADING=1\nMONOTONIC_USEC="))
+        #expect(UInt64(reloading.split(separator: "=").last ?? "") ?? 0 > 0)
+        #expect(ServiceManager.failed(errno: 22, status: "configuration error"))
+        #expect(next() == "STATUS=configuration error\nERRNO=22")
+    }
 
-        var buffer = [UInt8](repeating: 0, count: 512)
-        let received = recv(fd, &buffer, buffer.count, Int32(MSG_DONTWAIT))
-        #expect(received > 0)
-        #expect(String(decoding: buffer.prefix(max(0, received)), as: UTF8.self) == "READY=1\nSTATUS=3 live, 0 failing")
+    @Test func theWatchdogIntervalHonoursWatchdogPid() {
+        setenv("WATCHDOG_USEC", "4000000", 1)
+        setenv("WATCHDOG_PID", String(getpid()), 1)
+        #expect(ServiceManager.watchdogInterval == .seconds(4))
+        setenv("WATCHDOG_PID", String(getpid() + 1), 1)
+        #expect(ServiceManager.watchdogInterval == nil, "pings are for another process")
+        unsetenv("WATCHDOG_PID")
+        unsetenv("WATCHDOG_USEC")
+        #expect(ServiceManager.watchdogInterval == nil)
     }
 
     @Test func notifyOutsideSystemdIsANoOp() {

@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# bunq-sessiond under a real systemd: a Debian root (debootstrap, cached in .cache/) booted with systemd-nspawn,
+# the units and binaries installed with `make install-files`, bunq-sandbox running inside as a transient unit.
+# Checks: active (running) only after READY with the STATUS line; reload applies a changed access rule; a frozen
+# daemon is killed by the watchdog and restarted with its sessions restored and nothing registered again; socket
+# activation restarts a stopped service; the journal holds BUNQ_* fields and MESSAGE_IDs and no secret.
+# Prints SKIPPED: ... where it cannot run (not root, no nspawn, no Debian mirror).
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+skip() { echo "SKIPPED: systemd integration test: $*"; exit 0; }
+[ "$(id -u)" = 0 ] || skip "needs root (CI runs as root)"
+command -v systemd-nspawn >/dev/null && command -v debootstrap >/dev/null || skip "systemd-nspawn or debootstrap missing (make deps installs them)"
+
+BIN="$(swift build --show-bin-path)"
+CACHE="$PWD/.cache/nspawn-root-v2"  # bump the suffix when the package list changes
+if [ ! -e "$CACHE/.complete" ]; then
+  rm -rf "$CACHE"
+  mkdir -p "$(dirname "$CACHE")"
+  echo "systemd test: building a Debian root with debootstrap (cached in .cache/)"
+  debootstrap --variant=minbase \
+    --include=systemd,systemd-sysv,dbus,procps,libcurl4,libsqlite3-0,openssl,ca-certificates,python3,curl \
+    bookworm "$CACHE" http://deb.debian.org/debian > .cache/debootstrap.log 2>&1 \
+    || skip "debootstrap failed (see .cache/debootstrap.log)"
+  touch "$CACHE/.complete"
+fi
+
+WORK="$(mktemp -d /var/tmp/bunq-nspawn.XXXXXX)"
+ROOT="$WORK/root"
+cp -a "$CACHE" "$ROOT"
+# nspawn keeps mount propagation state under /run/systemd/nspawn, which must be a tmpfs.
+mkdir -p /run/systemd/nspawn
+mountpoint -q /run/systemd/nspawn || mount -t tmpfs tmpfs /run/systemd/nspawn
+make --no-print-directory install-files BUILT="$BIN" DESTDIR="$ROOT" PREFIX=/usr/local SYSCONFDIR=/etc > /dev/null
+mkdir -p "$ROOT/etc/systemd/system/bunq-sessiond.service.d"
+printf '[Service]\nWatchdogSec=4s\nTimeoutAbortSec=2s\nRestartSec=1s\n' > "$ROOT/etc/systemd/system/bunq-sessiond.service.d/test.conf"
+
+MACHINE="bsd$$"
+systemd-nspawn -D "$ROOT" --boot --console=passive --machine="$MACHINE" --register=no --keep-unit \
+  --bind-ro=/opt/swift > "$WORK/boot.log" 2>&1 &
+NSPAWN=$!
+cleanup() {
+  kill -KILL "$NSPAWN" 2>/dev/null
+  wait "$NSPAWN" 2>/dev/null
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+CPID=""
+for _ in $(seq 100); do
+  CPID="$(pgrep -P "$NSPAWN" | head -1)"
+  [ -n "$CPID" ] && break
+  sleep 0.2
+done
+[ -n "$CPID" ] || skip "systemd-nspawn did not start a container: $(tail -3 "$WORK/boot.log")"
+inside() { nsenter -t "$CPID" -a "$@"; }
+state=""
+for _ in $(seq 150); do
+  state="$(inside systemctl is-system-running 2>/dev/null)"
+  case "$state" in running|degraded) break ;; esac
+  sleep 0.2
+done
+case "$state" in running|degraded) ;; *) skip "the container's systemd did not boot ($state)" ;; esac
+
+passed=0; failed=0
+check() {  # check NAME COMMAND...
+  local name="$1"; shift
+  if "$@"; then passed=$((passed + 1)); echo "PASS $name"; else failed=$((failed + 1)); echo "FAIL $name"; fi
+}
+rpc() {  # rpc JSON: one request on the daemon's socket, as root inside the container
+  inside python3 -c 'import socket,sys
+s=socket.socket(socket.AF_UNIX); s.settimeout(10); s.connect("/run/bunq-sessiond/socket")
+s.sendall(sys.argv[1].encode()+b"\n"); print(s.makefile().readline().strip())' "$1"
+}
+json() { python3 -c "import json,sys; d=json.loads(sys.stdin.read() or '{}'); print($1)"; }
+
+# bunq-sandbox inside, as a transient unit.
+inside systemd-run --unit=bunq-sandbox /usr/local/bin/bunq-sandbox --port 8089 --session-timeout 120 --rate-limits off > /dev/null
+for _ in $(seq 100); do inside curl -sf http://127.0.0.1:8089/_sandbox/stats > /dev/null && break; sleep 0.2; done
+API_KEY="$(inside curl -sf -X POST http://127.0.0.1:8089/v1/sandbox-user-person | json 'd["Response"][0]["ApiKey"]["api_key"]')"
+
+inside systemd-sysusers > /dev/null
+printf '%s\n' "$API_KEY" > "$ROOT/etc/bunq-sessiond/ops.key"
+config() {  # config ADMIN_USERS: write the daemon's configuration
+  cat > "$ROOT/etc/bunq-sessiond/bunq-sessiond.yaml" <<YAML
+bunq: {api_base_url: 'http://127.0.0.1:8089/v1/', oauth_authorize_url: 'http://127.0.0.1:8089/auth',
+       oauth_token_url: 'http://127.0.0.1:8089/v1/token', rate_limits: unlimited}
+api_keys:
+  - {name: ops, key_file: /etc/bunq-sessiond/ops.key}
+access: {admin: {users: [$1]}, contexts: {"*": {users: [$1]}}}
+YAML
+  inside chgrp bunq-sessiond /etc/bunq-sessiond/bunq-sessiond.yaml /etc/bunq-sessiond/ops.key
+  inside chmod 0640 /etc/bunq-sessiond/bunq-sessiond.yaml /etc/bunq-sessiond/ops.key
+}
+config root
+inside systemctl daemon-reload
+inside systemctl enable --now bunq-sessiond.socket > /dev/null 2>&1
+# Type=notify: start returns once the daemon sent READY=1.
+inside systemctl start bunq-sessiond.service
+check "active (running) after READY" test "$(inside systemctl show -p SubState --value bunq-sessiond)" = running
+check "systemctl status shows the STATUS line" sh -c "nsenter -t $CPID -a systemctl status bunq-sessiond --no-pager | grep -q 'Status: \".* live'"
+TOKEN=""
+for _ in $(seq 100); do  # READY precedes the first registration; the token comes once ops is live
+  TOKEN="$(rpc '{"jsonrpc":"2.0","id":1,"method":"session.get","params":{"context":"ops"}}' | json 'd.get("result",{}).get("token","")')"
+  [ -n "$TOKEN" ] && break
+  sleep 0.2
+done
+check "a token is served over the socket" test "${#TOKEN}" = 64
+
+# Reload: a changed access rule applies to the running daemon.
+config "'4242'"
+inside systemctl reload bunq-sessiond
+sleep 1
+code="$(rpc '{"jsonrpc":"2.0","id":2,"method":"session.get","params":{"context":"ops"}}' | json 'd.get("error",{}).get("code","")')"
+check "reload applies a changed access rule" test "$code" = 1001
+config root
+inside systemctl reload bunq-sessiond
+sleep 1
+
+# Watchdog: a frozen daemon is killed and restarted; sessions restored, nothing registered again.
+before="$(inside curl -sf http://127.0.0.1:8089/_sandbox/stats)"
+OLD_PID="$(inside systemctl show -p MainPID --value bunq-sessiond)"
+inside kill -STOP "$OLD_PID"
+restarted=""
+for _ in $(seq 150); do
+  NEW_PID="$(inside systemctl show -p MainPID --value bunq-sessiond)"
+  if [ "$NEW_PID" != "$OLD_PID" ] && [ "$NEW_PID" != 0 ] \
+     && [ "$(inside systemctl show -p SubState --value bunq-sessiond)" = running ]; then restarted=yes; break; fi
+  sleep 0.2
+done
+check "the watchdog restarts a frozen daemon" test "$restarted" = yes
+after="$(inside curl -sf http://127.0.0.1:8089/_sandbox/stats)"
+check "restart restored sessions without registering again" test \
+  "$(echo "$before" | json 'd["installations"], d["device_servers"]')" = "$(echo "$after" | json 'd["installations"], d["device_servers"]')"
+check "restored from the state" sh -c "nsenter -t $CPID -a journalctl -u bunq-sessiond --no-pager | grep -q 'identity restored'"
+
+# Socket activation: a stopped service starts again on the next connection.
+inside systemctl stop bunq-sessiond.service
+check "stopped" test "$(inside systemctl is-active bunq-sessiond.service)" = inactive
+rpc '{"jsonrpc":"2.0","id":3,"method":"daemon.status"}' > "$WORK/activated.json"
+check "socket activation starts it again" sh -c "grep -q '\"version\"' $WORK/activated.json && [ \"\$(nsenter -t $CPID -a systemctl is-active bunq-sessiond.service)\" = active ]"
+
+# The journal: structured fields, message ids, and not one secret.
+inside journalctl -u bunq-sessiond -o json --no-pager > "$WORK/journal.json"
+check "the journal has BUNQ_* fields" grep -q '"BUNQ_CONTEXT"' "$WORK/journal.json"
+check "the journal has MESSAGE_IDs" grep -q '"MESSAGE_ID":"5f3e9b1a7c2d4e8f9a0b6c3d1e7f4a25"' "$WORK/journal.json"
+check "no API key in the journal" sh -c "! grep -q '$API_KEY' $WORK/journal.json"
+check "no session token in the journal" sh -c "[ -n '$TOKEN' ] && ! grep -q '$TOKEN' $WORK/journal.json"
+
+echo "systemd: $passed passed, $failed failed"
+[ "$failed" = 0 ]
