@@ -139,7 +139,7 @@ public struct RSAPrivateKey: Sendable, CustomStringConvertible {
 
     public var bits: Int { key.bits }
 
-    /// PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`). Secret material: store it encrypted, never log it.
+    /// PKCS#8 PEM (the `PRIVATE KEY` label). Secret material: store it encrypted, never log it.
     public func pkcs8PEM() throws -> String {
         let bytes = try MemoryBIO.writing(.internalError, "the private key PEM") { bio in
             PEM_write_bio_PrivateKey(bio, key.pointer, nil, nil, 0, nil, nil)

