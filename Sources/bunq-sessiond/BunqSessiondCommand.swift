@@ -76,7 +76,10 @@ struct BunqSessiondCommand: AsyncParsableCommand {
             return handler
         }
         let logger = Logger(label: "bunq-sessiond")
-        for warning in psd2?.warnings ?? [] { logger.warning("\(warning)", metadata: ["bunq.context": "provider"]) }
+        for warning in psd2?.warnings ?? [] {
+            // A stable message, so journald attaches the MESSAGE_ID operators alert on; the details as a field.
+            logger.warning("certificate expiring", metadata: ["bunq.context": "provider", "bunq.detail": "\(warning)"])
+        }
         let keeper: Keeper
         do {
             keeper = try Keeper(configuration: settings, psd2: psd2, logger: logger)
