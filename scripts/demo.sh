@@ -76,10 +76,17 @@ YAML
 "$BIN/bunq-sessiond" --config "$DEMO_DIR/bunq-sessiond.yaml" --check-config
 "$BIN/bunq-sessiond" --config "$DEMO_DIR/bunq-sessiond.yaml" > "$DEMO_DIR/daemon.log" 2>&1 &
 pids+=($!)
-for _ in $(seq 300); do
-  "${CTL[@]}" list --json 2>/dev/null | grep -q '"provider".*"live"\|"state":"live".*"provider"' && break
+provider_live() {
+  "${CTL[@]}" list --json 2>/dev/null | python3 -c '
+import json, sys
+contexts = json.load(sys.stdin).get("contexts", [])
+sys.exit(0 if any(c.get("name") == "provider" and c.get("state") == "live" for c in contexts) else 1)'
+}
+for _ in $(seq 600); do
+  provider_live && break
   sleep 0.2
 done
+provider_live || { echo "the provider did not become live (see $DEMO_DIR/daemon.log)"; exit 1; }
 echo "ready: the provider is registered and live (log: $DEMO_DIR/daemon.log)"
 
 step "connect a bunq user by OAuth: oauth-url -> the sandbox's /auth -> oauth-complete"
