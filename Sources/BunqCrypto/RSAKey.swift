@@ -194,25 +194,35 @@ public struct RSAPublicKey: Sendable, CustomStringConvertible {
                 + (blocks.isEmpty ? "" : " (found: \(blocks.map(\.label).joined(separator: ", ")))"))
         }
         OpenSSLErrorQueue.clear()
-        // SPKI names its algorithm; PKCS#1 is RSA by definition and decodes only as the RSA type-specific structure.
-        let structure = block.label == "PUBLIC KEY" ? "SubjectPublicKeyInfo" : "type-specific"
-        let keyType: String? = block.label == "PUBLIC KEY" ? nil : "RSA"
-        var pointer: OpaquePointer?
-        guard let decoder = OSSL_DECODER_CTX_new_for_pkey(&pointer, "PEM", structure, keyType,
-                                                           bsc_EVP_PKEY_PUBLIC_KEY, nil, nil) else {
-            throw CryptoError.openSSL(.internalError, "could not create a key decoder")
+        // Both forms go through `d2i_PUBKEY`, never `OSSL_DECODER`: see `decodePKCS1`.
+        let pointer: OpaquePointer?
+        if block.label == "PUBLIC KEY" {
+            pointer = try MemoryBIO.reading(Array(block.text.utf8)) { bio in PEM_read_bio_PUBKEY(bio, nil, nil, nil) }
+        } else {
+            pointer = Self.decodePKCS1(block)
         }
-        defer { OSSL_DECODER_CTX_free(decoder) }
-        let bytes = Array(block.text.utf8)
-        let decoded = bytes.withUnsafeBufferPointer { buffer in
-            var data = buffer.baseAddress
-            var length = buffer.count
-            return OSSL_DECODER_from_data(decoder, &data, &length)
-        }
-        guard decoded == 1, let pointer else {
+        guard let pointer else {
             throw CryptoError.openSSL(.invalidKey, "could not decode the '\(block.label)' PEM block")
         }
         self.key = try EVPKey.requireRSA(pointer, "the public key")
+    }
+
+    /// PKCS#1 `RSA PUBLIC KEY`: the DER wrapped as the SubjectPublicKeyInfo it is the key of, then read as SPKI.
+    ///
+    /// Not through `OSSL_DECODER`: on OpenSSL 3.0 (Debian 12) the first decoder-based public-key decode in a
+    /// process failed now and then with "DECODER routines::unsupported" for a valid key (seen in bunq-sandbox
+    /// with bunq's Python SDK); the `d2i_PUBKEY` path never did.
+    private static func decodePKCS1(_ block: PEMBlock) -> OpaquePointer? {
+        let body = block.text.split(separator: "\n").filter { !$0.hasPrefix("-----") && !$0.contains(":") }.joined()
+        guard let pkcs1 = Data(base64Encoded: body) else { return nil }
+        // SEQUENCE { SEQUENCE { OID rsaEncryption, NULL }, BIT STRING { 0 unused bits, RSAPublicKey } }
+        let algorithm: [UInt8] = [0x30, 0x0D, 0x06, 0x09, 0x2A, 0x86, 0x48, 0x86, 0xF7, 0x0D, 0x01, 0x01, 0x01, 0x05, 0x00]
+        let bitString = DER.element(tag: 0x03, [0x00] + Array(pkcs1))
+        let spki = DER.element(tag: 0x30, algorithm + bitString)
+        return spki.withUnsafeBufferPointer { buffer in
+            var cursor = buffer.baseAddress
+            return d2i_PUBKEY(nil, &cursor, buffer.count)
+        }
     }
 
     public var bits: Int { key.bits }
@@ -263,4 +273,19 @@ public struct RSAPublicKey: Sendable, CustomStringConvertible {
     }
 
     public var description: String { "RSAPublicKey(\(bits) bits)" }
+}
+
+/// Minimal DER encoding: one element with a definite length.
+enum DER {
+    static func element(tag: UInt8, _ content: [UInt8]) -> [UInt8] {
+        var length: [UInt8] = []
+        if content.count < 0x80 {
+            length = [UInt8(content.count)]
+        } else {
+            var remaining = content.count
+            while remaining > 0 { length.insert(UInt8(remaining & 0xFF), at: 0); remaining >>= 8 }
+            length.insert(0x80 | UInt8(length.count), at: 0)
+        }
+        return [tag] + length + content
+    }
 }

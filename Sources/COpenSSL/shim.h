@@ -12,9 +12,6 @@
 #include <openssl/rsa.h>
 #include <openssl/x509.h>
 
-// EVP_PKEY_PUBLIC_KEY is a macro built from other selection macros across lines; Swift imports no such macro.
-static const int bsc_EVP_PKEY_PUBLIC_KEY = EVP_PKEY_PUBLIC_KEY;
-
 // The subject-name print flags: RFC 2253 escaping and separators, but in certificate order (not reversed, which is
 // how bunq reports `certificate_distinguished_name`) and with UTF-8 left as UTF-8 instead of \XX escapes.
 // XN_FLAG_RFC2253 is a compound macro Swift does not import.

@@ -82,3 +82,31 @@ import TestSupport
         try publicKey.verify(signature: signature, for: Array("x".utf8))
     }
 }
+
+/// Public-key decoding is stable: every decode of a valid key succeeds, from any thread, with or without the
+/// trailing newline bunq's SDKs leave off. (The first-decode-in-a-fresh-process case, which OpenSSL 3.0's decoder
+/// path failed now and then, is covered by sdk-compat against freshly started sandboxes.)
+@Suite struct PublicKeyDecodingTests {
+    @Test func everyDecodeOfAValidKeySucceedsUnderConcurrency() async throws {
+        let pems = try await withThrowingTaskGroup(of: String.self) { group in
+            for _ in 0..<4 { group.addTask { try await RSAPrivateKey.generate().publicKey.pem() } }
+            return try await group.reduce(into: [String]()) { $0.append($1) }
+        }
+        // The form bunq's SDKs send: no trailing newline.
+        let variants = pems + pems.map { String($0.dropLast()) }
+        let failures = await withTaskGroup(of: Int.self) { group in
+            for worker in 0..<8 {
+                group.addTask {
+                    var failed = 0
+                    for round in 0..<250 {
+                        let pem = variants[(worker + round) % variants.count]
+                        if (try? RSAPublicKey(pem: pem).pem()) != pems[(worker + round) % pems.count] { failed += 1 }
+                    }
+                    return failed
+                }
+            }
+            return await group.reduce(0, +)
+        }
+        #expect(failures == 0)
+    }
+}
