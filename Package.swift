@@ -198,7 +198,7 @@ let package = Package(
         ),
         .testTarget(
             name: "SystemdSupportTests",
-            dependencies: ["SystemdSupport"],
+            dependencies: ["SystemdSupport", "TestSupport"],
             swiftSettings: strictSettings
         ),
     ]

@@ -192,6 +192,23 @@ public final class Keeper: Service, Sendable {
         }
     }
 
+    /// The configured identities (provider, API keys) whose first attempt at a session has not finished yet: no
+    /// grantable session and no failure yet. READY waits for these, so a service
+    /// started after bunq-sessiond finds its identities live; OAuth users (possibly very many) are not waited for.
+    public func startupPending(at now: Date = Date()) async -> [String] {
+        var names = configuration.provider == nil ? [] : ["provider"]
+        names += reloadable.withLock { $0.apiKeys.map(\.name) }
+        var pending: [String] = []
+        for name in names {
+            if leases.entry(name)?.grantable(at: now) != nil { continue }
+            // A failed first attempt settles it too: the STATUS line then says it is failing.
+            guard let schedule = await scheduler.schedule(name), schedule.consecutiveFailures == 0,
+                  schedule.state != .needsAttention, schedule.state != .removed else { continue }
+            pending.append(name)
+        }
+        return pending
+    }
+
     /// One line for `systemctl status`: "3 live, 0 failing; next renewal provider in 41 min".
     public func statusLine() async -> String {
         var live = 0, failing = 0, attention = 0

@@ -34,6 +34,14 @@ public enum ServiceManager {
     @discardableResult
     public static func stopping() -> Bool { notify("STOPPING=1") }
 
+    /// Asks for more start-up time while slow work runs before READY (`EXTEND_TIMEOUT_USEC`): the start job may
+    /// now take until `duration` from now. Send it again before that passes.
+    @discardableResult
+    public static func extendStartup(by duration: Duration, status: String) -> Bool {
+        let usec = duration.components.seconds * 1_000_000 + duration.components.attoseconds / 1_000_000_000_000
+        return notify("EXTEND_TIMEOUT_USEC=\(usec)\nSTATUS=\(status)")
+    }
+
     /// Keep-alive for the watchdog.
     @discardableResult
     public static func watchdog() -> Bool { notify("WATCHDOG=1") }

@@ -110,18 +110,25 @@ struct BunqSessiondCommand: AsyncParsableCommand {
     }
 }
 
-/// Declares the daemon ready once the socket listens and every restored session has been checked, keeps the
-/// STATUS line current, and says STOPPING on shutdown.
+/// Declares the daemon ready once the socket listens, every restored session has been checked and each configured
+/// identity's first attempt at a session has finished (live, or failing and retrying), asking systemd for more
+/// start-up time while a slow first registration runs. Keeps the STATUS line current; says STOPPING on shutdown.
 struct Readiness: Service {
     let keeper: Keeper
     let server: SocketServer
     let service: SocketService
     let logger: Logger
+    /// How long READY waits for first registrations before it is sent anyway (the STATUS line then tells).
+    var registrationWait: Duration = .seconds(300)
+    /// How often `EXTEND_TIMEOUT_USEC` is repeated while waiting; each grant lasts three times as long.
+    var extendEvery: Duration = .seconds(10)
 
     func run() async throws {
         await keeper.restored.wait()
         await server.listening.wait()
+        // The socket answers from here on (contexts report `bootstrapping` until live).
         service.markReady()
+        await waitForFirstRegistrations()
         ServiceManager.ready(status: await keeper.statusLine())
         logger.info("ready", metadata: ["bunq.socket": "\(server.path)"])
         await cancelWhenGracefulShutdown {
@@ -131,6 +138,29 @@ struct Readiness: Service {
             }
         }
         ServiceManager.stopping()
+    }
+}
+
+extension Readiness {
+    func waitForFirstRegistrations() async {
+        let clock = ContinuousClock()
+        let start = clock.now
+        var lastExtend: ContinuousClock.Instant?
+        while !Task.isCancelled {
+            let pending = await keeper.startupPending()
+            if pending.isEmpty { return }
+            if start.duration(to: clock.now) >= registrationWait {
+                logger.warning("ready before the first registration finished",
+                               metadata: ["bunq.contexts": "\(pending.joined(separator: ","))"])
+                return
+            }
+            if lastExtend.map({ $0.duration(to: clock.now) >= extendEvery }) ?? true {
+                ServiceManager.extendStartup(by: extendEvery * 3,
+                                             status: "registering \(pending.joined(separator: ", ")) with bunq")
+                lastExtend = clock.now
+            }
+            try? await Task.sleep(for: .milliseconds(100))
+        }
     }
 }
 

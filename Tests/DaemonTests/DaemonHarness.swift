@@ -16,12 +16,16 @@ final class ChildProcess: Sendable {
     let process: Process
     let logPath: String
 
-    init(_ executable: String, _ arguments: [String], log: String) throws {
+    /// `environment` is added to this process's own.
+    init(_ executable: String, _ arguments: [String], log: String, environment: [String: String] = [:]) throws {
         _ = FileManager.default.createFile(atPath: log, contents: nil)
         let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
         let process = Process()
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments
+        if !environment.isEmpty {
+            process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        }
         process.standardOutput = handle
         process.standardError = handle
         process.standardInput = FileHandle.nullDevice

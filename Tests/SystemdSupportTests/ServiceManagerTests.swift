@@ -1,6 +1,7 @@
 import Foundation
 import SystemdSupport
 import Testing
+import TestSupport
 
 #if canImport(Glibc)
 import Glibc
@@ -9,24 +10,8 @@ import Glibc
 @Suite(.serialized) struct ServiceManagerTests {
     /// A datagram socket standing in for systemd's notification socket.
     @Test func notifyDeliversTheStateToNotifySocket() throws {
-        let path = FileManager.default.temporaryDirectory.appendingPathComponent("notify-\(UUID().uuidString)").path
-        let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0)
-        #expect(fd >= 0)
-        defer {
-            close(fd)
-            unlink(path)
-        }
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &address.sun_path) { buffer in
-            buffer.copyBytes(from: Array(path.utf8) + [0])
-        }
-        let bound = withUnsafePointer(to: &address) { pointer in
-            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
-            }
-        }
-        #expect(bound == 0)
+        let notifications = try NotifySocket()
+        let path = notifications.path
 
         // No other test reads NOTIFY_SOCKET; it is restored before returning.
         let previous = getenv("NOTIFY_SOCKET").map { String(cString: $0) }
@@ -34,11 +19,7 @@ import Glibc
         defer {
             if let previous { setenv("NOTIFY_SOCKET", previous, 1) } else { unsetenv("NOTIFY_SOCKET") }
         }
-        func next() -> String {
-            var buffer = [UInt8](repeating: 0, count: 512)
-            let received = recv(fd, &buffer, buffer.count, Int32(MSG_DONTWAIT))
-            return String(decoding: buffer.prefix(max(0, received)), as: UTF8.self)
-        }
+        func next() -> String { notifications.next() ?? "" }
         #expect(ServiceManager.notify("READY=1\nSTATUS=3 live, 0 failing"))
         #expect(next() == "READY=1\nSTATUS=3 live, 0 failing")
         #expect(ServiceManager.ready(status: "2 live, 0 failing; next renewal ops in 41 min"))
@@ -53,6 +34,8 @@ import Glibc
         let reloading = next()
         #expect(reloading.hasPrefix("RELOADING=1\nMONOTONIC_USEC="))
         #expect(UInt64(reloading.split(separator: "=").last ?? "") ?? 0 > 0)
+        #expect(ServiceManager.extendStartup(by: .seconds(30), status: "registering provider with bunq"))
+        #expect(next() == "EXTEND_TIMEOUT_USEC=30000000\nSTATUS=registering provider with bunq")
         #expect(ServiceManager.failed(errno: 22, status: "configuration error"))
         #expect(next() == "STATUS=configuration error\nERRNO=22")
     }
