@@ -19,6 +19,9 @@ final class SigningKeys: Sendable {
         return key
     }
 
+    /// The context's parsed key if it is already cached; never reads the store.
+    func cachedKey(for name: String) -> RSAPrivateKey? { keys.withLock { $0[name]?.key } }
+
     func forget(_ context: String) { _ = keys.withLock { $0.removeValue(forKey: context) } }
 }
 
@@ -31,6 +34,16 @@ extension Keeper {
         }
         let key = try signingKeys.key(for: record.name) { try store.context(record.name) }
         return try key.base64Signature(for: body)
+    }
+
+    /// `sign` without suspending and without touching the store: nil when the context's key is not parsed yet
+    /// (use `signBlocking` off the event loop then). About 0.2 ms of CPU, cheap enough to run where the request
+    /// arrived instead of paying two thread hand-offs.
+    public func signIfKeyLoaded(_ contextName: String, body: [UInt8]) throws -> String? {
+        guard leases.entry(contextName) != nil else {
+            throw KeeperError(.unknownContext, "no context named \(contextName)")
+        }
+        return try signingKeys.cachedKey(for: contextName)?.base64Signature(for: body)
     }
 
     /// `sign` without suspending, for a blocking-work thread pool: the context is checked in the lease table and

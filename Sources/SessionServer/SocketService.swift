@@ -59,7 +59,8 @@ public final class SocketService: Sendable {
         ])
     }
 
-    // MARK: request.sign (blocking RSA work, on a thread pool rather than the event loop or Swift's pool)
+    // MARK: request.sign (RSA work on the event loop when the key is parsed; a first use, which reads the
+    // store, on a thread pool; never on Swift's cooperative pool)
 
     /// The parsed request, when it is a well-formed `request.sign` the caller may make; else nil (slow path).
     func signInput(_ request: RPCRequest, peer: PeerCredentials) -> (context: String, body: [UInt8])? {
@@ -68,6 +69,16 @@ public final class SocketService: Sendable {
         if let text = request.string("body") { return (context, Array(text.utf8)) }
         if let encoded = request.string("body_base64"), let data = Data(base64Encoded: encoded) { return (context, Array(data)) }
         return nil
+    }
+
+    /// The answer, when the context's key is already parsed; nil when signing needs the store (slow path).
+    func signInline(_ context: String, _ body: [UInt8], id: RPCID) -> [UInt8]? {
+        do {
+            guard let signature = try keeper.signIfKeyLoaded(context, body: body) else { return nil }
+            return RPCCodec.result(id: id, "{\"signature\":\(JSONText.quote(signature))}")
+        } catch {
+            return RPCCodec.error(id: id, .unknownContext, "Unknown context: \(context)")
+        }
     }
 
     func signBlocking(_ context: String, _ body: [UInt8], id: RPCID) -> [UInt8] {

@@ -75,10 +75,25 @@ struct Bench {
             + String(format: "(%.0f%%)", signsPerCPUSecond / max(1, opensslRate) * 100) + " |"
         print(signRow)
         rows.append(signRow)
+        // Both at once: what signing at full rate does to a token fetch's latency.
+        let mixedSign = ResultBox()
+        let signing = Thread {
+            let result = load(work + "/socket", signLine, connections: cores * 2, seconds: seconds)
+            mixedSign.result.withLock { $0 = result }
+        }
+        signing.start()
+        let mixedGet = load(work + "/socket", getLine, connections: 50, seconds: seconds)
+        Thread.sleep(forTimeInterval: 0.5)
+        let mixedRow = "| `session.get`, 50 connections, while `request.sign` runs on \(cores * 2) | "
+            + "\(Int(mixedGet.rate)) /s | p50 \(format(mixedGet.p50)) | p99 \(format(mixedGet.p99)) | "
+            + "\(Int(mixedSign.result.withLock { $0.rate })) signatures/s meanwhile |"
+        print(mixedRow)
+        rows.append(mixedRow)
         daemon.stop()
 
-        // 2. Start-up and memory with many stored identities.
-        let bigState = work + "/big-state"
+        // 2. Start-up and memory with many stored identities: a restart of a large deployment, in the same state
+        // as above (so `ops` is restored, not registered anew, and READY waits for no registration).
+        let bigState = work + "/state"
         let seeded = try seed(bigState, count: identities)
         let bigConfig = try writeConfig(work, base: base, state: bigState, name: "big.yaml", socket: work + "/big.socket")
         let started = Date()
@@ -100,7 +115,12 @@ struct Bench {
 
     // MARK: Load
 
-    struct LoadResult {
+    /// A load run's result, handed back from another thread.
+    final class ResultBox: Sendable {
+        let result = Mutex(LoadResult(rate: 0, p50: 0, p99: 0))
+    }
+
+    struct LoadResult: Sendable {
         let rate: Double
         let p50: UInt64
         let p99: UInt64
