@@ -38,14 +38,17 @@ MACHINE="bsd$$"
 systemd-nspawn -D "$ROOT" --boot --console=passive --machine="$MACHINE" --register=no --keep-unit \
   --bind-ro=/opt/swift > "$WORK/boot.log" 2>&1 &
 NSPAWN=$!
+CPID=""
 cleanup() {
+  # The container's init first: killing a PID namespace's init ends every process in it. Killing only nspawn
+  # would leave the booted system running, reparented to the host's init.
+  [ -n "$CPID" ] && kill -KILL "$CPID" 2>/dev/null
   kill -KILL "$NSPAWN" 2>/dev/null
   wait "$NSPAWN" 2>/dev/null
   rm -rf "$WORK"
 }
 trap cleanup EXIT
 
-CPID=""
 for _ in $(seq 100); do
   CPID="$(pgrep -P "$NSPAWN" | head -1)"
   [ -n "$CPID" ] && break
