@@ -3,7 +3,7 @@ import Foundation
 import Testing
 import TestSupport
 
-/// Byte-exact agreement with the public PSD2 vector in shared/testdata/psd2-vector.
+/// Byte-exact agreement with the public PSD2 vector in Tests/Fixtures/psd2-vector.
 @Suite struct KnownAnswerTests {
     let installationToken = "16055df8b07491c2d901118ba1567bc62f6637eeaa3337cdeedff8e5cac8f95b"
 

@@ -93,17 +93,14 @@ public struct TemporaryDirectory: Sendable {
     }
 }
 
-/// The repository's shared test material (`../shared/testdata` beside the checkout).
+/// The repository's test fixtures (`Tests/Fixtures`): public known-answer vectors, read from the checkout itself so
+/// a fresh clone's `make test` needs nothing beside it.
 public enum SharedTestData {
-    /// The directory holding the known-answer vectors; `BUNQ_TESTDATA` overrides it.
+    /// The directory holding the known-answer vectors.
     public static var directory: URL {
-        if let override = ProcessInfo.processInfo.environment["BUNQ_TESTDATA"] {
-            return URL(fileURLWithPath: override)
-        }
-        // #filePath is .../<repo>/Tests/TestSupport/Command.swift; shared/ sits beside <repo>.
-        return URL(fileURLWithPath: #filePath)
-            .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-            .deletingLastPathComponent().appendingPathComponent("shared/testdata")
+        // #filePath is .../<repo>/Tests/TestSupport/Command.swift.
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("Fixtures")
     }
 
     /// The text of a file under the test data directory, exactly as stored.
@@ -119,7 +116,7 @@ public enum SharedTestData {
     public struct MissingTestData: Error, CustomStringConvertible {
         public let path: String
         public var description: String {
-            "test vector \(path) not found: the shared/ folder must sit beside the checkout (or set BUNQ_TESTDATA)"
+            "test vector \(path) not found in Tests/Fixtures"
         }
     }
 }
