@@ -47,9 +47,12 @@ public struct BunqAPIError: Error, Sendable, CustomStringConvertible {
         self.transportError = transportError
     }
 
-    /// Whether retrying later (with backoff) can succeed without a human.
+    /// Whether retrying later (with backoff) can succeed without a human: network failures, 5xx, 491, 429, a
+    /// dead session, a reply we could not read. A rejected credential or signature, a reply that fails
+    /// verification, a TLS failure or any other 4xx comes back the same however often it is retried: each retry
+    /// would only spend the session-server budget other identities need.
     public var isRetryable: Bool {
-        [.transient, .rateLimited, .sessionInvalid].contains(kind)
+        [.transient, .rateLimited, .sessionInvalid, .protocolError].contains(kind)
     }
 
     public var description: String {

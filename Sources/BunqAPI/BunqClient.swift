@@ -79,24 +79,29 @@ public final class BunqClient: Sendable {
         return try reply.require("Id", endpoint: "POST device-server").int("id")
     }
 
-    /// `POST /v1/session-server`: a new session for `secret`. Its expiry is bunq's `Token.created` plus the
-    /// `session_timeout` that applies, or the one-hour first-session rule for a PSD2 provider's first session.
+    /// `POST /v1/session-server`: a new session for `secret`. Its expiry is anchored to *our* clock when the
+    /// request was sent, plus the `session_timeout` that applies (or the one-hour first-session rule for a PSD2
+    /// provider's first session): bunq created the session after we sent the request, so this is never later
+    /// than bunq's own expiry, whatever the two clocks say. bunq's `Token.created` is kept as `serverCreated`,
+    /// for a cross-check.
     public func createSession(_ installation: InstallationContext, secret: String,
                               isFirstPSD2Session: Bool = false) async throws -> BunqSession {
         let endpoint = "POST session-server"
+        var sentAt = Date()
         let reply = try await send("POST", "session-server", body: ["secret": secret],
-                                   token: installation.token, installation: installation)
+                                   token: installation.token, installation: installation, sentAt: &sentAt)
         let token = try reply.require("Token", endpoint: endpoint)
         guard let userItem = reply.items.first(where: { SessionUser.Kind(rawValue: $0.type) != nil }) else {
             throw BunqAPIError(.protocolError, endpoint: endpoint, status: 200, message: "the reply names no user",
                                responseId: reply.responseId)
         }
         let user = try SessionUser.parse(type: userItem.type, userItem.object)
-        let created = try token.timestamp("created")
+        let serverCreated = try token.timestamp("created")
         var lifetime = user.sessionTimeout
         if isFirstPSD2Session, user.kind == .serviceProvider { lifetime = min(lifetime, psd2FirstSessionTimeout) }
         return BunqSession(id: try reply.require("Id", endpoint: endpoint).int("id"), token: try token.string("token"),
-                           created: created, expiresAt: created.addingTimeInterval(TimeInterval(lifetime)), user: user)
+                           created: sentAt, expiresAt: sentAt.addingTimeInterval(TimeInterval(lifetime)),
+                           serverCreated: serverCreated, user: user)
     }
 
     /// `DELETE /v1/session/0`: ends the session the token names.
@@ -181,6 +186,7 @@ public final class BunqClient: Sendable {
         } catch let error as HTTPClientError {
             throw BunqAPIError.transport(error, endpoint: endpoint)
         }
+        if response.status == 429 { await rateLimiter.rateLimited(method: "POST", endpoint: "token") }
         let json = (try? JSONSerialization.jsonObject(with: response.body)) as? [String: Any]
         if response.status == 200, let token = json?["access_token"] as? String, !token.isEmpty {
             return token
@@ -203,6 +209,14 @@ public final class BunqClient: Sendable {
     /// signature is verified over its raw body before it is parsed.
     func send(_ method: String, _ path: String, body: [String: any Sendable]? = nil, token: String? = nil,
               installation: InstallationContext? = nil) async throws -> BunqReply {
+        var sentAt = Date()
+        return try await send(method, path, body: body, token: token, installation: installation, sentAt: &sentAt)
+    }
+
+    /// `send`, reporting in `sentAt` our clock the moment the request went out (after any rate-limit wait). A
+    /// 429 pushes that endpoint's window back in the limiter.
+    func send(_ method: String, _ path: String, body: [String: any Sendable]?, token: String?,
+              installation: InstallationContext?, sentAt: inout Date) async throws -> BunqReply {
         let endpointKey = BunqRateLimiter.endpointKey(path)
         let endpoint = "\(method) \(endpointKey)"
         let bytes = try body.map { try JSONSerialization.data(withJSONObject: $0, options: [.sortedKeys]) } ?? Data()
@@ -219,6 +233,7 @@ public final class BunqClient: Sendable {
         if let installation { headers.add("X-Bunq-Client-Signature", try installation.key.base64Signature(for: bytes)) }
 
         try await rateLimiter.acquire(method: method, endpoint: endpointKey)
+        sentAt = Date()
         let response: HTTPResponse
         do {
             response = try await http.execute(HTTPRequest(method: method, url: endpoints.apiBaseURL + path,
@@ -226,6 +241,7 @@ public final class BunqClient: Sendable {
         } catch let error as HTTPClientError {
             throw BunqAPIError.transport(error, endpoint: endpoint)
         }
+        if response.status == 429 { await rateLimiter.rateLimited(method: method, endpoint: endpointKey) }
         return try Self.decode(response, endpoint: endpoint, serverKey: installation?.serverKey)
     }
 

@@ -1,6 +1,14 @@
 /// Our side of bunq's rate limits: a sliding window per method and endpoint, shared by every identity, so the
 /// daemon never earns a 429 it could have predicted. Callers wait for a slot instead of failing, so a start-up
 /// burst is spread out rather than refused.
+///
+/// Each window is kept a little stricter than bunq's (`margin`), because bunq counts a call when it arrives and we
+/// count it when it leaves. A 429 that arrives anyway (another process on the same IP spent the budget) pushes
+/// that endpoint's window back by a whole window.
+///
+/// The session-server budget (1 per 30 s per IP) is the scarce resource. A caller that grants it itself, in order
+/// of urgency (the keeper's scheduler), builds this limiter with `exempt: [sessionServer]`, so a session-server
+/// call is never charged twice.
 public actor BunqRateLimiter {
     public enum Mode: String, Sendable, CaseIterable {
         /// bunq's documented limits: GET 3, POST 5, PUT and DELETE 2 per 3 s; session-server 1 per 30 s.
@@ -19,29 +27,53 @@ public actor BunqRateLimiter {
         }
     }
 
+    /// The method and endpoint key of the session-server call.
+    public static let sessionServer = (method: "POST", endpoint: "session-server")
+
     public nonisolated let mode: Mode
+    /// Multiplies every window (testing: 0.1 gives session-server 1 per 3 s, against `bunq-sandbox --rate-limit-scale 0.1`).
+    public nonisolated let scale: Double
     private let limits: @Sendable (_ method: String, _ endpoint: String) -> Limit?
     /// Reserved call times per endpoint key, oldest first, pruned as they leave the window.
     private var reservations: [String: [ContinuousClock.Instant]] = [:]
+    /// Per endpoint key: no call before this instant (set by a 429).
+    private var blockedUntil: [String: ContinuousClock.Instant] = [:]
+    /// 429s seen per endpoint key, for status and tests.
+    public private(set) var rateLimitedCount: [String: Int] = [:]
 
-    public init(mode: Mode) {
+    /// bunq's limits (or none), windows multiplied by `scale`; `exempt` lists `(method, endpoint)` pairs another
+    /// component limits (they pass through here unlimited).
+    public init(mode: Mode, scale: Double = 1, exempt: [(method: String, endpoint: String)] = []) {
         self.mode = mode
-        self.limits = { method, endpoint in mode == .unlimited ? nil : Self.bunqLimit(method: method, endpoint: endpoint) }
+        self.scale = scale
+        let exemptKeys = Set(exempt.map { "\($0.method) \($0.endpoint)" })
+        self.limits = { method, endpoint in
+            guard mode == .bunq, !exemptKeys.contains("\(method) \(endpoint)") else { return nil }
+            let limit = Self.bunqLimit(method: method, endpoint: endpoint)
+            return Limit(calls: limit.calls, window: limit.window * scale)
+        }
     }
 
     /// A limiter with custom limits (tests).
     public init(limits: @escaping @Sendable (_ method: String, _ endpoint: String) -> Limit?) {
         self.mode = .bunq
+        self.scale = 1
         self.limits = limits
     }
 
     public static func bunqLimit(method: String, endpoint: String) -> Limit {
-        if method == "POST", endpoint == "session-server" { return Limit(calls: 1, window: .seconds(30)) }
+        if method == sessionServer.method, endpoint == sessionServer.endpoint { return Limit(calls: 1, window: .seconds(30)) }
         switch method {
         case "GET": return Limit(calls: 3, window: .seconds(3))
         case "POST": return Limit(calls: 5, window: .seconds(3))
         default: return Limit(calls: 2, window: .seconds(3))
         }
+    }
+
+    /// How much stricter than bunq's our window is: bunq counts arrivals, we count departures, and a call that
+    /// left first may arrive later than the one after it. 5% of the window, at least 50 ms.
+    public static func margin(for window: Duration) -> Duration {
+        max(window * 0.05, .milliseconds(50))
     }
 
     /// The endpoint key of a path relative to the API base: numeric ids become `{id}` (`user/{id}/oauth-client`).
@@ -56,13 +88,25 @@ public actor BunqRateLimiter {
         let now = ContinuousClock.now
         guard let limit = limits(method, endpoint) else { return now }
         let key = "\(method) \(endpoint)"
+        let window = limit.window + Self.margin(for: limit.window)
+        let earliest = max(now, blockedUntil[key] ?? now)
         var slots = reservations[key, default: []]
-        slots.removeAll { $0 + limit.window <= now }
+        slots.removeAll { $0 + window <= now }
         // Sorted slots: the new call fits once the `calls`-th latest reservation has left the window.
-        let slot = slots.count < limit.calls ? now : max(now, slots[slots.count - limit.calls] + limit.window)
+        let slot = slots.count < limit.calls ? earliest : max(earliest, slots[slots.count - limit.calls] + window)
         slots.insert(slot, at: slots.firstIndex { $0 > slot } ?? slots.endIndex)
         reservations[key] = slots
         return slot
+    }
+
+    /// bunq answered 429 to `endpoint`: someone else on this IP is spending its budget. No call to it for a
+    /// whole window from now.
+    public func rateLimited(method: String, endpoint: String) {
+        let key = "\(method) \(endpoint)"
+        rateLimitedCount[key, default: 0] += 1
+        let window = limits(method, endpoint)?.window ?? Self.bunqLimit(method: method, endpoint: endpoint).window * scale
+        let until = ContinuousClock.now + window + Self.margin(for: window)
+        blockedUntil[key] = max(blockedUntil[key] ?? until, until)
     }
 
     /// Waits until a call to `endpoint` fits bunq's limit. Throws only when the task is cancelled.

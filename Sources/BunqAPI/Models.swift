@@ -62,11 +62,22 @@ public struct BunqSession: Sendable, Equatable {
     public let id: Int
     /// The session token (`X-Bunq-Client-Authentication`). Secret.
     public let token: String
-    /// When bunq created it (server time, from `Token.created`).
+    /// Our clock when the request that created it was sent: the anchor of its expiry.
     public let created: Date
     /// `created` plus the lifetime that applies (see `BunqClient.createSession`).
     public let expiresAt: Date
+    /// When bunq says it created it (server time, from `Token.created`): a cross-check of the two clocks only.
+    public let serverCreated: Date
     public let user: SessionUser
+
+    public init(id: Int, token: String, created: Date, expiresAt: Date, serverCreated: Date, user: SessionUser) {
+        self.id = id
+        self.token = token
+        self.created = created
+        self.expiresAt = expiresAt
+        self.serverCreated = serverCreated
+        self.user = user
+    }
 }
 
 /// The result of `POST /v1/installation`.

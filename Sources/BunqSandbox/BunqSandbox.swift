@@ -11,12 +11,15 @@ public final class BunqSandbox: Sendable {
     /// A few server keys, given to installations in turn: signing with the wrong installation's key shows up.
     private let serverKeys: [RSAPrivateKey]
     private let store: Mutex<SandboxStore>
-    private let limiter = Mutex(SandboxRateLimiter())
+    private let limiter: Mutex<SandboxRateLimiter>
     private let faults = Mutex((nextId: 1, rules: [FaultRule]()))
 
     /// Generates the server keys; call `run` to serve.
     public init(configuration: SandboxConfiguration = SandboxConfiguration()) async throws {
         self.configuration = configuration
+        var limits = SandboxRateLimiter()
+        limits.scale = configuration.rateLimitScale
+        limiter = Mutex(limits)
         var keys: [RSAPrivateKey] = []
         for _ in 0..<3 { keys.append(try await RSAPrivateKey.generate()) }
         serverKeys = keys
@@ -79,9 +82,10 @@ public final class BunqSandbox: Sendable {
             case .badSignature: corruptSignature = true
             }
         }
-        let now = Date()
+        // Rate limits count on the machine's clock; everything bunq reports or expires on the emulator's own.
+        let now = configuration.now
         if configuration.rateLimits,
-           let message = limiter.withLock({ $0.admit(ip: request.remoteIP, method: request.method, endpoint: endpointName, now: now) }) {
+           let message = limiter.withLock({ $0.admit(ip: request.remoteIP, method: request.method, endpoint: endpointName, now: Date()) }) {
             store.withLock { $0.stats.rateLimited += 1 }
             return reply(SandboxError(429, message), headers, signedBy: nil)
         }
@@ -187,7 +191,7 @@ public final class BunqSandbox: Sendable {
 
     private func authorizePage(_ request: ServerRequest, _ headers: [(String, String)]) -> ServerResponse {
         let query = Self.queryParameters(request.uri)
-        let outcome = store.withLock { $0.authorize(query: query, now: Date()) }
+        let outcome = store.withLock { $0.authorize(query: query, now: configuration.now) }
         switch outcome {
         case .redirect(let location):
             return ServerResponse(status: 302, headers: headers + [("Location", location)])

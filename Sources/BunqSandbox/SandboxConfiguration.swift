@@ -1,3 +1,5 @@
+import Foundation
+
 /// How the emulator behaves: where it listens, how long sessions live, whether bunq's rate limits apply.
 public struct SandboxConfiguration: Sendable {
     /// Address to listen on. The admin API answers loopback clients only.
@@ -16,9 +18,20 @@ public struct SandboxConfiguration: Sendable {
     public var expiredSessionStatus: Int = 401
     /// Lifetime of an OAuth authorization code, in seconds.
     public var authorizationCodeLifetime: Int = 600
+    /// Multiplies every rate-limit window (0.1: session-server 1 per 3 s), so tests live through bunq's limits in
+    /// a tenth of the time.
+    public var rateLimitScale: Double = 1
+    /// Seconds the emulator's clock runs off the machine's: its `created` timestamps and its expiry checks.
+    public var clockOffset: TimeInterval = 0
+
+    /// The emulator's clock.
+    public var now: Date { Date().addingTimeInterval(clockOffset) }
 
     public init(host: String = "127.0.0.1", port: Int = 0, sessionTimeout: Int = 604_800,
-                psd2FirstSessionTimeout: Int = 3_600, rateLimits: Bool = true, expiredSessionStatus: Int = 401) {
+                psd2FirstSessionTimeout: Int = 3_600, rateLimits: Bool = true, expiredSessionStatus: Int = 401,
+                rateLimitScale: Double = 1, clockOffset: TimeInterval = 0) {
+        self.rateLimitScale = rateLimitScale
+        self.clockOffset = clockOffset
         self.host = host
         self.port = port
         self.sessionTimeout = sessionTimeout

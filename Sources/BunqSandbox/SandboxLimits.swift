@@ -4,6 +4,8 @@ import Foundation
 /// session-server 1 per 30 s.
 struct SandboxRateLimiter: Sendable {
     private var calls: [String: [Date]] = [:]
+    /// Multiplies every window (`--rate-limit-scale`).
+    var scale: Double = 1
 
     static func limit(method: String, endpoint: String) -> (calls: Int, seconds: Int) {
         if endpoint == "POST /v1/session-server" { return (1, 30) }
@@ -18,7 +20,8 @@ struct SandboxRateLimiter: Sendable {
     mutating func admit(ip: String, method: String, endpoint: String, now: Date) -> String? {
         let (limit, seconds) = Self.limit(method: method, endpoint: endpoint)
         let key = "\(ip) \(endpoint)"
-        var window = (calls[key] ?? []).filter { now.timeIntervalSince($0) < TimeInterval(seconds) }
+        let windowSeconds = TimeInterval(seconds) * scale
+        var window = (calls[key] ?? []).filter { now.timeIntervalSince($0) < windowSeconds }
         guard window.count < limit else {
             calls[key] = window
             return "Too many requests. You can do a maximum of \(limit) calls per \(seconds) second to this endpoint."

@@ -135,7 +135,7 @@ struct SandboxStore: Sendable {
     // MARK: Sessions
 
     var liveSessionCount: Int {
-        let now = Date()
+        let now = configuration.now
         return sessions.values.reduce(0) { $0 + ($1.isLive(at: now) ? 1 : 0) }
     }
 

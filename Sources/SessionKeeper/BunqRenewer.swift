@@ -1,4 +1,5 @@
 import BunqAPI
+import BunqCrypto
 import Foundation
 import Logging
 
@@ -12,8 +13,9 @@ actor ContextCache {
     func remove(_ name: String) { records[name] = nil }
 }
 
-/// Renews a context against bunq: bootstraps what is missing (persisting every step), opens a session, and
-/// commits it to the store before handing it to the scheduler: persist before use.
+/// Renews a context against bunq: bootstraps what is missing (persisting every step), opens a session when the
+/// scheduler grants the session-server slot, and commits it to the store before handing it to the scheduler:
+/// persist before use.
 struct BunqRenewer: SessionRenewer {
     let client: BunqClient
     let store: StateStore
@@ -22,42 +24,48 @@ struct BunqRenewer: SessionRenewer {
     let deviceDescription: String
     let logger: Logger
 
-    func renew(_ name: String) async -> Result<SessionInfo, RenewalError> {
-        // The full registration (with its secrets) comes from the store only now, for this renewal.
-        guard await cache.get(name) != nil, var context = try? store.context(name) else {
-            return .failure(RenewalError(.needsAttention, "context \(name) is unknown"))
-        }
-        var logger = logger
-        logger[metadataKey: "bunq.context"] = "\(name)"
-        let persist: (IdentityRegistration) async throws -> Void = { registration in
-            context.registration = registration
-            try store.saveRegistration(name, kind: context.kind, registration)
-            await cache.set(context.record)
-        }
+    /// bunq's `created` and our clock at the request may differ by this much before it is worth a warning.
+    static let clockSkewWarning: TimeInterval = 60
+
+    /// The steps that make no session-server call: key, installation, PSD2 credential, device.
+    static func isPreparation(_ step: BootstrapStep) -> Bool {
+        step != .session && step != .confirmDevice
+    }
+
+    func prepare(_ name: String) async -> Result<Void, RenewalError> {
         do {
-            var registration = context.registration
-            var opened: BunqSession?
-            while opened == nil {
-                let step = registration.nextStep
-                if step != .session {
-                    logger.info("bootstrap step", metadata: ["bunq.step": "\(step.rawValue)"])
-                }
-                do {
-                    opened = try await client.advance(&registration, deviceDescription: deviceDescription, psd2: psd2,
-                                                      persist: persist)
-                } catch {
-                    try await persist(registration)
-                    throw error
-                }
-                if opened == nil { try await persist(registration) }
+            var (context, logger) = try load(name)
+            while Self.isPreparation(context.registration.nextStep) {
+                _ = try await advance(name, &context, logger: logger)
             }
-            guard let session = opened else { throw RenewalError(.retryable, "no session") }
+            return .success(())
+        } catch {
+            return .failure(Self.classify(error))
+        }
+    }
+
+    func openSession(_ name: String) async -> Result<SessionInfo, RenewalError> {
+        do {
+            var (context, logger) = try load(name)
+            // A context that lost its registration steps would otherwise never get there: finish them first.
+            while Self.isPreparation(context.registration.nextStep) {
+                _ = try await advance(name, &context, logger: logger)
+            }
+            guard let session = try await advance(name, &context, logger: logger) else {
+                // confirm_device found the interrupted device-server call never bound the device: it is
+                // registered at the next attempt.
+                throw RenewalError(.retryable, "the device was not bound; registering it", code: "device_not_bound")
+            }
+            let skew = session.serverCreated.timeIntervalSince(session.created)
+            if abs(skew) > Self.clockSkewWarning {
+                logger.warning("clock skew with bunq", metadata: ["bunq.skew_seconds": "\(Int(skew.rounded()))"])
+            }
             let stored = SessionInfo(id: session.id, token: session.token, userId: session.user.id,
-                                       created: session.created, expiresAt: session.expiresAt)
-            context.registration = registration
+                                     created: session.created, expiresAt: session.expiresAt,
+                                     grantedByUserId: session.user.grantedBy?.id)
             context.session = stored
             context.generation += 1
-            try store.saveSession(name, stored, generation: context.generation, registration: registration)
+            try store.saveSession(name, stored, generation: context.generation, registration: context.registration)
             await cache.set(context.record)
             return .success(stored)
         } catch {
@@ -65,19 +73,59 @@ struct BunqRenewer: SessionRenewer {
         }
     }
 
+    /// The full registration (with its secrets) comes from the store only now, for this renewal.
+    private func load(_ name: String) throws -> (StoredContext, Logger) {
+        guard let context = try store.context(name) else {
+            throw RenewalError(.needsAttention, "context \(name) is unknown", code: "unknown_context")
+        }
+        var logger = logger
+        logger[metadataKey: "bunq.context"] = "\(name)"
+        return (context, logger)
+    }
+
+    /// One bootstrap step, persisted whether it worked or not.
+    private func advance(_ name: String, _ context: inout StoredContext, logger: Logger) async throws -> BunqSession? {
+        guard await cache.get(name) != nil else {
+            throw RenewalError(.needsAttention, "context \(name) is unknown", code: "unknown_context")
+        }
+        var registration = context.registration
+        let step = registration.nextStep
+        if step != .session { logger.info("bootstrap step", metadata: ["bunq.step": "\(step.rawValue)"]) }
+        let kind = context.kind
+        let persist: (IdentityRegistration) async throws -> Void = { registration in
+            try store.saveRegistration(name, kind: kind, registration)
+        }
+        let opened: BunqSession?
+        do {
+            opened = try await client.advance(&registration, deviceDescription: deviceDescription, psd2: psd2,
+                                              persist: persist)
+        } catch {
+            try await persist(registration)
+            context.registration = registration
+            await cache.set(context.record)
+            throw error
+        }
+        context.registration = registration
+        if opened == nil {
+            try await persist(registration)
+            await cache.set(context.record)
+        }
+        return opened
+    }
+
+    /// Failures by what can heal them: retrying (network, 5xx, 491, 429, a dead session) or a human
+    /// (everything else: rejected credentials or signatures, unauthentic replies, TLS, other 4xx).
     static func classify(_ error: any Error) -> RenewalError {
         switch error {
         case let error as BunqAPIError:
-            switch error.kind {
-            case .credentialsRejected:
-                return RenewalError(.needsAttention, "\(error.endpoint): \(error.message)")
-            default:
-                return RenewalError(.retryable, error.description)
-            }
+            return RenewalError(error.isRetryable ? .retryable : .needsAttention, error.description,
+                                code: error.kind.rawValue)
         case let error as RenewalError:
             return error
         case let error as StoreError:
-            return RenewalError(.retryable, "state store: \(error)")
+            return RenewalError(.retryable, "state store: \(error)", code: "store")
+        case let error as CryptoError:
+            return RenewalError(.needsAttention, "\(error)", code: "crypto")
         default:
             return RenewalError(.retryable, "\(error)")
         }

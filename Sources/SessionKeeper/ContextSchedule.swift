@@ -24,15 +24,19 @@ public struct SessionInfo: Sendable, Equatable {
     public let id: Int
     public let token: String
     public let userId: Int
+    /// Our clock when the request that created it was sent (its expiry's anchor).
     public let created: Date
     public let expiresAt: Date
+    /// For an OAuth user's session: the bunq user who granted access (not stored; known when it was opened).
+    public var grantedByUserId: Int?
 
-    public init(id: Int = 0, token: String, userId: Int, created: Date, expiresAt: Date) {
+    public init(id: Int = 0, token: String, userId: Int, created: Date, expiresAt: Date, grantedByUserId: Int? = nil) {
         self.id = id
         self.token = token
         self.userId = userId
         self.created = created
         self.expiresAt = expiresAt
+        self.grantedByUserId = grantedByUserId
     }
 }
 
@@ -48,6 +52,10 @@ public struct ContextSchedule: Sendable, Equatable {
     public var lastError: String?
     /// Increases with every new session: clients can tell a rotated token.
     public var generation: Int
+    /// In `needs_attention`: the stable code of what bunq rejected (`credentials_rejected`, `signature_invalid`, …).
+    public var reason: String?
+    /// The token rule's margin for the current session: no token is handed out this close to its expiry.
+    public var margin: TimeInterval = 0
 }
 
 /// A failed renewal, as the keeper needs to see it.
@@ -62,11 +70,18 @@ public struct RenewalError: Error, Sendable, Equatable {
     public let kind: Kind
     /// Human-readable, secret-free.
     public let message: String
+    /// A stable code for what went wrong (bunq's error class, e.g. `signature_invalid`, `rate_limited`,
+    /// `credentials_rejected`): the `reason` a needs-attention context reports.
+    public let code: String
 
-    public init(_ kind: Kind, _ message: String) {
+    public init(_ kind: Kind, _ message: String, code: String? = nil) {
         self.kind = kind
         self.message = message
+        self.code = code ?? (kind == .needsAttention ? "needs_attention" : "transient")
     }
+
+    /// bunq's rate limit answered: the session-server window is pushed back.
+    public var isRateLimited: Bool { code == "rate_limited" }
 }
 
 /// The answer to "give me the token of this context": the token only when it is valid beyond the safety margin.

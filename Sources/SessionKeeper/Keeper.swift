@@ -9,7 +9,7 @@ import Synchronization
 /// will expose.
 public final class Keeper: Service, Sendable {
     public let configuration: KeeperConfiguration
-    public let scheduler: SessionScheduler
+    public let scheduler: SessionScheduler<ContinuousClock>
     let store: StateStore
     let client: BunqClient
     let cache: ContextCache
@@ -24,6 +24,8 @@ public final class Keeper: Service, Sendable {
     let signingKeys = SigningKeys()
     /// Fires once every stored context is restored and scheduled (expired ones renewing).
     public let restored = OneShotSignal()
+    /// The session-server budget as `watchBudget` last saw it.
+    let budgetState = Mutex(BudgetStatus(neededPerDay: 0, availablePerDay: 0, late: []))
     /// What a reload can change: the API-key identities and the renewal policy.
     let reloadable: Mutex<(apiKeys: [KeeperConfiguration.APIKeyIdentity], policy: RenewalPolicy)>
 
@@ -34,17 +36,18 @@ public final class Keeper: Service, Sendable {
         let key = try MasterKey.load(credentialsDirectory: configuration.credentialsDirectory,
                                      stateDirectory: configuration.stateDirectory)
         store = try StateStore(directory: configuration.stateDirectory, masterKey: key)
-        let limiter = BunqRateLimiter(mode: configuration.rateLimits)
+        // The scheduler grants the session-server budget itself, by urgency: the client's limiter leaves it alone,
+        // so no session-server call is ever charged twice.
+        let limiter = BunqRateLimiter(mode: configuration.rateLimits, scale: configuration.rateLimitScale,
+                                      exempt: [BunqRateLimiter.sessionServer])
         client = try BunqClient(endpoints: configuration.endpoints, rateLimiter: limiter,
                                 psd2FirstSessionTimeout: configuration.psd2FirstSessionTimeout)
         cache = ContextCache()
         reloadable = Mutex((configuration.apiKeys, configuration.policy))
         let renewer = BunqRenewer(client: client, store: store, cache: cache, psd2: psd2,
                                   deviceDescription: configuration.deviceDescription, logger: logger)
-        // Renewals take their session-server slot in deadline order, before they start.
-        scheduler = SessionScheduler(policy: configuration.policy, renewer: renewer,
-                                     maxConcurrent: configuration.maxConcurrentRenewals,
-                                     admission: { await limiter.reserve(method: "POST", endpoint: "session-server") })
+        scheduler = SessionScheduler(policy: configuration.policy, budget: configuration.sessionServerBudget,
+                                     renewer: renewer, maxConcurrent: configuration.maxConcurrentRenewals)
     }
 
     /// Restores stored contexts and adds the configured ones; returns the names now scheduled. Reads only the
@@ -113,6 +116,7 @@ public final class Keeper: Service, Sendable {
         await withDiscardingTaskGroup { group in
             group.addTask { [scheduler] in await cancelWhenGracefulShutdown { await scheduler.run() } }
             group.addTask { [self] in await logEvents() }
+            group.addTask { [self] in await cancelWhenGracefulShutdown { await self.watchBudget() } }
         }
         await client.shutdown()
         logger.info("stopped")
@@ -153,13 +157,16 @@ public final class Keeper: Service, Sendable {
         return entry
     }
 
+    /// The hot path's view of a context. A token may be handed out only while the scheduler's session is valid
+    /// beyond the margin; from then on the monotonic clock decides.
     func leaseEntry(_ record: ContextRecord, _ schedule: ContextSchedule) -> LeaseEntry {
-        let session = record.session
-        let policy = reloadable.withLock { $0.policy }
-        let margin = session.map { policy.margin(lifetime: $0.expiresAt.timeIntervalSince($0.created)) } ?? 0
-        return LeaseEntry(context: record.name, kind: record.kind, session: session, renewAt: schedule.renewAt,
-                          generation: schedule.generation, serverPublicKeyPEM: record.serverPublicKeyPEM,
-                          margin: margin, needsAttention: schedule.state == .needsAttention)
+        var usableUntil: ContinuousClock.Instant?
+        if [.live, .renewing, .retrying].contains(schedule.state), record.session != nil, let expiresAt = schedule.expiresAt {
+            usableUntil = ContinuousClock.now + .seconds(expiresAt.addingTimeInterval(-schedule.margin).timeIntervalSinceNow)
+        }
+        return LeaseEntry(context: record.name, kind: record.kind, session: usableUntil == nil ? nil : record.session,
+                          renewAt: schedule.renewAt, generation: schedule.generation,
+                          serverPublicKeyPEM: record.serverPublicKeyPEM, usableUntil: usableUntil)
     }
 
     // MARK: The core's API
@@ -195,7 +202,7 @@ public final class Keeper: Service, Sendable {
     /// The configured identities (provider, API keys) whose first attempt at a session has not finished yet: no
     /// grantable session and no failure yet. READY waits for these, so a service
     /// started after bunq-sessiond finds its identities live; OAuth users (possibly very many) are not waited for.
-    public func startupPending(at now: Date = Date()) async -> [String] {
+    public func startupPending(at now: ContinuousClock.Instant = .now) async -> [String] {
         var names = configuration.provider == nil ? [] : ["provider"]
         names += reloadable.withLock { $0.apiKeys.map(\.name) }
         var pending: [String] = []
@@ -207,6 +214,71 @@ public final class Keeper: Service, Sendable {
             pending.append(name)
         }
         return pending
+    }
+
+    /// bunq refused generation `generation`'s token of `context` (an application's call got 401/403): that token
+    /// is withdrawn at once and one renewal runs, however many callers report the same generation. Returns the
+    /// new session's generation and expiry once it is live.
+    public func reportInvalid(_ context: String, generation: Int) async throws -> (generation: Int, expiresAt: Date) {
+        switch await scheduler.sessionInvalid(context, generation: generation) {
+        case nil:
+            throw KeeperError(.unknownContext, "no context named \(context)")
+        case .unknownGeneration?:
+            throw KeeperError(.invalidGeneration, "generation \(generation) of \(context) was never handed out")
+        case .needsAttention?:
+            throw KeeperError(.needsAttention, await scheduler.schedule(context)?.reason ?? "needs attention")
+        case .renewing?:
+            logger.notice("session reported invalid", metadata: ["bunq.context": "\(context)",
+                                                                 "bunq.generation": "\(generation)"])
+            await refreshLease(context)
+        case .alreadyReplaced?:
+            break
+        }
+        switch await scheduler.renewal(of: context, after: generation) {
+        case .success?:
+            guard let schedule = await scheduler.schedule(context), let expiresAt = schedule.expiresAt else {
+                throw KeeperError(.upstream, "the renewal of \(context) produced no session")
+            }
+            return (schedule.generation, expiresAt)
+        case .failure(let error)?:
+            throw error.kind == .needsAttention ? KeeperError(.needsAttention, error.code)
+                : KeeperError(.upstream, "renewal failed: \(error.message)")
+        case nil:
+            throw KeeperError(.unknownContext, "no context named \(context)")
+        }
+    }
+
+    /// The budget's state as last checked (utilisation, and who will run late above 100%).
+    public var budget: BudgetStatus { budgetState.withLock { $0 } }
+
+    /// Checks the session-server budget every `interval`: a warning when utilisation rises above 80% (once per
+    /// crossing), another above 100% naming how many identities will run late.
+    func watchBudget(interval: Duration = .seconds(10)) async {
+        var level = 0  // 0: fine, 1: above 80%, 2: above 100%
+        var lastLate = -1
+        while !Task.isCancelled {
+            let status = await scheduler.budgetStatus()
+            budgetState.withLock { $0 = status }
+            let now = status.utilisation > 1 ? 2 : status.utilisation > 0.8 ? 1 : 0
+            let metadata: Logger.Metadata = [
+                "bunq.utilisation": "\(Int((status.utilisation * 100).rounded()))%",
+                "bunq.needed_per_day": "\(Int(status.neededPerDay.rounded()))",
+                "bunq.available_per_day": "\(Int(status.availablePerDay.rounded()))",
+            ]
+            if now == 2, now > level || status.late.count != lastLate {
+                var metadata = metadata
+                metadata["bunq.late"] = "\(status.late.count)"
+                logger.warning("session-server budget exceeded", metadata: metadata)
+                lastLate = status.late.count
+            } else if now == 1, level == 0 {
+                logger.warning("session-server budget above 80%", metadata: metadata)
+            } else if now == 0, level > 0 {
+                logger.notice("session-server budget back below 80%", metadata: metadata)
+            }
+            if now < 2 { lastLate = -1 }
+            level = now
+            try? await Task.sleep(for: interval)
+        }
     }
 
     /// One line for `systemctl status`: "3 live, 0 failing; next renewal provider in 41 min".
@@ -222,6 +294,11 @@ public final class Keeper: Service, Sendable {
         }
         var line = "\(live) live, \(failing) failing"
         if attention > 0 { line += ", \(attention) need attention" }
+        let budget = self.budget
+        if budget.availablePerDay.isFinite {
+            line += "; session-server budget \(Int((budget.utilisation * 100).rounded()))%"
+            if !budget.late.isEmpty { line += ", \(budget.late.count) will run late" }
+        }
         if let (name, at) = await scheduler.nextDue() {
             let seconds = max(0, Int(at.timeIntervalSinceNow))
             let when = seconds >= 3_600 ? "\(seconds / 3_600) h \(seconds % 3_600 / 60) min"

@@ -42,6 +42,8 @@ public struct KeeperConfiguration: Sendable {
     public let endpoints: BunqEndpoints
     public let environment: BunqEndpoints.Environment
     public let rateLimits: BunqRateLimiter.Mode
+    /// Testing only: multiplies bunq's rate-limit windows on our side (pair with `bunq-sandbox --rate-limit-scale`).
+    public let rateLimitScale: Double
     public let psd2FirstSessionTimeout: Int
     public let socketPath: String
     /// Connections served at once; more are answered with an error and closed.
@@ -61,7 +63,7 @@ public struct KeeperConfiguration: Sendable {
     /// Every key the file may hold, as paths; nested `api_keys` items and `access` are checked separately.
     static let scalarKeys: [[String]] = [
         ["bunq", "environment"], ["bunq", "api_base_url"], ["bunq", "oauth_authorize_url"], ["bunq", "oauth_token_url"],
-        ["bunq", "ca_file"], ["bunq", "rate_limits"], ["bunq", "psd2_first_session_timeout"],
+        ["bunq", "ca_file"], ["bunq", "rate_limits"], ["bunq", "rate_limit_scale"], ["bunq", "psd2_first_session_timeout"],
         ["socket", "path"], ["socket", "max_connections"], ["socket", "idle_timeout"], ["state", "directory"],
         ["provider", "certificate"], ["provider", "private_key"], ["provider", "certificate_chain"],
         ["provider", "oauth_redirect_uris"],
@@ -189,6 +191,17 @@ public struct KeeperConfiguration: Sendable {
             guard let rateLimits = BunqRateLimiter.Mode(rawValue: limitsName) else {
                 throw fail("bunq.rate_limits", "must be bunq or unlimited, not '\(limitsName)'")
             }
+            let scaleText = try string(["bunq", "rate_limit_scale"])
+            var rateLimitScale = 1.0
+            if let scaleText {
+                guard let scale = Double(scaleText), scale >= 0.001, scale <= 1 else {
+                    throw fail("bunq.rate_limit_scale", "must be a number from 0.001 to 1, not '\(scaleText)'")
+                }
+                guard rateLimits == .bunq else {
+                    throw fail("bunq.rate_limit_scale", "scales bunq's limits: it cannot be used with rate_limits: unlimited")
+                }
+                rateLimitScale = scale
+            }
             let firstSession = try int(["bunq", "psd2_first_session_timeout"], default: 3_600, range: 1...86_400)
 
             let credentials = environment["CREDENTIALS_DIRECTORY"].flatMap { $0.isEmpty ? nil : $0 }
@@ -273,6 +286,7 @@ public struct KeeperConfiguration: Sendable {
             let access = try accessRules()
             return KeeperConfiguration(
                 file: file, endpoints: endpoints, environment: bunqEnvironment, rateLimits: rateLimits,
+                rateLimitScale: rateLimitScale,
                 psd2FirstSessionTimeout: firstSession, socketPath: socketPath, maxConnections: maxConnections,
                 idleTimeout: idleTimeout, stateDirectory: stateDirectory,
                 credentialsDirectory: credentials, provider: provider, apiKeys: apiKeys,
@@ -323,6 +337,13 @@ public struct KeeperConfiguration: Sendable {
             !name.isEmpty && name.count <= 64 && name != "provider" && !name.hasPrefix("user-")
                 && name.allSatisfy { ($0.isASCII && ($0.isLowercase || $0.isNumber)) || "-_.".contains($0) }
         }
+    }
+}
+
+extension KeeperConfiguration {
+    /// The session-server budget our side grants: bunq's (scaled), or none with `rate_limits: unlimited`.
+    public var sessionServerBudget: SessionServerBudget {
+        rateLimits == .unlimited ? .unlimited : SessionServerBudget(scale: rateLimitScale, renewFraction: policy.renewFraction)
     }
 }
 

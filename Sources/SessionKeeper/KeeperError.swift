@@ -7,6 +7,10 @@ public struct KeeperError: Error, Sendable, CustomStringConvertible {
         case invalidRedirectURI = "invalid_redirect_uri"
         /// An OAuth `state` that is unknown, used or older than 10 minutes.
         case invalidOAuthState = "invalid_oauth_state"
+        /// A `session.report_invalid` for a generation that was never handed out.
+        case invalidGeneration = "invalid_generation"
+        /// The context needs a human (the message is the stable reason code).
+        case needsAttention = "needs_attention"
         case upstream
         case store
     }

@@ -2,7 +2,7 @@ import Foundation
 import Synchronization
 
 /// What the socket server may know about a context without asking the scheduler: its current session and
-/// whether it may be handed out. Updated by the keeper on every change, read on the socket's hot path.
+/// until when it may be handed out. Updated by the keeper on every change, read on the socket's hot path.
 public struct LeaseEntry: Sendable, Equatable {
     public let context: String
     public let kind: StoredContext.Kind
@@ -12,13 +12,24 @@ public struct LeaseEntry: Sendable, Equatable {
     public let generation: Int
     /// The PEM of bunq's key for this identity's installation (to verify bunq's replies).
     public let serverPublicKeyPEM: String?
-    /// The token rule's margin for this session.
-    public let margin: TimeInterval
-    public let needsAttention: Bool
+    /// On the monotonic clock: the last moment the session may be handed out (its expiry minus the token rule's
+    /// margin); nil when it may not be at all. A wall clock that steps cannot move it.
+    public let usableUntil: ContinuousClock.Instant?
 
-    /// The session when it may be handed out at `now`: valid beyond the margin and not needing attention.
-    public func grantable(at now: Date) -> SessionInfo? {
-        guard let session, !needsAttention, now.addingTimeInterval(margin) < session.expiresAt else { return nil }
+    public init(context: String, kind: StoredContext.Kind, session: SessionInfo?, renewAt: Date?, generation: Int,
+                serverPublicKeyPEM: String?, usableUntil: ContinuousClock.Instant?) {
+        self.context = context
+        self.kind = kind
+        self.session = session
+        self.renewAt = renewAt
+        self.generation = generation
+        self.serverPublicKeyPEM = serverPublicKeyPEM
+        self.usableUntil = usableUntil
+    }
+
+    /// The session when it may be handed out now.
+    public func grantable(at now: ContinuousClock.Instant = .now) -> SessionInfo? {
+        guard let session, let usableUntil, now < usableUntil else { return nil }
         return session
     }
 }

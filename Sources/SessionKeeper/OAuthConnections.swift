@@ -89,27 +89,35 @@ extension Keeper {
         } catch {
             throw KeeperError(.upstream, "the code exchange failed: \(error)")
         }
-        // The code is spent: keep the access token durably at once, under a provisional name.
+        // The code is spent: keep the access token durably at once, under a provisional name. Its first session
+        // waits for the session-server budget like any new identity; if that fails, the provisional context keeps
+        // retrying (a grant is never dropped) and goes live under its provisional name.
         let provisional = "oauth-pending-" + String(state.prefix(12))
-        var registration = IdentityRegistration(kind: .oauthUser, secret: accessToken)
+        let registration = IdentityRegistration(kind: .oauthUser, secret: accessToken)
         try store.saveRegistration(provisional, kind: .oauthUser, registration)
-        let session: BunqSession
-        do {
-            session = try await client.bootstrap(&registration, deviceDescription: configuration.deviceDescription) {
-                try self.store.saveRegistration(provisional, kind: .oauthUser, $0)
-            }
-        } catch {
-            throw KeeperError(.upstream, "registering the user's identity failed: \(error)")
+        await cache.set(StoredContext(name: provisional, kind: .oauthUser, registration: registration).record)
+        let session: SessionInfo
+        switch await scheduler.addAwaitingFirstSession(provisional) {
+        case .success(let opened): session = opened
+        case .failure(let error):
+            await refreshLease(provisional)
+            throw KeeperError(.upstream, "registering the user's identity failed: \(error.message)")
         }
-        let finalName = name ?? "user-\(session.user.grantedBy?.id ?? session.user.id)"
+        let finalName = name ?? "user-\(session.grantedByUserId ?? session.userId)"
         if await cache.get(finalName) != nil { try await removeContext(finalName, endSession: true) }
-        let stored = SessionInfo(id: session.id, token: session.token, userId: session.user.id,
-                                   created: session.created, expiresAt: session.expiresAt)
-        try store.saveRegistration(finalName, kind: .oauthUser, registration)
-        try store.saveSession(finalName, stored, generation: 1, registration: registration)
+        guard let opened = try store.context(provisional) else {
+            throw KeeperError(.unknownContext, "the pending connection was removed")
+        }
+        let stored = SessionInfo(id: session.id, token: session.token, userId: session.userId,
+                                 created: session.created, expiresAt: session.expiresAt)
+        await scheduler.remove(provisional)
+        try store.saveRegistration(finalName, kind: .oauthUser, opened.registration)
+        try store.saveSession(finalName, stored, generation: 1, registration: opened.registration)
         try store.removeContext(provisional)
-        await cache.set(StoredContext(name: finalName, kind: .oauthUser, registration: registration, session: stored,
-                                      generation: 1).record)
+        await cache.remove(provisional)
+        leases.remove(provisional)
+        await cache.set(StoredContext(name: finalName, kind: .oauthUser, registration: opened.registration,
+                                      session: stored, generation: 1).record)
         await scheduler.add(finalName, session: stored, generation: 1)
         await refreshLease(finalName)
         logger.info("OAuth user connected", metadata: ["bunq.context": "\(finalName)"])

@@ -1,9 +1,13 @@
 import Foundation
 
-/// Makes a new session for a context: bootstraps it first when it is not registered yet. The scheduler calls it
-/// at most once at a time per context.
+/// Makes new sessions for a context, in the two steps the session-server budget needs. The scheduler calls at
+/// most one of them at a time per context.
 public protocol SessionRenewer: Sendable {
-    func renew(_ context: String) async -> Result<SessionInfo, RenewalError>
+    /// Bootstraps what is missing up to the session-server call (key, installation, PSD2 credential, device).
+    /// Never calls session-server: it holds no slot of that budget.
+    func prepare(_ context: String) async -> Result<Void, RenewalError>
+    /// The session-server call, made at once: the scheduler has just granted this context the budget's slot.
+    func openSession(_ context: String) async -> Result<SessionInfo, RenewalError>
 }
 
 /// Something the scheduler did that others may want to hear about (logs, socket subscriptions).
@@ -16,16 +20,21 @@ public enum SchedulerEvent: Sendable, Equatable {
                 enteredNeedsAttention: Bool)
 }
 
-/// The renewal loop: one task sleeping until the earliest deadline of all contexts (or until woken), starting
-/// due renewals in earliest-deadline-first order, each after taking its rate-limit slot in that same order, with
-/// at most `maxConcurrent` in flight.
-public actor SessionScheduler {
+/// The renewal loop: one task sleeping until the earliest deadline of all contexts (or until woken), moving due
+/// renewals on in earliest-deadline-first order, bootstrapping at most `maxConcurrent` new identities at once, and
+/// granting the session-server budget one call at a time to the most urgent queued context.
+///
+/// Time comes from an injected `Clock` (monotonic: a stepping wall clock moves no deadline), so the budget logic
+/// runs in virtual time in tests. Dates in and out are the wall clock's (`wallClock`), converted at the boundary.
+public actor SessionScheduler<C: Clock> where C.Duration == Duration {
     private var planner: RenewalPlanner<SystemRandomNumberGenerator>
     private let renewer: any SessionRenewer
     private let maxConcurrent: Int
-    /// Reserves the rate-limit slot for one renewal and returns when it may start.
-    private let admission: @Sendable () async -> ContinuousClock.Instant
-    private let now: @Sendable () -> Date
+    private let clock: C
+    private let wallClock: @Sendable () -> Date
+    /// The planner's timeline: `originDate` at `origin`, then the monotonic clock's elapsed time.
+    private let origin: C.Instant
+    private let originDate: Date
     private let wake = WakeSignal()
     private var waiters: [String: [CheckedContinuation<Result<SessionInfo, RenewalError>, Never>]] = [:]
     private let eventContinuation: AsyncStream<SchedulerEvent>.Continuation
@@ -35,6 +44,18 @@ public actor SessionScheduler {
     public private(set) var ticks: UInt64 = 0
     /// The longest the loop sleeps without a deadline, so a healthy loop ticks at least this often.
     private var maxSleep: TimeInterval = 10
+
+    public init(policy: RenewalPolicy, budget: SessionServerBudget = SessionServerBudget(), renewer: any SessionRenewer,
+                maxConcurrent: Int = 8, clock: C, wallClock: @escaping @Sendable () -> Date = Date.init) {
+        planner = RenewalPlanner(policy: policy, budget: budget, random: SystemRandomNumberGenerator())
+        self.renewer = renewer
+        self.maxConcurrent = max(1, maxConcurrent)
+        self.clock = clock
+        self.wallClock = wallClock
+        origin = clock.now
+        originDate = wallClock()
+        (events, eventContinuation) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(10_000))
+    }
 
     /// A new renewal policy (a configuration reload): applies to every renewal scheduled from now on.
     public func setPolicy(_ policy: RenewalPolicy) {
@@ -47,16 +68,14 @@ public actor SessionScheduler {
         wake.signal()
     }
 
-    public init(policy: RenewalPolicy, renewer: any SessionRenewer, maxConcurrent: Int = 8,
-                admission: @escaping @Sendable () async -> ContinuousClock.Instant = { .now },
-                now: @escaping @Sendable () -> Date = Date.init) {
-        planner = RenewalPlanner(policy: policy, random: SystemRandomNumberGenerator())
-        self.renewer = renewer
-        self.maxConcurrent = max(1, maxConcurrent)
-        self.admission = admission
-        self.now = now
-        (events, eventContinuation) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(10_000))
-    }
+    // MARK: Clocks
+
+    /// Now on the planner's (monotonic) timeline.
+    private var now: Date { originDate.addingTimeInterval(origin.duration(to: clock.now).seconds) }
+    /// Timeline minus wall clock: zero until the wall clock steps.
+    private var skew: TimeInterval { now.timeIntervalSince(wallClock()) }
+    private func inbound(_ date: Date) -> Date { date.addingTimeInterval(skew) }
+    private func outbound(_ date: Date?) -> Date? { date?.addingTimeInterval(-skew) }
 
     // MARK: The loop
 
@@ -65,64 +84,92 @@ public actor SessionScheduler {
         await withDiscardingTaskGroup { group in
             while !Task.isCancelled {
                 ticks &+= 1
-                for name in planner.takeDue(now: now(), limit: maxConcurrent - planner.inFlightCount) {
-                    let slot = await admission()
+                let at = now
+                planner.collectDue(now: at)
+                for name in planner.startPreparations(limit: maxConcurrent) {
                     group.addTask { [renewer] in
-                        try? await Task.sleep(until: slot, clock: .continuous)
-                        let result = await renewer.renew(name)
+                        let result = await renewer.prepare(name)
+                        await self.prepared(name, result)
+                    }
+                }
+                if let name = planner.grantSessionCall(now: at) {
+                    group.addTask { [renewer] in
+                        let result = await renewer.openSession(name)
                         await self.complete(name, result)
                     }
                 }
-                let deadline = planner.inFlightCount >= maxConcurrent ? nil : planner.nextDeadline()
-                await sleep(until: deadline)
+                await sleep(until: planner.nextWakeup())
             }
             eventContinuation.finish()
         }
     }
 
     private func sleep(until deadline: Date?) async {
-        let seconds = min(maxSleep, max(0, deadline?.timeIntervalSince(now()) ?? maxSleep))
+        let seconds = min(maxSleep, max(0, deadline?.timeIntervalSince(now) ?? maxSleep))
+        guard seconds > 0 else { return }
+        let instant = clock.now.advanced(by: .seconds(seconds))
         await withTaskGroup(of: Void.self) { group in
-            group.addTask { try? await Task.sleep(for: .seconds(seconds)) }
+            group.addTask { [clock] in try? await clock.sleep(until: instant, tolerance: nil) }
             group.addTask { [wake] in await wake.wait() }
             await group.next()
             group.cancelAll()
         }
     }
 
+    private func prepared(_ name: String, _ result: Result<Void, RenewalError>) {
+        switch result {
+        case .success: planner.prepared(name, now: now)
+        case .failure(let error): fail(name, error)
+        }
+        wake.signal()
+    }
+
     private func complete(_ name: String, _ result: Result<SessionInfo, RenewalError>) {
-        let at = now()
         switch result {
         case .success(let session):
-            let generation = planner.succeeded(name, session: session, now: at)
+            let generation = planner.succeeded(name, session: session.shifted(by: skew), now: now)
             eventContinuation.yield(.rotated(context: name, generation: generation, expiresAt: session.expiresAt))
+            for waiter in waiters.removeValue(forKey: name) ?? [] { waiter.resume(returning: result) }
         case .failure(let error):
-            let entered = planner.failed(name, error: error, now: at)
-            let schedule = planner.schedule(name, now: at)
-            eventContinuation.yield(.failed(context: name, error: error,
-                                            consecutiveFailures: schedule?.consecutiveFailures ?? 0,
-                                            nextRetryAt: schedule?.nextRetryAt, enteredNeedsAttention: entered))
+            fail(name, error)
         }
-        for waiter in waiters.removeValue(forKey: name) ?? [] { waiter.resume(returning: result) }
         wake.signal()
+    }
+
+    private func fail(_ name: String, _ error: RenewalError) {
+        let at = now
+        let entered = planner.failed(name, error: error, now: at)
+        let schedule = planner.schedule(name, now: at)
+        eventContinuation.yield(.failed(context: name, error: error,
+                                        consecutiveFailures: schedule?.consecutiveFailures ?? 0,
+                                        nextRetryAt: outbound(schedule?.nextRetryAt), enteredNeedsAttention: entered))
+        for waiter in waiters.removeValue(forKey: name) ?? [] { waiter.resume(returning: .failure(error)) }
     }
 
     // MARK: The core's API
 
     /// Adds a context with its restored session (nil: bootstrap it now).
     public func add(_ name: String, session: SessionInfo?, generation: Int = 0) {
-        planner.add(name, session: session, generation: generation, now: now())
+        planner.add(name, session: session?.shifted(by: skew), generation: generation, now: now)
         wake.signal()
+    }
+
+    /// Adds a context that has no session yet and waits for its first attempt at one: the new session, or the
+    /// failure (it keeps retrying in the background when the failure is retryable).
+    public func addAwaitingFirstSession(_ name: String) async -> Result<SessionInfo, RenewalError> {
+        planner.add(name, session: nil, now: now)
+        wake.signal()
+        return await withCheckedContinuation { waiters[name, default: []].append($0) }
     }
 
     /// Adds many contexts at once (start-up); returns their schedules.
     public func addMany(_ contexts: [(name: String, session: SessionInfo?, generation: Int)]) -> [String: ContextSchedule] {
-        let at = now()
+        let at = now, skew = skew
         var schedules: [String: ContextSchedule] = [:]
         schedules.reserveCapacity(contexts.count)
         for context in contexts {
-            planner.add(context.name, session: context.session, generation: context.generation, now: at)
-            schedules[context.name] = planner.schedule(context.name, now: at)
+            planner.add(context.name, session: context.session?.shifted(by: skew), generation: context.generation, now: at)
+            schedules[context.name] = planner.schedule(context.name, now: at).map { $0.shifted(by: -skew) }
         }
         wake.signal()
         return schedules
@@ -131,48 +178,126 @@ public actor SessionScheduler {
     public func remove(_ name: String) {
         planner.remove(name)
         for waiter in waiters.removeValue(forKey: name) ?? [] {
-            waiter.resume(returning: .failure(RenewalError(.needsAttention, "the context was removed")))
+            waiter.resume(returning: .failure(RenewalError(.needsAttention, "the context was removed", code: "removed")))
         }
+        wake.signal()
     }
 
     public var contextNames: [String] { planner.contextNames.sorted() }
 
     /// The token rule: a token valid beyond the safety margin, or the state and when to retry.
     public func lease(_ name: String) -> LeaseResult? {
-        planner.lease(name, now: now())
+        switch planner.lease(name, now: now) {
+        case .granted(let token, let userId, let expiresAt, let renewAt, let generation)?:
+            return .granted(token: token, userId: userId, expiresAt: expiresAt.addingTimeInterval(-skew),
+                            renewAt: outbound(renewAt), generation: generation)
+        case .unavailable(let state, let retryAt, let reason)?:
+            return .unavailable(state: state, retryAt: outbound(retryAt), reason: reason)
+        case nil:
+            return nil
+        }
     }
 
     public func schedule(_ name: String) -> ContextSchedule? {
-        planner.schedule(name, now: now())
+        planner.schedule(name, now: now).map { $0.shifted(by: -skew) }
     }
 
     /// The context due next and when.
     public func nextDue() -> (name: String, at: Date)? {
-        planner.nextDue()
+        planner.nextDue().map { ($0.name, $0.at.addingTimeInterval(-skew)) }
     }
 
     /// The earliest upcoming renewal or retry.
     public func nextDeadline() -> Date? {
-        planner.nextDeadline()
+        outbound(planner.nextDeadline())
+    }
+
+    /// The session-server budget: demand, supply and (above 100%) who will run late.
+    public func budgetStatus() -> BudgetStatus {
+        planner.budgetStatus(now: now)
     }
 
     /// Renews now (also out of `needs_attention`) and returns once the new session is live or the attempt failed.
     public func renewNow(_ name: String) async -> Result<SessionInfo, RenewalError>? {
-        guard planner.schedule(name, now: now()) != nil else { return nil }
-        planner.requestRenewal(name, now: now())
+        guard planner.schedule(name, now: now) != nil else { return nil }
+        planner.requestRenewal(name, now: now)
         wake.signal()
         return await withCheckedContinuation { waiters[name, default: []].append($0) }
     }
 
     /// Asks for a renewal without waiting (a configuration reload retries `needs_attention` contexts this way).
     public func requestRenewal(_ name: String) {
-        planner.requestRenewal(name, now: now())
+        planner.requestRenewal(name, now: now)
         wake.signal()
     }
 
-    /// bunq said the context's token is no longer valid: one immediate renewal.
-    public func sessionInvalid(_ name: String) {
-        planner.sessionInvalid(name, now: now())
+    /// What a report that generation `generation`'s token was refused by bunq did.
+    public enum InvalidReport: Sendable, Equatable {
+        /// The token is withdrawn and a renewal is under way (started by this report or an earlier one).
+        case renewing
+        /// That generation was already replaced: the current one is newer.
+        case alreadyReplaced
+        /// No such generation (newer than the current one).
+        case unknownGeneration
+        /// The context needs attention: renewing cannot help until a human acts.
+        case needsAttention
+    }
+
+    /// bunq refused generation `generation`'s token: that token is no longer handed out, and one renewal starts
+    /// at once, at the head of the session-server queue: once per generation, however many callers report it.
+    public func sessionInvalid(_ name: String, generation: Int) -> InvalidReport? {
+        guard let current = planner.generation(name) else { return nil }
+        if generation < current { return .alreadyReplaced }
+        if generation > current { return .unknownGeneration }
+        if planner.schedule(name, now: now)?.state == .needsAttention { return .needsAttention }
+        planner.sessionInvalid(name, generation: generation, now: now)
         wake.signal()
+        return .renewing
+    }
+
+    /// Waits until the context is past generation `generation` (a new session) or its renewal attempt fails;
+    /// returns at once when it already is.
+    public func renewal(of name: String, after generation: Int) async -> Result<SessionInfo, RenewalError>? {
+        guard let current = planner.generation(name) else { return nil }
+        if current > generation, case .granted(let token, let userId, let expiresAt, _, _)? = lease(name) {
+            return .success(SessionInfo(token: token, userId: userId, created: expiresAt, expiresAt: expiresAt))
+        }
+        return await withCheckedContinuation { waiters[name, default: []].append($0) }
+    }
+}
+
+extension SessionScheduler where C == ContinuousClock {
+    /// A scheduler on the real monotonic clock.
+    public init(policy: RenewalPolicy, budget: SessionServerBudget = SessionServerBudget(), renewer: any SessionRenewer,
+                maxConcurrent: Int = 8) {
+        self.init(policy: policy, budget: budget, renewer: renewer, maxConcurrent: maxConcurrent, clock: ContinuousClock())
+    }
+}
+
+extension Duration {
+    /// The duration in seconds, as a floating-point number.
+    var seconds: TimeInterval {
+        Double(components.seconds) + Double(components.attoseconds) / 1e18
+    }
+}
+
+extension SessionInfo {
+    /// The same session with its dates moved by `seconds` (from one timeline to another).
+    func shifted(by seconds: TimeInterval) -> SessionInfo {
+        seconds == 0 ? self : SessionInfo(id: id, token: token, userId: userId, created: created.addingTimeInterval(seconds),
+                                          expiresAt: expiresAt.addingTimeInterval(seconds))
+    }
+}
+
+extension ContextSchedule {
+    /// The same schedule with its dates moved by `seconds`.
+    func shifted(by seconds: TimeInterval) -> ContextSchedule {
+        guard seconds != 0 else { return self }
+        var copy = self
+        copy.expiresAt = expiresAt?.addingTimeInterval(seconds)
+        copy.renewAt = renewAt?.addingTimeInterval(seconds)
+        copy.lastRenewedAt = lastRenewedAt?.addingTimeInterval(seconds)
+        copy.nextRetryAt = nextRetryAt?.addingTimeInterval(seconds)
+        return copy
     }
 }

@@ -54,15 +54,4 @@ extension Keeper {
         }
         return try signingKeys.key(for: contextName) { try store.context(contextName) }.base64Signature(for: body)
     }
-
-    /// bunq answered "Insufficient authentication" to the context's token: stop handing it out and renew at once
-    /// (once; a repeat before a successful renewal changes nothing).
-    public func reportSessionInvalid(_ contextName: String) async {
-        await scheduler.sessionInvalid(contextName)
-        if let entry = leases.entry(contextName) {
-            leases.set(LeaseEntry(context: entry.context, kind: entry.kind, session: nil, renewAt: nil,
-                                  generation: entry.generation, serverPublicKeyPEM: entry.serverPublicKeyPEM,
-                                  margin: entry.margin, needsAttention: entry.needsAttention))
-        }
-    }
 }

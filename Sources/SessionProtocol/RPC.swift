@@ -24,6 +24,7 @@ public enum RPCMethod: String, Sendable, CaseIterable {
     case sessionGet = "session.get"
     case requestSign = "request.sign"
     case sessionRenew = "session.renew"
+    case sessionReportInvalid = "session.report_invalid"
     case sessionSubscribe = "session.subscribe"
     case contextList = "context.list"
     case contextStatus = "context.status"
@@ -71,6 +72,12 @@ public struct RPCRequest: @unchecked Sendable {
 
     /// A string parameter, or nil.
     public func string(_ name: String) -> String? { params[name] as? String }
+
+    /// An integer parameter (not a boolean, not a fraction), or nil.
+    public func integer(_ name: String) -> Int? {
+        guard let number = params[name] as? NSNumber, "iqlsIQLS".contains(String(cString: number.objCType)) else { return nil }
+        return number.intValue
+    }
 }
 
 /// Why a line is not a request: the error to answer with (`id` when it could be read).

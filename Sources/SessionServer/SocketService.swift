@@ -34,7 +34,7 @@ public final class SocketService: Sendable {
         guard access.mayUse(peer, context), let entry = keeper.leases.entry(context) else {
             return RPCCodec.error(id: id, .unknownContext, "Unknown context: \(context)")
         }
-        guard let session = entry.grantable(at: Date()) else { return nil }
+        guard let session = entry.grantable() else { return nil }
         logGrant(context, peer)
         let json = grantJSON.withLock { cache -> String in
             if let cached = cache[context], cached.session == session, cached.generation == entry.generation { return cached.json }
@@ -106,9 +106,13 @@ public final class SocketService: Sendable {
             case .unknownContext: .unknownContext
             case .invalidOAuthState: .invalidOAuthState
             case .providerNotLive: .sessionUnavailable
-            case .noProvider, .invalidRedirectURI: .invalidParams
+            case .noProvider, .invalidRedirectURI, .invalidGeneration: .invalidParams
+            case .needsAttention: .needsAttention
             case .upstream: .upstreamFailure
             case .store: .internalError
+            }
+            if error.code == .needsAttention {
+                return RPCCodec.error(id: id, code, "Needs attention", data: ["state": "needs_attention", "reason": error.message])
             }
             return RPCCodec.error(id: id, code, error.message)
         } catch {
@@ -175,11 +179,20 @@ public final class SocketService: Sendable {
                 return JSONText.encode(["generation": generation, "expires_at": JSONText.timestamp(session.expiresAt)])
             case .failure(let error)?:
                 throw error.kind == .needsAttention
-                    ? ServiceError(code: .needsAttention, message: "Needs attention", data: ["reason": error.message])
+                    ? ServiceError(code: .needsAttention, message: "Needs attention: \(error.message)",
+                                   data: ["state": "needs_attention", "reason": error.code])
                     : ServiceError(code: .upstreamFailure, message: "Renewal failed: \(error.message)")
             case nil:
                 throw ServiceError(code: .unknownContext, message: "Unknown context: \(context)")
             }
+
+        case .sessionReportInvalid:
+            let context = try await requireContext(request, peer)
+            guard let generation = request.integer("generation") else {
+                throw ServiceError(code: .invalidParams, message: "Invalid params: generation (an integer) is required")
+            }
+            let renewed = try await keeper.reportInvalid(context, generation: generation)
+            return JSONText.encode(["generation": renewed.generation, "expires_at": JSONText.timestamp(renewed.expiresAt)])
 
         case .sessionSubscribe:
             var contexts: [String]
@@ -247,8 +260,20 @@ public final class SocketService: Sendable {
                 "ready": ready.load(ordering: .acquiring),
                 "contexts": contexts,
                 "next_renewal_at": await keeper.scheduler.nextDeadline().map(JSONText.timestamp) ?? NSNull(),
+                "budget": ["session_server": Self.budgetJSON(await keeper.scheduler.budgetStatus())],
             ])
         }
+    }
+
+    /// `daemon.status.budget.session_server`: demand, supply and utilisation; `late` (the count) above 100%.
+    static func budgetJSON(_ budget: BudgetStatus) -> [String: Any] {
+        var json: [String: Any] = [
+            "needed_per_day": (budget.neededPerDay * 10).rounded() / 10,
+            "available_per_day": budget.availablePerDay.isFinite ? (budget.availablePerDay * 10).rounded() / 10 : NSNull(),
+            "utilisation": (budget.utilisation * 1_000).rounded() / 1_000,
+        ]
+        if !budget.late.isEmpty { json["will_run_late"] = budget.late.count }
+        return json
     }
 
     private func unavailable(_ context: String, _ lease: LeaseResult?) -> ServiceError {
@@ -256,8 +281,8 @@ public final class SocketService: Sendable {
             return ServiceError(code: .sessionUnavailable, message: "Session unavailable", data: ["state": "renewing"])
         }
         if state == .needsAttention {
-            return ServiceError(code: .needsAttention, message: "Needs attention: bunq rejected the credentials",
-                                data: ["state": state.rawValue, "reason": reason ?? "credentials rejected"])
+            return ServiceError(code: .needsAttention, message: "Needs attention: retrying cannot help until a human acts",
+                                data: ["state": state.rawValue, "reason": reason ?? "needs_attention"])
         }
         var data = ["state": state.rawValue]
         data["retry_at"] = retryAt.map(JSONText.timestamp)
@@ -274,6 +299,7 @@ public final class SocketService: Sendable {
             "consecutive_failures": schedule.consecutiveFailures,
             "next_retry_at": schedule.nextRetryAt.map(JSONText.timestamp) ?? NSNull(),
             "last_error": schedule.lastError ?? NSNull(),
+            "reason": schedule.reason ?? NSNull(),
         ]
     }
 
@@ -288,7 +314,7 @@ public final class SocketService: Sendable {
             ]))
         case .failed(let context, let error, _, _, _):
             let state = error.kind == .needsAttention ? ContextState.needsAttention
-                : (entry?.grantable(at: Date()) != nil ? .retrying : .expired)
+                : (entry?.grantable() != nil ? .retrying : .expired)
             return (context, RPCCodec.notification("context.state", [
                 "context": context, "state": state.rawValue, "reason": error.message,
             ]))

@@ -29,6 +29,12 @@ struct BunqSandboxCommand: AsyncParsableCommand {
     @Option(name: .customLong("rate-limits"), help: "bunq: enforce bunq's rate limits; off: none.")
     var rateLimits: String = "bunq"
 
+    @Option(name: .customLong("rate-limit-scale"), help: "Multiplies every rate-limit window (0.1: session-server 1 per 3 s).")
+    var rateLimitScale: Double = 1
+
+    @Option(name: .customLong("clock-offset"), help: "Seconds the emulator's clock runs off the machine's (created timestamps, expiry).")
+    var clockOffset: Double = 0
+
     @Option(name: .customLong("expired-session-status"), help: "Status for an expired session's token: 401 or 403.")
     var expiredSessionStatus: Int = 401
 
@@ -41,6 +47,10 @@ struct BunqSandboxCommand: AsyncParsableCommand {
         guard ["bunq", "off"].contains(rateLimits) else {
             throw ValidationError("--rate-limits must be bunq or off, not '\(rateLimits)'")
         }
+        guard rateLimitScale >= 0.001, rateLimitScale <= 1_000 else {
+            throw ValidationError("--rate-limit-scale must be from 0.001 to 1000, not \(rateLimitScale)")
+        }
+        guard abs(clockOffset) <= 86_400 * 365 else { throw ValidationError("--clock-offset must be within a year") }
         guard [401, 403].contains(expiredSessionStatus) else {
             throw ValidationError("--expired-session-status must be 401 or 403, not \(expiredSessionStatus)")
         }
@@ -53,7 +63,8 @@ struct BunqSandboxCommand: AsyncParsableCommand {
         signal(SIGINT, SIG_DFL)
         let configuration = SandboxConfiguration(
             host: host, port: port, sessionTimeout: sessionTimeout, psd2FirstSessionTimeout: psd2FirstSessionTimeout,
-            rateLimits: rateLimits == "bunq", expiredSessionStatus: expiredSessionStatus)
+            rateLimits: rateLimits == "bunq", expiredSessionStatus: expiredSessionStatus, rateLimitScale: rateLimitScale,
+            clockOffset: clockOffset)
         let sandbox = try await BunqSandbox(configuration: configuration)
         try await sandbox.run { port in
             // Unbuffered, so a parent reading our stdout sees the line at once.

@@ -2,6 +2,16 @@ import Foundation
 import SessionKeeper
 import Testing
 
+extension RenewalPlanner {
+    /// One pass of the scheduler's loop at `now`, with every preparation finishing at once: the contexts whose
+    /// session-server call was granted (at most one, as the budget allows one call at a time).
+    mutating func takeDue(now: Date, limit: Int = 8) -> [String] {
+        collectDue(now: now)
+        for name in startPreparations(limit: limit) { prepared(name, now: now) }
+        return grantSessionCall(now: now).map { [$0] } ?? []
+    }
+}
+
 @Suite struct PlannerRuleTests {
     let t0 = Date(timeIntervalSince1970: 1_700_000_000)
 
@@ -10,11 +20,12 @@ import Testing
     }
 
     @Test func bootstrappingIsDueAtOnceAndHealthySessionsAtTheirRenewalTime() {
-        var planner = RenewalPlanner(policy: RenewalPolicy(), random: SeededRandom(seed: 1))
+        var planner = RenewalPlanner(policy: RenewalPolicy(), budget: .unlimited, random: SeededRandom(seed: 1))
         planner.add("new", session: nil, now: t0)
         planner.add("healthy", session: session(t0), now: t0)
         #expect(planner.takeDue(now: t0, limit: 10) == ["new"])
         #expect(planner.lease("new", now: t0) == .unavailable(state: .bootstrapping, retryAt: t0.addingTimeInterval(1), reason: nil))
+        planner.succeeded("new", session: session(t0), now: t0)
         let renewAt = try! #require(planner.schedule("healthy", now: t0)?.renewAt)
         #expect(renewAt >= t0.addingTimeInterval(390) && renewAt <= t0.addingTimeInterval(510))
         #expect(planner.takeDue(now: renewAt.addingTimeInterval(-1), limit: 10).isEmpty)
@@ -23,7 +34,7 @@ import Testing
     }
 
     @Test func theTokenRuleNeverHandsOutATokenInsideTheMargin() {
-        var planner = RenewalPlanner(policy: RenewalPolicy(safetyMargin: 60), random: SeededRandom(seed: 2))
+        var planner = RenewalPlanner(policy: RenewalPolicy(safetyMargin: 60), budget: .unlimited, random: SeededRandom(seed: 2))
         planner.add("a", session: session(t0, lifetime: 3_600), now: t0)
         #expect(planner.lease("a", now: t0.addingTimeInterval(3_539)) != nil)
         if case .granted = planner.lease("a", now: t0.addingTimeInterval(3_539)) {} else { Issue.record("should be granted") }
@@ -38,7 +49,7 @@ import Testing
     }
 
     @Test func failuresBackOffExponentiallyWithJitterAndNeverZero() {
-        var planner = RenewalPlanner(policy: RenewalPolicy(), random: SeededRandom(seed: 3))
+        var planner = RenewalPlanner(policy: RenewalPolicy(), budget: .unlimited, random: SeededRandom(seed: 3))
         planner.add("a", session: nil, now: t0)
         var now = t0
         var delays: [TimeInterval] = []
@@ -58,7 +69,7 @@ import Testing
     }
 
     @Test func rejectedCredentialsStopUntilExplicitlyRetried() {
-        var planner = RenewalPlanner(policy: RenewalPolicy(), random: SeededRandom(seed: 4))
+        var planner = RenewalPlanner(policy: RenewalPolicy(), budget: .unlimited, random: SeededRandom(seed: 4))
         planner.add("a", session: session(t0), now: t0)
         let due = planner.schedule("a", now: t0)!.renewAt!
         _ = planner.takeDue(now: due, limit: 1)
@@ -66,7 +77,7 @@ import Testing
         #expect(entered, "entering needs_attention is reported, to log it once")
         #expect(planner.schedule("a", now: due)?.state == .needsAttention)
         #expect(planner.nextDeadline() == nil, "nothing is retried on its own")
-        #expect(planner.lease("a", now: due) == .unavailable(state: .needsAttention, retryAt: nil, reason: "User credentials are incorrect."))
+        #expect(planner.lease("a", now: due) == .unavailable(state: .needsAttention, retryAt: nil, reason: "needs_attention"))
         // Nothing retries on its own, so it is reported once; an explicit retry that is rejected again is a new
         // event, reported once more.
         #expect(planner.takeDue(now: due.addingTimeInterval(86_400), limit: 1).isEmpty)
@@ -81,20 +92,27 @@ import Testing
         #expect(planner.schedule("a", now: due)?.generation == 1)
     }
 
-    @Test func sessionInvalidTriggersOneImmediateRenewalNotALoop() {
-        var planner = RenewalPlanner(policy: RenewalPolicy(), random: SeededRandom(seed: 5))
-        planner.add("a", session: session(t0), now: t0)
+    @Test func aReportedGenerationRenewsOnceAndItsTokenIsWithdrawn() {
+        var planner = RenewalPlanner(policy: RenewalPolicy(), budget: .unlimited, random: SeededRandom(seed: 5))
+        planner.add("a", session: session(t0), generation: 3, now: t0)
         let now = t0.addingTimeInterval(10)
-        planner.sessionInvalid("a", now: now)
-        #expect(planner.takeDue(now: now, limit: 5) == ["a"])
+        do { let reported = planner.sessionInvalid("a", generation: 2, now: now); #expect(!reported, "an older generation is already replaced") }
+        do { let reported = planner.sessionInvalid("a", generation: 3, now: now); #expect(reported) }
+        #expect(planner.schedule("a", now: now)?.state == .expired, "the reported token is no longer handed out")
+        do { let reported = planner.sessionInvalid("a", generation: 3, now: now); #expect(!reported, "one renewal per generation") }
+        do { let due = planner.takeDue(now: now); #expect(due == ["a"]) }
         planner.failed("a", error: RenewalError(.retryable, "timeout"), now: now)
-        planner.sessionInvalid("a", now: now)  // reported again before any success: no immediate renewal
-        #expect(planner.takeDue(now: now, limit: 5).isEmpty)
-        #expect(planner.schedule("a", now: now)?.state == .expired, "the invalid session is no longer handed out")
+        do { let reported = planner.sessionInvalid("a", generation: 3, now: now); #expect(!reported, "reported again before a success: nothing") }
+        do { let due = planner.takeDue(now: now); #expect(due.isEmpty, "the backoff stands: no loop") }
+        let retry = planner.schedule("a", now: now)!.nextRetryAt!
+        do { let due = planner.takeDue(now: retry); #expect(due == ["a"]) }
+        planner.succeeded("a", session: session(retry, token: "new"), now: retry)
+        #expect(planner.generation("a") == 4)
+        do { let reported = planner.sessionInvalid("a", generation: 4, now: retry); #expect(reported, "the new generation can be reported in turn") }
     }
 
     @Test func inFlightIsOnePerContextAndRemovalForgets() {
-        var planner = RenewalPlanner(policy: RenewalPolicy(), random: SeededRandom(seed: 6))
+        var planner = RenewalPlanner(policy: RenewalPolicy(), budget: .unlimited, random: SeededRandom(seed: 6))
         planner.add("a", session: nil, now: t0)
         #expect(planner.takeDue(now: t0, limit: 5) == ["a"])
         planner.requestRenewal("a", now: t0)
@@ -102,5 +120,43 @@ import Testing
         #expect(planner.inFlightCount == 1)
         planner.remove("a")
         #expect(planner.inFlightCount == 0 && planner.schedule("a", now: t0) == nil && planner.nextDeadline() == nil)
+    }
+
+    @Test func theSessionServerQueueGrantsByUrgencyOneSpacingApart() {
+        let budget = SessionServerBudget()  // bunq's: one call per 30 s
+        var planner = RenewalPlanner(policy: RenewalPolicy(), budget: budget, random: SeededRandom(seed: 7))
+        // A routine renewal (expires in a day), a session at risk (usable 5 more minutes) and two new identities.
+        planner.add("routine", session: session(t0.addingTimeInterval(-3.5 * 86_400), lifetime: 4 * 86_400), generation: 1, now: t0)
+        planner.add("at-risk", session: session(t0.addingTimeInterval(-3_300), lifetime: 3_600), generation: 1, now: t0)
+        planner.add("new-1", session: nil, now: t0)
+        planner.add("new-2", session: nil, now: t0)
+        var order: [String] = []
+        var grants: [Date] = []
+        var now = t0
+        while order.count < 4, now < t0.addingTimeInterval(600) {
+            if let name = planner.takeDue(now: now).first {
+                order.append(name)
+                grants.append(now)
+                planner.succeeded(name, session: session(now, lifetime: 86_400, token: name), now: now)
+            }
+            now = now.addingTimeInterval(0.5)
+        }
+        #expect(order == ["at-risk", "new-1", "new-2", "routine"], "at risk, then new identities, then routine")
+        for (previous, next) in zip(grants, grants.dropFirst()) {
+            #expect(next.timeIntervalSince(previous) >= 30, "one session-server call per 30 s")
+        }
+        #expect(planner.budgetStatus(now: now).neededPerDay > 5, "four 1-day identities need 5.3 sessions a day")
+    }
+
+    @Test func aRateLimitedCallPushesTheWindowBack() {
+        var planner = RenewalPlanner(policy: RenewalPolicy(), budget: SessionServerBudget(scale: 0.1), random: SeededRandom(seed: 8))
+        planner.add("a", session: nil, now: t0)
+        planner.add("b", session: nil, now: t0)
+        let first = planner.takeDue(now: t0)
+        #expect(first.count == 1)
+        let at = t0.addingTimeInterval(1)
+        planner.failed(first[0], error: RenewalError(.retryable, "429", code: "rate_limited"), now: at)
+        #expect(planner.takeDue(now: at.addingTimeInterval(2.9)).isEmpty, "no call within a window of the 429")
+        #expect(planner.takeDue(now: at.addingTimeInterval(3.1)).count == 1)
     }
 }

@@ -15,7 +15,12 @@ final class FakeRenewer: SessionRenewer {
         self.failureRate = failureRate
     }
 
-    func renew(_ context: String) async -> Result<SessionInfo, RenewalError> {
+    func prepare(_ context: String) async -> Result<Void, RenewalError> {
+        try? await Task.sleep(for: .milliseconds(Int.random(in: 1...10)))
+        return .success(())
+    }
+
+    func openSession(_ context: String) async -> Result<SessionInfo, RenewalError> {
         let count = calls.withLock { $0[context, default: 0] += 1; return $0[context]! }
         try? await Task.sleep(for: .milliseconds(Int.random(in: 5...40)))
         if rejected.withLock({ $0.contains(context) }) {
@@ -31,7 +36,10 @@ final class FakeRenewer: SessionRenewer {
 @Suite struct SchedulerTests {
     @Test func contextsStayLiveThroughRenewalsAndFailures() async throws {
         let renewer = FakeRenewer(lifetime: 1.5, failureRate: 0.3)
-        let scheduler = SessionScheduler(policy: RenewalPolicy(backoffBase: 0.05, backoffMax: 0.2), renewer: renewer)
+        // Twenty identities of 1.5-s sessions need 18 sessions a second: the session-server budget is unlimited
+        // here; the budget's own tests run in virtual time (BudgetSimulationTests).
+        let scheduler = SessionScheduler(policy: RenewalPolicy(backoffBase: 0.05, backoffMax: 0.2), budget: .unlimited,
+                                         renewer: renewer)
         let names = (0..<20).map { "ctx-\($0)" }
         for name in names { await scheduler.add(name, session: nil) }
         let loop = Task { await scheduler.run() }
@@ -62,7 +70,7 @@ final class FakeRenewer: SessionRenewer {
 
     @Test func renewNowWaitsForTheNewSessionAndRejectionsNeedAttention() async throws {
         let renewer = FakeRenewer(lifetime: 600)
-        let scheduler = SessionScheduler(policy: RenewalPolicy(), renewer: renewer)
+        let scheduler = SessionScheduler(policy: RenewalPolicy(), budget: SessionServerBudget(scale: 0.001), renewer: renewer)
         let loop = Task { await scheduler.run() }
         await scheduler.add("a", session: nil)
         await scheduler.add("b", session: nil)
@@ -86,7 +94,7 @@ final class FakeRenewer: SessionRenewer {
         let rejected = try #require(await scheduler.renewNow("b"))
         #expect(throws: RenewalError.self) { try rejected.get() }
         #expect(await scheduler.lease("b") == .unavailable(state: .needsAttention, retryAt: nil,
-                                                          reason: "User credentials are incorrect."))
+                                                          reason: "needs_attention"))
         let callsBefore = renewer.calls.withLock { $0["b"] ?? 0 }
         try await Task.sleep(for: .milliseconds(300))
         #expect(renewer.calls.withLock { $0["b"] ?? 0 } == callsBefore, "needs_attention is not retried on its own")
