@@ -2,6 +2,7 @@ import BunqAPI
 import BunqCrypto
 import Foundation
 import Logging
+import Synchronization
 
 /// The in-memory record of every context (no secrets but session tokens), updated together with the store.
 actor ContextCache {
@@ -26,6 +27,8 @@ struct BunqRenewer: SessionRenewer {
 
     /// bunq's `created` and our clock at the request may differ by this much before it is worth a warning.
     static let clockSkewWarning: TimeInterval = 60
+    /// When skew was last warned about: at most once an hour, not once per session.
+    let skewWarnings = Throttle(every: .seconds(3_600))
 
     /// The steps that make no session-server call: key, installation, PSD2 credential, device.
     static func isPreparation(_ step: BootstrapStep) -> Bool {
@@ -57,7 +60,7 @@ struct BunqRenewer: SessionRenewer {
                 throw RenewalError(.retryable, "the device was not bound; registering it", code: "device_not_bound")
             }
             let skew = session.serverCreated.timeIntervalSince(session.created)
-            if abs(skew) > Self.clockSkewWarning {
+            if abs(skew) > Self.clockSkewWarning, skewWarnings.allow() {
                 logger.warning("clock skew with bunq", metadata: ["bunq.skew_seconds": "\(Int(skew.rounded()))"])
             }
             let stored = SessionInfo(id: session.id, token: session.token, userId: session.user.id,
@@ -128,6 +131,23 @@ struct BunqRenewer: SessionRenewer {
             return RenewalError(.needsAttention, "\(error)", code: "crypto")
         default:
             return RenewalError(.retryable, "\(error)")
+        }
+    }
+}
+
+/// Lets something through at most once per `interval` (a warning that would otherwise repeat per session).
+final class Throttle: Sendable {
+    private let interval: Duration
+    private let last = Mutex<ContinuousClock.Instant?>(nil)
+
+    init(every interval: Duration) { self.interval = interval }
+
+    func allow() -> Bool {
+        last.withLock { last in
+            let now = ContinuousClock.now
+            guard last.map({ now - $0 >= interval }) ?? true else { return false }
+            last = now
+            return true
         }
     }
 }

@@ -9,6 +9,8 @@ public struct JournalLogHandler: LogHandler {
     /// The events with a stable MESSAGE_ID (`journalctl MESSAGE_ID=...`), by log message.
     public static let messageIDs: [String: String] = [
         "session renewed": "6c2d1f5a3b8e4f0e9a7d2c4b1e8f3a90",
+        "session-server budget above 80%": "8b3e5d1a6c2f4e9a8d7b0c5e3f1a9d62",
+        "session-server budget exceeded": "4f7a2c9e1b6d4a3f8e5c0d2b9a7f1e38",
         "renewal failed": "b1f04a7e2c9d4e3f8a6b5c7d9e0f1a21",
         "needs attention: bunq rejected the credentials": "e94c7b2a5d1f4c8e9b3a6d0f2e7c5a13",
         "token granted to a new caller": "3a8f6e1c9b2d4a7f8e5c0b3d6a9f2e47",

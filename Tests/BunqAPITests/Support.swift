@@ -31,7 +31,8 @@ struct SandboxAdmin: Sendable {
     }
 }
 
-/// Runs `body` with a BunqClient pointed at a fresh in-process emulator (rate limits off on both sides).
+/// Runs `body` with a BunqClient pointed at a fresh in-process emulator (rate limits off on both sides: these tests
+/// are about the protocol, call by call; the limits' own tests are in the sandbox's and the daemon's suites).
 func withSandboxClient<T: Sendable>(
     _ configuration: SandboxConfiguration = SandboxConfiguration(rateLimits: false),
     timeout: Duration = .seconds(5),

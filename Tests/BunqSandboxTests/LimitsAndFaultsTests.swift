@@ -23,6 +23,25 @@ import Testing
         }
     }
 
+    @Test func scaledLimitsAndAnOffsetClock() async throws {
+        let configuration = SandboxConfiguration(rateLimits: true, rateLimitScale: 0.1, clockOffset: -600)
+        try await BunqSandbox.test(configuration) { client in
+            let apiKey = try await client.sandboxUser()
+            _ = try await client.openSession(secret: apiKey)
+            let second = try await client.call("POST", "/v1/session-server", ["secret": apiKey], token: client.installationToken)
+            #expect(second.status == 429, "one session-server call per 3 s at a tenth")
+            try await Task.sleep(for: .seconds(3.1))
+            let third = try await client.call("POST", "/v1/session-server", ["secret": apiKey], token: client.installationToken)
+            #expect(third.status == 200, "the scaled window has passed")
+            let created = try #require(third.item("Token")?["created"] as? String)
+            let formatter = DateFormatter()
+            formatter.dateFormat = "yyyy-MM-dd HH:mm:ss.SSSSSS"
+            formatter.timeZone = TimeZone(identifier: "UTC")
+            let stamp = try #require(formatter.date(from: created))
+            #expect(abs(stamp.timeIntervalSinceNow + 600) < 5, "created runs 10 minutes behind: \(created)")
+        }
+    }
+
     @Test func faultRulesAnswerErrorsDelayDropAndMissign() async throws {
         try await BunqSandbox.test { client in
             let apiKey = try await client.sandboxUser()

@@ -103,7 +103,9 @@ struct SandboxTestClient: Sendable {
 }
 
 extension BunqSandbox {
-    /// Runs `body` against an emulator with rate limits off (unless given) and a fresh test client.
+    /// Runs `body` against an emulator with rate limits off (unless given) and a fresh test client. Off by default:
+    /// these tests are about the emulator's wire format and rules, each making many calls a second from one IP;
+    /// its limits have their own tests (LimitsAndFaultsTests), and the daemon's tests run under them.
     static func test<T: Sendable>(_ configuration: SandboxConfiguration = SandboxConfiguration(rateLimits: false),
                                   _ body: @escaping @Sendable (inout SandboxTestClient) async throws -> T) async throws -> T {
         try await withRunning(configuration) { base in

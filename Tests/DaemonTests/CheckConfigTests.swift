@@ -34,6 +34,8 @@ import TestSupport
             ("sockets: {path: /x}\n", [:], "sockets: is not a known section"),
             ("bunq: {api_base_url: 'http://api.bunq.com/v1/'}\n", [:], "bunq.api_base_url: http://api.bunq.com/v1/ uses plain http://"),
             ("bunq: {rate_limits: sometimes}\n", [:], "bunq.rate_limits: must be bunq or unlimited"),
+            ("bunq: {rate_limits: unlimited, rate_limit_scale: 0.1}\n", [:], "bunq.rate_limit_scale: scales bunq's limits"),
+            ("bunq: {rate_limit_scale: fast}\n", [:], "bunq.rate_limit_scale: must be a number from 0.001 to 1"),
             ("renewal: {max_concurrent: 0}\n", [:], "renewal.max_concurrent: must be a whole number from 1 to 256"),
             ("api_keys:\n  - {name: ops, key_file: /nonexistent/ops.key}\n", [:], "api_keys[0].key_file: the file /nonexistent/ops.key cannot be read"),
             ("api_keys:\n  - {name: provider, key_file: \(dir.path("ops.key"))}\n", [:], "api_keys[0].name"),

@@ -24,6 +24,7 @@ import TestSupport
         let installations = try sandbox.stat("installations")
         let devices = try sandbox.stat("device_servers")
         #expect(installations == 2 && devices == 2)
+        #expect(try sandbox.stat("rate_limited") == 0, "no 429 under bunq's limits (scaled)")
 
         // A restart reuses the installations, devices and live sessions.
         daemon = try ChildProcess(Binaries.daemon, ["--config", config], log: dir.path("daemon2.log"))
@@ -45,7 +46,9 @@ import TestSupport
     @Test func thirtyPercentUpstreamFailuresExpireNoSession() async throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
-        let sandbox = try await Sandbox.start(in: dir, ["--session-timeout", "20"])
+        // bunq's limits at a fiftieth (session-server one call per 0.6 s): every injected failure costs a slot, and
+        // 20-s sessions leave 5 s to retry in.
+        let sandbox = try await Sandbox.start(in: dir, ["--session-timeout", "20"], limits: .scaled(0.02))
         defer { _ = sandbox.child.stop() }
         let config = try writeConfig(dir, sandbox: sandbox, apiKey: try sandbox.newAPIKey(), provider: false,
                                      extra: "renewal: {backoff_base: 0.05}")
@@ -61,6 +64,7 @@ import TestSupport
         expectNoGaps(rotations(in: daemon.log))
         #expect(failures(daemon.log) >= 2, "faults were injected and retried")
         #expect(!daemon.log.contains("needs attention"))
+        #expect(try sandbox.stat("rate_limited") == 0, "the daemon itself never caused a 429")
     }
 
     @Test func aKillDuringDeviceRegistrationLeavesNoDuplicate() async throws {
@@ -72,8 +76,8 @@ import TestSupport
         // A long delay, so the kill lands mid-call even on a loaded machine.
         try sandbox.admin("POST", "faults", #"{"endpoint":"POST /v1/device-server","delay_ms":10000,"count":1}"#)
         let first = try ChildProcess(Binaries.daemon, ["--config", config], log: dir.path("daemon1.log"))
-        #expect(await first.waitFor(.seconds(30)) { $0.contains("bunq.step=device_server") })
-        try await Task.sleep(for: .milliseconds(500))
+        #expect(first.waitForBlocking(30) { $0.contains("bunq.step=device_server") })
+        usleep(500_000)
         _ = first.stop(signal: SIGKILL)  // mid device-server: bunq still binds the device after its delay
         #expect(!first.log.contains("session renewed"), "killed before the bootstrap could finish")
         var processed = false

@@ -47,6 +47,18 @@ final class ChildProcess: Sendable {
         return condition(log)
     }
 
+    /// `waitFor` on this thread, without Swift concurrency: for a test whose timing must not depend on the shared
+    /// cooperative pool, which other tests' blocking calls can hold up for seconds.
+    func waitForBlocking(_ timeout: TimeInterval, _ condition: (String) -> Bool) -> Bool {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if condition(log) { return true }
+            if !process.isRunning { return condition(log) }
+            usleep(50_000)
+        }
+        return condition(log)
+    }
+
     /// Sends `signal`, waits up to 20 s for the exit, then SIGKILLs: no test leaves a process behind.
     func stop(signal: Int32 = SIGTERM) -> Int32 {
         if process.isRunning { kill(process.processIdentifier, signal) }
@@ -58,19 +70,45 @@ final class ChildProcess: Sendable {
     }
 }
 
+/// bunq's rate limits in a test, on the sandbox and the daemon alike: bunq's own, bunq's with every window
+/// multiplied by a scale (0.1: session-server one call per 3 s), so a test lives through them in less time, or off.
+enum Limits {
+    case bunq
+    case scaled(Double)
+    case off
+
+    var sandboxFlags: [String] {
+        switch self {
+        case .bunq: []
+        case .scaled(let scale): ["--rate-limit-scale", "\(scale)"]
+        case .off: ["--rate-limits", "off"]
+        }
+    }
+
+    var configKeys: String {
+        switch self {
+        case .bunq: "rate_limits: bunq"
+        case .scaled(let scale): "rate_limits: bunq\n  rate_limit_scale: \(scale)"
+        case .off: "rate_limits: unlimited"
+        }
+    }
+}
+
 /// A running bunq-sandbox with its admin API.
 struct Sandbox {
     let child: ChildProcess
     let base: String
+    let limits: Limits
 
-    static func start(in dir: TemporaryDirectory, _ flags: [String]) async throws -> Sandbox {
-        let child = try ChildProcess(Binaries.sandbox, ["--port", "0", "--rate-limits", "off"] + flags, log: dir.path("sandbox.log"))
+    /// Starts the emulator with bunq's limits scaled to a tenth unless a test says otherwise.
+    static func start(in dir: TemporaryDirectory, _ flags: [String], limits: Limits = .scaled(0.1)) async throws -> Sandbox {
+        let child = try ChildProcess(Binaries.sandbox, ["--port", "0"] + limits.sandboxFlags + flags, log: dir.path("sandbox.log"))
         guard await child.waitFor(.seconds(20), { $0.contains("listening on ") }),
               let line = child.log.split(separator: "\n").first, line.hasPrefix("listening on ") else {
             _ = child.stop()
             throw HarnessError("bunq-sandbox did not start: \(child.log)")
         }
-        return Sandbox(child: child, base: String(line.dropFirst("listening on ".count)))
+        return Sandbox(child: child, base: String(line.dropFirst("listening on ".count)), limits: limits)
     }
 
     @discardableResult
@@ -81,12 +119,31 @@ struct Sandbox {
 
     func stat(_ name: String) throws -> Int { try admin("GET", "stats")[name] as? Int ?? -1 }
 
+    /// How often bunq's API was called at `endpoint` (a route name such as `POST /v1/session-server`).
+    func requests(_ endpoint: String) throws -> Int {
+        (try admin("GET", "stats")["requests"] as? [String: Any])?[endpoint] as? Int ?? 0
+    }
+
+    /// The HTTP status bunq gives `GET /v1/user` with this session token: 200 while the session lives.
+    func userStatus(token: String) throws -> Int {
+        let output = try Command.check(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+                                        "-H", "X-Bunq-Client-Authentication: \(token)", base + "/v1/user"])
+        return Int(output.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1
+    }
+
+    /// A new sandbox user's API key; paced by bunq's POST limit (5 per 3 s, scaled), waiting out a 429.
     func newAPIKey() throws -> String {
-        let output = try Command.check(["curl", "-s", "-X", "POST", base + "/v1/sandbox-user-person"])
-        let json = try JSONSerialization.jsonObject(with: output.stdout) as? [String: Any]
-        let item = (json?["Response"] as? [[String: Any]])?.first?["ApiKey"] as? [String: Any]
-        guard let key = item?["api_key"] as? String else { throw HarnessError("no API key: \(output.stdoutText)") }
-        return key
+        var text = ""
+        for _ in 0..<40 {
+            let output = try Command.check(["curl", "-s", "-X", "POST", base + "/v1/sandbox-user-person"])
+            text = output.stdoutText
+            let json = try JSONSerialization.jsonObject(with: output.stdout) as? [String: Any]
+            let item = (json?["Response"] as? [[String: Any]])?.first?["ApiKey"] as? [String: Any]
+            if let key = item?["api_key"] as? String { return key }
+            guard text.contains("Too many requests") else { break }
+            usleep(250_000)
+        }
+        throw HarnessError("no API key: \(text)")
     }
 }
 
@@ -96,9 +153,15 @@ struct HarnessError: Error, CustomStringConvertible {
 }
 
 /// Writes a daemon configuration for `sandbox` with an API-key identity `ops` and, optionally, a PSD2 provider.
+/// `moreKeys` adds API-key identities `id-1`, `id-2`, …
 func writeConfig(_ dir: TemporaryDirectory, sandbox: Sandbox, apiKey: String, provider: Bool,
-                 firstSession: Int = 20, extra: String = "") throws -> String {
+                 firstSession: Int = 20, extra: String = "", moreKeys: [String] = []) throws -> String {
     _ = try dir.write("ops.key", apiKey + "\n")
+    var keys = ""
+    for (index, key) in moreKeys.enumerated() {
+        _ = try dir.write("id-\(index + 1).key", key + "\n")
+        keys += "  - {name: id-\(index + 1), key_file: \(dir.path("id-\(index + 1).key"))}\n"
+    }
     var providerSection = ""
     if provider {
         try Command.check(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-keyout", dir.path("eidas-key.pem"), "-out",
@@ -117,7 +180,7 @@ func writeConfig(_ dir: TemporaryDirectory, sandbox: Sandbox, apiKey: String, pr
           api_base_url: \(sandbox.base)/v1/
           oauth_authorize_url: \(sandbox.base)/auth
           oauth_token_url: \(sandbox.base)/v1/token
-          rate_limits: unlimited
+          \(sandbox.limits.configKeys)
           psd2_first_session_timeout: \(firstSession)
         socket:
           path: \(dir.path("socket"))
@@ -125,7 +188,7 @@ func writeConfig(_ dir: TemporaryDirectory, sandbox: Sandbox, apiKey: String, pr
           directory: \(dir.path("state"))
         \(providerSection)api_keys:
           - {name: ops, key_file: \(dir.path("ops.key"))}
-        \(extra)
+        \(keys)\(extra)
         """)
 }
 

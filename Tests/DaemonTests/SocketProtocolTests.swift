@@ -98,7 +98,7 @@ import Glibc
         let flooder = try RawSocketClient(running.socket)
         flooder.send([UInt8](repeating: UInt8(ascii: "a"), count: 10 << 20))
         #expect(flooder.readLine(timeout: 20).map { $0.contains("-32600") } == true)
-        #expect(flooder.isClosed())
+        #expect(flooder.isClosed(timeout: 20))
 
         // A thousand idle connections, and a client that sends a lot but never reads.
         var idle: [RawSocketClient] = []

@@ -13,10 +13,11 @@ import TestSupport
         defer { dir.remove() }
         try Command.check(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-keyout", dir.path("key.pem"), "-out",
                            dir.path("cert.pem"), "-days", "30", "-nodes", "-subj", "/CN=Keeper Test PISP AISP/C=NL"])
-        try await BunqSandbox.withRunning(SandboxConfiguration(rateLimits: false)) { base in
+        // bunq's limits at a fiftieth: the provider's and the user's first sessions share the session-server budget.
+        try await BunqSandbox.withRunning(SandboxConfiguration(rateLimits: true, rateLimitScale: 0.02)) { base in
             let file = try dir.write("config.yaml", """
                 bunq: {api_base_url: '\(base)/v1/', oauth_authorize_url: '\(base)/auth', oauth_token_url: '\(base)/v1/token',
-                       rate_limits: unlimited}
+                       rate_limits: bunq, rate_limit_scale: 0.02}
                 state: {directory: \(dir.path("state"))}
                 provider:
                   certificate: \(dir.path("cert.pem"))

@@ -39,6 +39,8 @@ def check(name):
 def start_sandbox(path):
     """Starts bunq-sandbox on a free port and points the SDK's sandbox environment at it (the SDK has no setting
     for its base URL)."""
+    # Limits off: this test is about the SDK's wire format, and bunq's SDK opens a session on every
+    # ApiContext.create, several per flow; the daemon's tests are the ones that run under bunq's limits.
     sandbox = subprocess.Popen([path, "--port", "0", "--rate-limits", "off"], stdout=subprocess.PIPE, text=True)
     first = sandbox.stdout.readline().strip()
     if not first.startswith("listening on http://127.0.0.1:"):

@@ -77,7 +77,7 @@ s.sendall(sys.argv[1].encode()+b"\n"); print(s.makefile().readline().strip())' "
 json() { python3 -c "import json,sys; d=json.loads(sys.stdin.read() or '{}'); print($1)"; }
 
 # bunq-sandbox inside, as a transient unit.
-inside systemd-run --unit=bunq-sandbox /usr/local/bin/bunq-sandbox --port 8089 --session-timeout 120 --rate-limits off > /dev/null
+inside systemd-run --unit=bunq-sandbox /usr/local/bin/bunq-sandbox --port 8089 --session-timeout 120 --rate-limit-scale 0.1 > /dev/null
 for _ in $(seq 100); do inside curl -sf http://127.0.0.1:8089/_sandbox/stats > /dev/null && break; sleep 0.2; done
 API_KEY="$(inside curl -sf -X POST http://127.0.0.1:8089/v1/sandbox-user-person | json 'd["Response"][0]["ApiKey"]["api_key"]')"
 
@@ -86,7 +86,7 @@ printf '%s\n' "$API_KEY" > "$ROOT/etc/bunq-sessiond/ops.key"
 config() {  # config ADMIN_USERS: write the daemon's configuration
   cat > "$ROOT/etc/bunq-sessiond/bunq-sessiond.yaml" <<YAML
 bunq: {api_base_url: 'http://127.0.0.1:8089/v1/', oauth_authorize_url: 'http://127.0.0.1:8089/auth',
-       oauth_token_url: 'http://127.0.0.1:8089/v1/token', rate_limits: unlimited}
+       oauth_token_url: 'http://127.0.0.1:8089/v1/token', rate_limits: bunq, rate_limit_scale: 0.1}
 api_keys:
   - {name: ops, key_file: /etc/bunq-sessiond/ops.key}
 access: {admin: {users: [$1]}, contexts: {"*": {users: [$1]}}}
