@@ -1,0 +1,128 @@
+import Foundation
+import SessionKeeper
+import Synchronization
+import Testing
+
+/// A clock the test moves by hand: sleepers wake when `advance` passes their deadline (or when cancelled).
+final class ManualClock: Clock {
+    struct Instant: InstantProtocol {
+        var offset: Duration
+        func advanced(by duration: Duration) -> Instant { Instant(offset: offset + duration) }
+        func duration(to other: Instant) -> Duration { other.offset - offset }
+        static func < (lhs: Instant, rhs: Instant) -> Bool { lhs.offset < rhs.offset }
+    }
+
+    private struct State {
+        var now = Instant(offset: .zero)
+        var nextId = 0
+        var sleepers: [Int: (deadline: Instant, continuation: CheckedContinuation<Void, any Error>)] = [:]
+    }
+
+    private let state = Mutex(State())
+    var now: Instant { state.withLock { $0.now } }
+    var minimumResolution: Duration { .nanoseconds(1) }
+
+    func sleep(until deadline: Instant, tolerance: Duration?) async throws {
+        let id = state.withLock { state in
+            state.nextId += 1
+            return state.nextId
+        }
+        try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+                let resumeNow: Bool = state.withLock { state in
+                    if deadline <= state.now || Task.isCancelled { return true }
+                    state.sleepers[id] = (deadline, continuation)
+                    return false
+                }
+                if resumeNow { continuation.resume() }
+            }
+        } onCancel: {
+            let sleeper = state.withLock { $0.sleepers.removeValue(forKey: id) }
+            sleeper?.continuation.resume(throwing: CancellationError())
+        }
+    }
+
+    func advance(by duration: Duration) {
+        let due = state.withLock { state in
+            state.now = state.now.advanced(by: duration)
+            let due = state.sleepers.filter { $0.value.deadline <= state.now }
+            for id in due.keys { state.sleepers[id] = nil }
+            return due.values.map(\.continuation)
+        }
+        for continuation in due { continuation.resume() }
+    }
+}
+
+/// A bunq for the virtual-time scheduler: sessions anchored to the (steppable) wall clock at the request, as
+/// BunqClient anchors them, and each token's true end on the monotonic clock.
+final class VirtualBunq: SessionRenewer {
+    let clock: ManualClock
+    let wall: @Sendable () -> Date
+    let lifetime: TimeInterval
+    let trueEnd = Mutex<[String: ManualClock.Instant]>([:])
+    let calls = Mutex<[String: Int]>([:])
+
+    init(clock: ManualClock, wall: @escaping @Sendable () -> Date, lifetime: TimeInterval) {
+        self.clock = clock
+        self.wall = wall
+        self.lifetime = lifetime
+    }
+
+    func prepare(_ context: String) async -> Result<Void, RenewalError> { .success(()) }
+
+    func openSession(_ context: String) async -> Result<SessionInfo, RenewalError> {
+        let count = calls.withLock { $0[context, default: 0] += 1; return $0[context]! }
+        let token = "\(context)-\(count)"
+        trueEnd.withLock { $0[token] = clock.now.advanced(by: .seconds(lifetime)) }
+        let sent = wall()
+        return .success(SessionInfo(token: token, userId: 1, created: sent, expiresAt: sent.addingTimeInterval(lifetime)))
+    }
+}
+
+@Suite struct VirtualClockSchedulerTests {
+    /// The real scheduler actor on a virtual monotonic clock, while the wall clock jumps 10 minutes ahead, then
+    /// 20 minutes back: no token is handed out past its true end, and renewals keep their pace (no loop, no gap).
+    @Test func aSteppingWallClockMovesNoDeadline() async throws {
+        let clock = ManualClock()
+        let wallOffset = Mutex<TimeInterval>(0)
+        let base = Date()
+        let start = clock.now
+        let wall: @Sendable () -> Date = {
+            base.addingTimeInterval(start.duration(to: clock.now).seconds + wallOffset.withLock { $0 })
+        }
+        let bunq = VirtualBunq(clock: clock, wall: wall, lifetime: 60)
+        let scheduler = SessionScheduler(policy: RenewalPolicy(), budget: SessionServerBudget(scale: 0.1), renewer: bunq,
+                                         clock: clock, wallClock: wall)
+        let names = ["a", "b", "c"]
+        for name in names { await scheduler.add(name, session: nil) }
+        let loop = Task { await scheduler.run() }
+        var pastTrueEnd = 0, granted = 0
+        for step in 1...1_200 {  // 600 virtual seconds in half-second steps
+            clock.advance(by: .milliseconds(500))
+            if step == 240 { wallOffset.withLock { $0 = 600 } }     // at 2 min: the wall clock jumps 10 min ahead
+            if step == 600 { wallOffset.withLock { $0 = -600 } }    // at 5 min: and 20 min back
+            try await Task.sleep(for: .milliseconds(2))
+            for name in names {
+                if case .granted(let token, _, _, _, _)? = await scheduler.lease(name) {
+                    granted += 1
+                    let end = try #require(bunq.trueEnd.withLock { $0[token] })
+                    // The token rule's margin for 60-s sessions is 6 s.
+                    if clock.now.duration(to: end) < .seconds(6) { pastTrueEnd += 1 }
+                }
+            }
+        }
+        loop.cancel()
+        await loop.value
+        #expect(granted > 3_000, "tokens were handed out throughout: \(granted)")
+        #expect(pastTrueEnd == 0, "no token handed out within 6 s of its true end")
+        let calls = bunq.calls.withLock { $0 }
+        // 600 s of 60-s sessions renewed at 65–85% of their life: 12 to 16 sessions each, whatever the wall clock did.
+        #expect(names.allSatisfy { (11...17).contains(calls[$0] ?? 0) }, "renewals on schedule: \(calls)")
+        let status = await scheduler.budgetStatus()
+        #expect(abs(status.utilisation - 3 * 86_400 / 45 / 28_800) < 0.01, "3 identities of 60 s at a tenth: \(status)")
+    }
+}
+
+extension Duration {
+    fileprivate var seconds: TimeInterval { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
+}
