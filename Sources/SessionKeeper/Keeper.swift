@@ -256,9 +256,16 @@ public final class Keeper: Service, Sendable {
     func watchBudget(interval: Duration = .seconds(10)) async {
         var level = 0  // 0: fine, 1: above 80%, 2: above 100%
         var lastLate = -1
+        var round = 0
         while !Task.isCancelled {
-            let status = await scheduler.budgetStatus()
+            // The forecast (above 100%) walks every renewal due within a day: once a minute is enough.
+            let status = await scheduler.budgetStatus(forecast: level < 2 || round % 6 == 0)
+            round += 1
             budgetState.withLock { $0 = status }
+            guard status.availablePerDay.isFinite else {  // `rate_limits: unlimited`: nothing to warn about
+                try? await Task.sleep(for: interval)
+                continue
+            }
             let now = status.utilisation > 1 ? 2 : status.utilisation > 0.8 ? 1 : 0
             let metadata: Logger.Metadata = [
                 "bunq.utilisation": "\(Int((status.utilisation * 100).rounded()))%",

@@ -78,6 +78,8 @@ public struct RenewalPlanner<Random: RandomNumberGenerator & Sendable>: Sendable
     public private(set) var preparingCount = 0
     /// The context whose session-server call is under way (one at a time).
     public private(set) var calling: String?
+    /// The calling entry's sequence: nil once it was removed (its answer then only closes the call).
+    private var callingSequence: Int?
     /// No session-server call before this: the end of the last one plus the spacing, or a 429's push-back.
     public private(set) var sessionServerOpensAt: Date?
     /// Sum over contexts of the sessions a day each needs.
@@ -110,11 +112,13 @@ public struct RenewalPlanner<Random: RandomNumberGenerator & Sendable>: Sendable
         schedule(name, at: max(now, entry.renewAt ?? now))
     }
 
+    /// Forgets the context. A session-server call of its that is under way still holds the budget until it ends
+    /// (`succeeded` or `failed` for it then only closes the call): bunq counts it either way.
     public mutating func remove(_ name: String) {
         guard let entry = entries[name] else { return }
         if entry.phase != .idle { inFlightCount -= 1 }
         if entry.phase == .preparing { preparingCount -= 1 }
-        if calling == name { calling = nil }
+        if calling == name { callingSequence = nil }
         setLifetime(name, nil)
         entries[name] = nil
     }
@@ -172,6 +176,7 @@ public struct RenewalPlanner<Random: RandomNumberGenerator & Sendable>: Sendable
         let name = pick == .session ? queuedSessions.removeMin().name : queuedNew.removeMin().name
         entries[name]?.phase = .calling
         calling = name
+        callingSequence = entries[name]?.sequence
         return name
     }
 
@@ -213,7 +218,7 @@ public struct RenewalPlanner<Random: RandomNumberGenerator & Sendable>: Sendable
     /// A renewal produced `session`. Returns the new generation.
     @discardableResult
     public mutating func succeeded(_ name: String, session: SessionInfo, now: Date) -> Int {
-        guard var entry = entries[name] else { return 0 }
+        guard !endOrphanedCall(name, now: now), var entry = entries[name] else { return 0 }
         finish(name, &entry, now: now, rateLimited: false)
         entry.session = session
         entry.hadSession = true
@@ -238,7 +243,7 @@ public struct RenewalPlanner<Random: RandomNumberGenerator & Sendable>: Sendable
     /// `requestRenewal`. Returns whether the context just entered `needs_attention` (to log that once).
     @discardableResult
     public mutating func failed(_ name: String, error: RenewalError, now: Date) -> Bool {
-        guard var entry = entries[name] else { return false }
+        guard !endOrphanedCall(name, now: now), var entry = entries[name] else { return false }
         finish(name, &entry, now: now, rateLimited: error.isRateLimited)
         entry.failures += 1
         entry.lastError = error.message
@@ -259,13 +264,24 @@ public struct RenewalPlanner<Random: RandomNumberGenerator & Sendable>: Sendable
         return enteredAttention
     }
 
+    /// The answer to a call whose context was removed (and perhaps added anew) meanwhile: it closes the call and
+    /// changes nothing else. Returns whether it was one.
+    private mutating func endOrphanedCall(_ name: String, now: Date) -> Bool {
+        guard calling == name, callingSequence == nil || entries[name]?.sequence != callingSequence else { return false }
+        calling = nil
+        callingSequence = nil
+        sessionServerOpensAt = now.addingTimeInterval(budget.spacing)
+        return true
+    }
+
     /// Ends the context's renewal; a session-server call's end opens the budget one spacing later (a 429: one
     /// spacing from now, which is the same, as the call just ended).
     private mutating func finish(_ name: String, _ entry: inout Entry, now: Date, rateLimited: Bool) {
         if entry.phase != .idle { inFlightCount -= 1 }
         if entry.phase == .preparing { preparingCount -= 1 }
-        if calling == name {
+        if calling == name, entry.phase == .calling {
             calling = nil
+            callingSequence = nil
             sessionServerOpensAt = now.addingTimeInterval(budget.spacing)
         }
         entry.phase = .idle
@@ -371,9 +387,10 @@ public struct RenewalPlanner<Random: RandomNumberGenerator & Sendable>: Sendable
     // MARK: The budget
 
     /// Demand against supply of session-server calls, and (above 100%) who will run late.
-    public func budgetStatus(now: Date, forecastHorizon: TimeInterval = 86_400) -> BudgetStatus {
+    /// `forecastHorizon` nil skips the forecast.
+    public func budgetStatus(now: Date, forecastHorizon: TimeInterval? = 86_400) -> BudgetStatus {
         var status = BudgetStatus(neededPerDay: demandPerDay, availablePerDay: budget.availablePerDay, late: [])
-        if status.utilisation > 1 { status.late = forecastLate(now: now, horizon: forecastHorizon) }
+        if status.utilisation > 1, let forecastHorizon { status.late = forecastLate(now: now, horizon: forecastHorizon) }
         return status
     }
 

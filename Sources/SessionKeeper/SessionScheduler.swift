@@ -44,6 +44,8 @@ public actor SessionScheduler<C: Clock> where C.Duration == Duration {
     public private(set) var ticks: UInt64 = 0
     /// The longest the loop sleeps without a deadline, so a healthy loop ticks at least this often.
     private var maxSleep: TimeInterval = 10
+    /// Who the last budget forecast said would run late.
+    private var lastLate: [String] = []
 
     public init(policy: RenewalPolicy, budget: SessionServerBudget = SessionServerBudget(), renewer: any SessionRenewer,
                 maxConcurrent: Int = 8, clock: C, wallClock: @escaping @Sendable () -> Date = Date.init) {
@@ -212,9 +214,12 @@ public actor SessionScheduler<C: Clock> where C.Duration == Duration {
         outbound(planner.nextDeadline())
     }
 
-    /// The session-server budget: demand, supply and (above 100%) who will run late.
-    public func budgetStatus() -> BudgetStatus {
-        planner.budgetStatus(now: now)
+    /// The session-server budget: demand, supply and (above 100%, with `forecast`) who will run late; without
+    /// `forecast`, the last forecast's list.
+    public func budgetStatus(forecast: Bool = true) -> BudgetStatus {
+        var status = planner.budgetStatus(now: now, forecastHorizon: forecast ? 86_400 : nil)
+        if forecast { lastLate = status.late } else if status.utilisation > 1 { status.late = lastLate }
+        return status
     }
 
     /// Renews now (also out of `needs_attention`) and returns once the new session is live or the attempt failed.

@@ -260,7 +260,8 @@ public final class SocketService: Sendable {
                 "ready": ready.load(ordering: .acquiring),
                 "contexts": contexts,
                 "next_renewal_at": await keeper.scheduler.nextDeadline().map(JSONText.timestamp) ?? NSNull(),
-                "budget": ["session_server": Self.budgetJSON(await keeper.scheduler.budgetStatus())],
+                // As last checked (every 10 s): a caller cannot make the daemon run the forecast.
+                "budget": ["session_server": Self.budgetJSON(keeper.budget)],
             ])
         }
     }

@@ -110,7 +110,63 @@ struct Bench {
             + "`session.get` \(Int(bigGet.rate)) /s, p99 \(format(bigGet.p99)) |"
         print(bigRow)
         rows.append(bigRow)
+        big.stop()
+
+        // 3. The session-server budget under saturation: bunq's limits on both sides, scaled to a hundredth (one
+        // call per 0.3 s) so a minute stands for 100; 40 identities of 10-s sessions want 160% of it.
+        rows.append(try budgetRow(bin: bin, work: work, seconds: max(20, seconds * 4)))
+        print(rows.last!)
         print("\nREADME rows:\n" + rows.joined(separator: "\n"))
+    }
+
+    /// Session-server calls the daemon sustains per IP, as a day at bunq's real window, against its 2,880.
+    static func budgetRow(bin: String, work: String, seconds: Double) throws -> String {
+        let scale = 0.01
+        let sandbox = try Child(bin + "/bunq-sandbox", ["--port", "0", "--session-timeout", "10",
+                                                      "--rate-limit-scale", "\(scale)"], log: work + "/budget-sandbox.log")
+        defer { sandbox.stop() }
+        guard sandbox.waitFor("listening on", timeout: 20), let base = sandbox.log.split(separator: "\n").first?
+            .replacingOccurrences(of: "listening on ", with: "") else { fatalError("bunq-sandbox did not start") }
+        var keys = ""
+        for index in 0..<40 {
+            var key: String?
+            for _ in 0..<50 where key == nil {
+                key = try? sandboxAPIKey(base)
+                if key == nil { usleep(20_000) }
+            }
+            guard let key else { throw BenchError("no API key from the sandbox") }
+            try key.write(toFile: work + "/budget-\(index).key", atomically: true, encoding: .utf8)
+            keys += "  - {name: id-\(index), key_file: \(work)/budget-\(index).key}\n"
+        }
+        let config = work + "/budget.yaml"
+        try """
+            bunq: {api_base_url: '\(base)/v1/', oauth_authorize_url: '\(base)/auth', oauth_token_url: '\(base)/v1/token',
+                   rate_limits: bunq, rate_limit_scale: \(scale)}
+            socket: {path: \(work)/budget.socket}
+            state: {directory: \(work)/budget-state}
+            api_keys:
+            \(keys)
+            """.write(toFile: config, atomically: true, encoding: .utf8)
+        let daemon = try Child(bin + "/bunq-sessiond", ["--config", config], log: work + "/budget.log")
+        defer { daemon.stop() }
+        guard daemon.waitFor("[bunq_sessiond] ready", timeout: 120) else { fatalError("not ready: \(daemon.log.suffix(2000))") }
+        Thread.sleep(forTimeInterval: 2)
+        let (calls0, at0) = (try sessionServerCalls(base), Date())
+        Thread.sleep(forTimeInterval: seconds)
+        let (calls1, at1) = (try sessionServerCalls(base), Date())
+        let perDay = Double(calls1 - calls0) / at1.timeIntervalSince(at0) * 86_400 * scale
+        let limited = try stats(base)["rate_limited"] as? Int ?? -1
+        return "| session renewals sustained per IP, saturated (160% demand) | \(Int(perDay)) per day at bunq's 30 s | "
+            + String(format: "%.1f%% of 2,880", perDay / 2_880 * 100) + " | \(limited) answered 429 |"
+    }
+
+    static func stats(_ base: String) throws -> [String: Any] {
+        let output = try run(["curl", "-sf", base + "/_sandbox/stats"])
+        return (try JSONSerialization.jsonObject(with: Data(output.utf8)) as? [String: Any]) ?? [:]
+    }
+
+    static func sessionServerCalls(_ base: String) throws -> Int {
+        (try stats(base)["requests"] as? [String: Any])?["POST /v1/session-server"] as? Int ?? 0
     }
 
     // MARK: Load

@@ -159,4 +159,23 @@ import TestSupport
         }
         #expect(daemon.log.contains("clock skew with bunq"), "the skew is reported")
     }
+
+    /// Unlimited on purpose: `rate_limits: unlimited` is what this test is about (the mode for an emulator run
+    /// with `--rate-limits off`): no budget, no warning, sessions as usual.
+    @Test func unlimitedHasNoBudget() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let sandbox = try await Sandbox.start(in: dir, [], limits: .off)
+        defer { _ = sandbox.child.stop() }
+        let config = try writeConfig(dir, sandbox: sandbox, apiKey: try sandbox.newAPIKey(), provider: true)
+        let daemon = try ChildProcess(Binaries.daemon, ["--config", config], log: dir.path("daemon.log"))
+        defer { _ = daemon.stop() }
+        #expect(await daemon.waitFor(.seconds(30)) { _ in Self.states(dir.path("socket")).values.filter { $0 == "live" }.count == 2 })
+        try await Task.sleep(for: .seconds(1))
+        let status = try #require(result(try RawSocketClient(dir.path("socket"))
+            .call(#"{"jsonrpc":"2.0","id":1,"method":"daemon.status"}"#)))
+        let budget = try #require((status["budget"] as? [String: Any])?["session_server"] as? [String: Any])
+        #expect(budget["available_per_day"] is NSNull, "no limit: \(budget)")
+        #expect(daemon.process.isRunning && !daemon.log.contains("budget"), "\(daemon.log.suffix(1_000))")
+    }
 }

@@ -159,4 +159,19 @@ extension RenewalPlanner {
         #expect(planner.takeDue(now: at.addingTimeInterval(2.9)).isEmpty, "no call within a window of the 429")
         #expect(planner.takeDue(now: at.addingTimeInterval(3.1)).count == 1)
     }
+
+    @Test func aRemovedContextsCallHoldsTheBudgetUntilItEndsAndChangesNothing() {
+        var planner = RenewalPlanner(policy: RenewalPolicy(), budget: SessionServerBudget(scale: 0.1), random: SeededRandom(seed: 9))
+        planner.add("a", session: nil, now: t0)
+        planner.add("b", session: nil, now: t0)
+        #expect(planner.takeDue(now: t0) == ["a"])
+        planner.remove("a")
+        planner.add("a", session: nil, now: t0)  // removed and added anew while its call is under way
+        #expect(planner.takeDue(now: t0.addingTimeInterval(10)).isEmpty, "the call under way still holds the budget")
+        let late = t0.addingTimeInterval(12)
+        #expect(planner.succeeded("a", session: session(t0, token: "old"), now: late) == 0, "the old call's answer is dropped")
+        #expect(planner.schedule("a", now: late)?.generation == 0, "the new context is untouched")
+        #expect(planner.takeDue(now: late.addingTimeInterval(3)).isEmpty, "one window after that call ended")
+        #expect(planner.takeDue(now: late.addingTimeInterval(3.1)).count == 1)
+    }
 }
