@@ -209,7 +209,8 @@ public final class Keeper: Service, Sendable {
         for name in names {
             if leases.entry(name)?.grantable(at: now) != nil { continue }
             // A failed first attempt settles it too: the STATUS line then says it is failing.
-            guard let schedule = await scheduler.schedule(name), schedule.consecutiveFailures == 0,
+            // A first session that came and went (its renewal waiting for the budget) settles it as well.
+            guard let schedule = await scheduler.schedule(name), schedule.consecutiveFailures == 0, schedule.generation == 0,
                   schedule.state != .needsAttention, schedule.state != .removed else { continue }
             pending.append(name)
         }

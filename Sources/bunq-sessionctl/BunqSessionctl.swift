@@ -97,6 +97,13 @@ extension BunqSessionctl {
                 + "up \(daemon["uptime_seconds"] ?? 0)s  contexts: \(counts["total"] ?? 0) "
                 + "(\(counts["live"] ?? 0) live, \(counts["retrying"] ?? 0) retrying, \(counts["expired"] ?? 0) expired, "
                 + "\(counts["needs_attention"] ?? 0) need attention)")
+            if let budget = (daemon["budget"] as? [String: Any])?["session_server"] as? [String: Any],
+               let available = budget["available_per_day"] as? Double, let utilisation = budget["utilisation"] as? Double {
+                var line = "session-server budget: \(Int((utilisation * 100).rounded()))% "
+                    + "(\(Int((budget["needed_per_day"] as? Double ?? 0).rounded())) of \(Int(available)) sessions a day)"
+                if let late = budget["will_run_late"] as? Int { line += ", \(late) will run late" }
+                print(line)
+            }
             print("")
             print(table(["CONTEXT", "KIND", "STATE", "EXPIRES", "RENEWS", "FAILURES", "LAST ERROR"], statuses.map { status in
                 [status["context"] as? String ?? "?", status["kind"] as? String ?? "?", status["state"] as? String ?? "?",

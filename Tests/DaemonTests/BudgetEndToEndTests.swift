@@ -178,4 +178,26 @@ import TestSupport
         #expect(budget["available_per_day"] is NSNull, "no limit: \(budget)")
         #expect(daemon.process.isRunning && !daemon.log.contains("budget"), "\(daemon.log.suffix(1_000))")
     }
+
+    /// Demand above 80% and above 100% of the (scaled) budget: each warning is logged, once, and the status
+    /// shows the utilisation.
+    @Test(arguments: [(identities: 2, lifetime: 9, message: "session-server budget above 80%", percent: 89),
+                      (identities: 3, lifetime: 10, message: "session-server budget exceeded", percent: 120)])
+    func theBudgetWarnsAbove80And100Percent(_ load: (identities: Int, lifetime: Int, message: String, percent: Int)) async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let sandbox = try await Sandbox.start(in: dir, ["--session-timeout", "\(load.lifetime)"])
+        defer { _ = sandbox.child.stop() }
+        let config = try writeConfig(dir, sandbox: sandbox, apiKey: try sandbox.newAPIKey(), provider: false,
+                                     moreKeys: try (1..<load.identities).map { _ in try sandbox.newAPIKey() })
+        let daemon = try ChildProcess(Binaries.daemon, ["--config", config], log: dir.path("daemon.log"))
+        defer { _ = daemon.stop() }
+        #expect(await daemon.waitFor(.seconds(40)) { $0.contains(load.message) }, "\(daemon.log.suffix(1_500))")
+        let status = try Command.check([Binaries.directory.appendingPathComponent("bunq-sessionctl").path, "status",
+                                        "--socket", dir.path("socket")])
+        #expect(status.stdoutText.contains("session-server budget: \(load.percent)%"), "\(status.stdoutText)")
+        try await Task.sleep(for: .seconds(11))
+        #expect(daemon.log.components(separatedBy: load.message).count == 2, "logged once, not every check")
+        #expect(try sandbox.stat("rate_limited") == 0)
+    }
 }

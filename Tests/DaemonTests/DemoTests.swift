@@ -16,6 +16,7 @@ import TestSupport
         #expect(output.status == 0, "\(output.stderrText)")
         #expect(text.contains("connected: user-"), "\(text)")
         #expect(text.contains("contexts: 3 (3 live"), "\(text)")
+        #expect(text.contains("session-server budget: "), "the status shows the budget: \(text)")
         #expect(text.contains("stopped."))
         // Nothing is left running from the demo's folder.
         let leftovers = try Command.run(["pgrep", "-f", dir.path("demo")])
