@@ -60,14 +60,24 @@ import TestSupport
         let start = ContinuousClock.now
         var offsets: [Duration] = []
         for _ in 0..<6 { offsets.append(await limiter.reserve(method: "GET", endpoint: "user") - start) }
-        let slots = offsets.map { Int(($0 / .milliseconds(100)).rounded()) }
-        #expect(slots == [0, 0, 3, 3, 6, 6])
+        // Each window is kept 50 ms (at least 5%) stricter than bunq's: 350 ms apart.
+        let slots = offsets.map { Int(($0 / .milliseconds(50)).rounded()) }
+        #expect(slots == [0, 0, 7, 7, 14, 14])
         #expect(await limiter.reserve(method: "POST", endpoint: "user") - ContinuousClock.now < .milliseconds(50))
 
         let bunq = BunqRateLimiter(mode: .bunq)
         let first = await bunq.reserve(method: "POST", endpoint: "session-server")
         let second = await bunq.reserve(method: "POST", endpoint: "session-server")
         #expect(second - first >= .seconds(30), "session-server: one per 30 s, shared by every identity")
+        // A 429 pushes that endpoint's window back by a whole window; an exempt endpoint is not limited here.
+        let scaled = BunqRateLimiter(mode: .bunq, scale: 0.1, exempt: [BunqRateLimiter.sessionServer])
+        await scaled.rateLimited(method: "GET", endpoint: "user")
+        #expect(await scaled.reserve(method: "GET", endpoint: "user") - ContinuousClock.now > .milliseconds(300))
+        #expect(await scaled.reserve(method: "GET", endpoint: "user/{id}") - ContinuousClock.now < .milliseconds(50))
+        for _ in 0..<3 {
+            #expect(await scaled.reserve(method: "POST", endpoint: "session-server") - ContinuousClock.now < .milliseconds(50),
+                    "the keeper's scheduler grants session-server itself")
+        }
         #expect(BunqRateLimiter.endpointKey("user/1822179/oauth-client/42") == "user/{id}/oauth-client/{id}")
         #expect(BunqRateLimiter.endpointKey("session-server") == "session-server")
     }

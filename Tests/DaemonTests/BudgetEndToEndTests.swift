@@ -53,6 +53,9 @@ import TestSupport
         defer { _ = sandbox.child.stop() }
         let config = try writeConfig(dir, sandbox: sandbox, apiKey: try sandbox.newAPIKey(), provider: false,
                                      moreKeys: try (1...9).map { _ in try sandbox.newAPIKey() })
+        // Making ten sandbox users quickly can meet the sandbox's POST limit (the harness waits those out): only
+        // 429s from here on are the daemon's.
+        let limitedBefore = try sandbox.stat("rate_limited")
         let daemon = try ChildProcess(Binaries.daemon, ["--config", config], log: dir.path("daemon.log"))
         defer { _ = daemon.stop() }
         let names = ["ops"] + (1...9).map { "id-\($0)" }
@@ -76,7 +79,7 @@ import TestSupport
         #expect(checked > 300, "tokens were checked: \(checked)")
         #expect(refused.isEmpty, "every token handed out works: \(refused)")
         #expect(names.allSatisfy { (generations[$0]?.count ?? 0) >= 3 }, "each renewed through the run: \(generations)")
-        #expect(try sandbox.stat("rate_limited") == 0, "no 429")
+        #expect(try sandbox.stat("rate_limited") == limitedBefore, "no 429 caused by the daemon")
         let status = try #require(result(try RawSocketClient(dir.path("socket"))
             .call(#"{"jsonrpc":"2.0","id":1,"method":"daemon.status"}"#)))
         let budget = try #require((status["budget"] as? [String: Any])?["session_server"] as? [String: Any])
@@ -190,6 +193,7 @@ import TestSupport
         defer { _ = sandbox.child.stop() }
         let config = try writeConfig(dir, sandbox: sandbox, apiKey: try sandbox.newAPIKey(), provider: false,
                                      moreKeys: try (1..<load.identities).map { _ in try sandbox.newAPIKey() })
+        let limitedBefore = try sandbox.stat("rate_limited")
         let daemon = try ChildProcess(Binaries.daemon, ["--config", config], log: dir.path("daemon.log"))
         defer { _ = daemon.stop() }
         #expect(await daemon.waitFor(.seconds(40)) { $0.contains(load.message) }, "\(daemon.log.suffix(1_500))")
@@ -198,6 +202,6 @@ import TestSupport
         #expect(status.stdoutText.contains("session-server budget: \(load.percent)%"), "\(status.stdoutText)")
         try await Task.sleep(for: .seconds(11))
         #expect(daemon.log.components(separatedBy: load.message).count == 2, "logged once, not every check")
-        #expect(try sandbox.stat("rate_limited") == 0)
+        #expect(try sandbox.stat("rate_limited") == limitedBefore)
     }
 }
