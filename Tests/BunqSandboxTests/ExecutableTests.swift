@@ -14,6 +14,7 @@ import TestSupport
         #expect(FileManager.default.isExecutableFile(atPath: Self.binary), "build it first: swift build --build-tests")
         let process = Process()
         process.executableURL = URL(fileURLWithPath: Self.binary)
+        // Limits off: this test is about the executable's flags and first line, not the limits (LimitsAndFaultsTests).
         process.arguments = ["--port", "0", "--session-timeout", "5", "--rate-limits", "off"]
         let output = Pipe()
         process.standardOutput = output

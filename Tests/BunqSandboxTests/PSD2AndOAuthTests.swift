@@ -34,6 +34,7 @@ extension SandboxTestClient {
 @Suite struct PSD2Tests {
     @Test func providerRegistersAndItsFirstSessionIsShort() async throws {
         let eidas = try PseudoEIDAS.make()
+        // Limits off: two sessions a second apart test the first-session rule, not the session-server limit.
         try await BunqSandbox.test(SandboxConfiguration(sessionTimeout: 60, psd2FirstSessionTimeout: 1, rateLimits: false)) { client in
             try await client.install()
             let reply = try await client.registerPSD2(eidas)

@@ -98,6 +98,7 @@ import Testing
         }
     }
 
+    // Limits off in both expiry tests: they open sessions seconds apart to test expiry, not the session-server limit.
     @Test func sessionsExpireServerSideAndCanBeEnded() async throws {
         try await BunqSandbox.test(SandboxConfiguration(sessionTimeout: 1, rateLimits: false)) { client in
             let apiKey = try await client.sandboxUser()

@@ -14,6 +14,7 @@ import TestSupport
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
         _ = try dir.write("ops.key", "sandbox_abc\n")
+        // Only validated, never run: no bunq call is made.
         let base = """
             bunq: {environment: sandbox, rate_limits: unlimited}
             state: {directory: \(dir.path("state"))}
