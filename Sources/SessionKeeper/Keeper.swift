@@ -26,8 +26,8 @@ public final class Keeper: Service, Sendable {
     public let restored = OneShotSignal()
     /// The session-server budget as `watchBudget` last saw it.
     let budgetState = Mutex(BudgetStatus(neededPerDay: 0, availablePerDay: 0, late: []))
-    /// What a reload can change: the API-key identities and the renewal policy.
-    let reloadable: Mutex<(apiKeys: [KeeperConfiguration.APIKeyIdentity], policy: RenewalPolicy)>
+    /// The API-key identities as a reload last set them (the renewal policy lives in the scheduler).
+    let apiKeys: Mutex<[KeeperConfiguration.APIKeyIdentity]>
 
     /// Opens the store and the bunq client. `psd2` is the provider's checked material, when one is configured.
     public init(configuration: KeeperConfiguration, psd2: PSD2Material?, logger: Logger) throws {
@@ -43,7 +43,7 @@ public final class Keeper: Service, Sendable {
         client = try BunqClient(endpoints: configuration.endpoints, rateLimiter: limiter,
                                 psd2FirstSessionTimeout: configuration.psd2FirstSessionTimeout)
         cache = ContextCache()
-        reloadable = Mutex((configuration.apiKeys, configuration.policy))
+        apiKeys = Mutex(configuration.apiKeys)
         let renewer = BunqRenewer(client: client, store: store, cache: cache, psd2: psd2,
                                   deviceDescription: configuration.deviceDescription, logger: logger)
         scheduler = SessionScheduler(policy: configuration.policy, budget: configuration.sessionServerBudget,
@@ -177,9 +177,9 @@ public final class Keeper: Service, Sendable {
     /// removed ones ended at bunq and forgotten, changed keys registered anew; `needs_attention` contexts are
     /// retried (a reload is how an operator says "I fixed it"). Other settings need a restart.
     public func applyReload(_ new: KeeperConfiguration) async throws {
-        let old = reloadable.withLock { state in
-            defer { state = (new.apiKeys, new.policy) }
-            return state.apiKeys
+        let old = apiKeys.withLock { keys in
+            defer { keys = new.apiKeys }
+            return keys
         }
         await scheduler.setPolicy(new.policy)
         for identity in old where !new.apiKeys.contains(where: { $0.name == identity.name && $0.key == identity.key }) {
@@ -204,7 +204,7 @@ public final class Keeper: Service, Sendable {
     /// started after bunq-sessiond finds its identities live; OAuth users (possibly very many) are not waited for.
     public func startupPending(at now: ContinuousClock.Instant = .now) async -> [String] {
         var names = configuration.provider == nil ? [] : ["provider"]
-        names += reloadable.withLock { $0.apiKeys.map(\.name) }
+        names += apiKeys.withLock { $0.map(\.name) }
         var pending: [String] = []
         for name in names {
             if leases.entry(name)?.grantable(at: now) != nil { continue }
