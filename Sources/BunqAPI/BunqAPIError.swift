@@ -7,8 +7,12 @@ public struct BunqAPIError: Error, Sendable, CustomStringConvertible {
         case transient
         /// 429: bunq's rate limit; retry after backoff.
         case rateLimited = "rate_limited"
-        /// 401/403 "Insufficient authentication/authorisation": the session is gone; renew once.
+        /// 401, or 403 "Insufficient authentication/authorisation." (bunq uses either status with either
+        /// wording): the session is gone; renew once.
         case sessionInvalid = "session_invalid"
+        /// Any other 403 ("You're not allowed to make this call."): the session is alive but may not do this
+        /// (another user's id, a permission the grant lacks). Renewing cannot help.
+        case permissionDenied = "permission_denied"
         /// "User credentials are incorrect", a revoked grant, an invalid OAuth client: a human must act.
         case credentialsRejected = "credentials_rejected"
         /// 466: the call needs a signature.
@@ -70,12 +74,23 @@ public struct BunqAPIError: Error, Sendable, CustomStringConvertible {
         case 429: kind = .rateLimited
         case 466: kind = .signatureRequired
         case 491, 500...599: kind = .transient
-        case 401, 403: kind = message.contains("credentials are incorrect") ? .credentialsRejected : .sessionInvalid
+        case 401 where message.contains("credentials are incorrect"), 403 where message.contains("credentials are incorrect"):
+            kind = .credentialsRejected
+        case 401: kind = .sessionInvalid
+        case 403: kind = isDeadSessionText(message) ? .sessionInvalid : .permissionDenied
         case 400 where message.contains("User credentials are incorrect"): kind = .credentialsRejected
         case 400 where message.contains("request signature is invalid"): kind = .signatureInvalid
         default: kind = .badRequest
         }
         return BunqAPIError(kind, endpoint: endpoint, status: status, message: message, responseId: responseId)
+    }
+
+    /// bunq's words for a session that no longer exists: "Insufficient authentication." or "Insufficient
+    /// authorisation." (either spelling of the latter), whatever the status.
+    static func isDeadSessionText(_ message: String) -> Bool {
+        let text = message.lowercased()
+        return text.contains("insufficient authentication") || text.contains("insufficient authorisation")
+            || text.contains("insufficient authorization")
     }
 
     static func transport(_ error: HTTPClientError, endpoint: String) -> BunqAPIError {

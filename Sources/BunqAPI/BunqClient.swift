@@ -23,15 +23,22 @@ public final class BunqClient: Sendable {
     public let rateLimiter: BunqRateLimiter
     /// Lifetime of a PSD2 provider's first session (bunq: one hour); its user object reports the full timeout.
     public let psd2FirstSessionTimeout: Int
+    /// `permitted_ips` of the devices this client registers (`"*"`: any address).
+    public let permittedIPs: [String]
     let http: HTTPClient
 
+    /// `sourceAddress`: the local address calls leave from (an egress IP of this host); nil: the kernel's choice.
     public init(endpoints: BunqEndpoints, rateLimiter: BunqRateLimiter, psd2FirstSessionTimeout: Int = 3_600,
+                permittedIPs: [String] = ["*"], sourceAddress: String? = nil,
                 connectTimeout: Duration = .seconds(10), timeout: Duration = .seconds(30)) throws {
         self.endpoints = endpoints
         self.rateLimiter = rateLimiter
         self.psd2FirstSessionTimeout = psd2FirstSessionTimeout
-        self.http = try HTTPClient(configuration: .init(connectTimeout: connectTimeout, timeout: timeout,
-                                                        caFile: endpoints.caFile, maxResponseBytes: 4 << 20))
+        self.permittedIPs = permittedIPs
+        var configuration = HTTPClient.Configuration(connectTimeout: connectTimeout, timeout: timeout,
+                                                     caFile: endpoints.caFile, maxResponseBytes: 4 << 20)
+        configuration.localAddress = sourceAddress
+        self.http = try HTTPClient(configuration: configuration)
     }
 
     public func shutdown() async {
@@ -70,11 +77,12 @@ public final class BunqClient: Sendable {
             .string("token_value")
     }
 
-    /// `POST /v1/device-server`: binds `secret` to the installation. Once per installation.
+    /// `POST /v1/device-server`: binds `secret` to the installation and to `permittedIPs` (default: the
+    /// client's). Once per installation.
     public func registerDevice(_ installation: InstallationContext, description: String, secret: String,
-                               permittedIPs: [String] = ["*"]) async throws -> Int {
+                               permittedIPs: [String]? = nil) async throws -> Int {
         let reply = try await send("POST", "device-server", body: [
-            "description": description, "secret": secret, "permitted_ips": permittedIPs,
+            "description": description, "secret": secret, "permitted_ips": permittedIPs ?? self.permittedIPs,
         ], token: installation.token, installation: installation)
         return try reply.require("Id", endpoint: "POST device-server").int("id")
     }

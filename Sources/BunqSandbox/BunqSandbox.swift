@@ -10,9 +10,9 @@ public final class BunqSandbox: Sendable {
     public let configuration: SandboxConfiguration
     /// A few server keys, given to installations in turn: signing with the wrong installation's key shows up.
     private let serverKeys: [RSAPrivateKey]
-    private let store: Mutex<SandboxStore>
+    let store: Mutex<SandboxStore>
     private let limiter: Mutex<SandboxRateLimiter>
-    private let faults = Mutex((nextId: 1, rules: [FaultRule]()))
+    let faults = Mutex((nextId: 1, rules: [FaultRule]()))
 
     /// Generates the server keys; call `run` to serve.
     public init(configuration: SandboxConfiguration = SandboxConfiguration()) async throws {
@@ -79,6 +79,10 @@ public final class BunqSandbox: Sendable {
             case .delay(let milliseconds): try? await Task.sleep(for: .milliseconds(milliseconds))
             case .drop: return nil
             case .status(let status, let message): return reply(SandboxError(status, message), headers, signedBy: nil)
+            case .raw(let status, let contentType, let body):
+                // What a load balancer or a proxy in front of bunq sends: not bunq's envelope, never signed.
+                return ServerResponse(status: status, headers: headers + (contentType.map { [("Content-Type", $0)] } ?? []),
+                                      body: Array(body.utf8))
             case .badSignature: corruptSignature = true
             }
         }
@@ -102,10 +106,22 @@ public final class BunqSandbox: Sendable {
         }
     }
 
-    /// Authentication, signature check and the handler, under the store's lock.
+    /// Headers, authentication, signature check, request-id check and the handler, under the store's lock.
     private static func call(_ route: Route, _ request: ServerRequest, pathIds: [Int], now: Date,
                              store: inout SandboxStore) -> (Result<BunqJSON, SandboxError>, Installation?) {
+        let configuration = store.configuration
         let authentication = request.headers.first(name: "X-Bunq-Client-Authentication")
+        let signature = request.headers.first(name: "X-Bunq-Client-Signature")
+        // The swagger marks User-Agent required on every call, and describes Cache-Control as "required for all
+        // signed requests" (DESCRIPTION.md: for all requests; the swagger wins, the SDKs send both anyway).
+        if !configuration.lenientHeaders {
+            if request.headers.first(name: "User-Agent")?.isEmpty ?? true {
+                return (.failure(.missingHeader("User-Agent")), nil)
+            }
+            if signature != nil, request.headers.first(name: "Cache-Control")?.isEmpty ?? true {
+                return (.failure(.missingHeader("Cache-Control")), nil)
+            }
+        }
         var installation: Installation?
         var session: Session?
         switch route.auth {
@@ -118,15 +134,20 @@ public final class BunqSandbox: Sendable {
             installation = found
         case .session:
             guard let token = authentication, let found = store.sessions[token], found.isLive(at: now) else {
-                let expired = store.configuration.expiredSessionStatus == 403
-                    ? SandboxError.insufficientAuthorisation : SandboxError.insufficientAuthentication
-                return (.failure(expired), nil)
+                return (.failure(store.deadSessionAnswer()), nil)
             }
-            session = found
+            // A session works only from the addresses its device permits.
+            guard store.devices[found.deviceId]?.permits(request.remoteIP) == true else {
+                return (.failure(.credentialsIncorrect), store.installationsById[found.installationId])
+            }
+            if let extra = configuration.sessionExtensionSeconds, found.expiresAt.timeIntervalSince(now) < 30 {
+                store.sessions[token]?.expiresAt = found.expiresAt.addingTimeInterval(TimeInterval(extra))
+            }
+            session = store.sessions[token]
             installation = store.installationsById[found.installationId]
         }
         if let installation {
-            if let signature = request.headers.first(name: "X-Bunq-Client-Signature") {
+            if let signature {
                 do {
                     try installation.clientPublicKey.verify(base64Signature: signature, for: request.body)
                 } catch {
@@ -137,20 +158,40 @@ public final class BunqSandbox: Sendable {
                 store.stats.rejectedSignatures += 1
                 return (.failure(.signatureRequired), installation)
             }
+            if !configuration.allowRequestIdReuse, let requestId = request.headers.first(name: "X-Bunq-Client-Request-Id"),
+               !store.requestIds[installation.id, default: RequestIdLog()].record(requestId) {
+                store.stats.requestIdsRejected += 1
+                return (.failure(.requestIdReused), installation)
+            }
         }
         let body: [String: any Sendable]
         if request.body.isEmpty {
             body = [:]
         } else if let object = try? JSONSerialization.jsonObject(with: Data(request.body)) as? [String: Any] {
-            body = object.compactMapValues { $0 as? String }
+            body = object.compactMapValues(Self.sendable)
         } else {
             return (.failure(.badRequest("The request body is not a JSON object.")), installation)
         }
-        let context = CallContext(body: body, pathIds: pathIds, installation: installation, session: session, now: now)
+        let context = CallContext(body: body, query: queryParameters(request.uri), pathIds: pathIds,
+                                  installation: installation, session: session, remoteIP: request.remoteIP, now: now)
         do {
             return (.success(try route.handler(&store, context)), installation)
         } catch {
             return (.failure(error), installation)
+        }
+    }
+
+    /// A JSON value from `JSONSerialization` as a Sendable one: strings, numbers (booleans read as 0 or 1),
+    /// `JSONNull`, arrays; nested objects are dropped (no handler reads one).
+    private static func sendable(_ value: Any) -> (any Sendable)? {
+        switch value {
+        case let text as String: return text
+        case is NSNull: return JSONNull()
+        case let number as NSNumber:
+            let double = number.doubleValue
+            return double == double.rounded() && abs(double) < 1e15 ? number.intValue : double
+        case let array as [Any]: return array.compactMap(sendable)
+        default: return nil
         }
     }
 
@@ -232,99 +273,5 @@ public final class BunqSandbox: Sendable {
             parameters[name] = parts.count > 1 ? decode(parts[1]) : ""
         }
         return parameters
-    }
-
-    // MARK: - Admin API (/_sandbox/, loopback clients only)
-
-    private func admin(_ request: ServerRequest, _ headers: [(String, String)]) -> ServerResponse {
-        func json(_ status: Int, _ body: BunqJSON) -> ServerResponse {
-            ServerResponse(status: status, headers: headers + [("Content-Type", "application/json")], body: body.serialized)
-        }
-        func failure(_ error: SandboxError) -> ServerResponse { json(error.status, .error(error.description)) }
-
-        guard request.remoteIP == "127.0.0.1" || request.remoteIP == "::1" || request.remoteIP.hasPrefix("127.") else {
-            return failure(SandboxError(403, "The sandbox admin API answers loopback clients only."))
-        }
-        let body = request.body.isEmpty ? [:]
-            : (try? JSONSerialization.jsonObject(with: Data(request.body))) as? [String: Any]
-        guard let body else { return failure(.badRequest("The request body is not a JSON object.")) }
-
-        switch (request.method, request.path) {
-        case ("GET", "/_sandbox/stats"):
-            return json(200, stats())
-        case ("GET", "/_sandbox/faults"):
-            return json(200, .object([("faults", .array(faults.withLock { $0.rules.map(\.json) }))]))
-        case ("POST", "/_sandbox/faults"):
-            do {
-                let rule = try faults.withLock { state throws(SandboxError) in
-                    let rule = try FaultRule.parse(body, id: state.nextId)
-                    state.nextId += 1
-                    state.rules.append(rule)
-                    return rule
-                }
-                return json(200, rule.json)
-            } catch {
-                return failure(error)
-            }
-        case ("DELETE", "/_sandbox/faults"):
-            faults.withLock { $0.rules.removeAll() }
-            return json(200, .object([]))
-        case ("POST", "/_sandbox/revoke"):
-            guard let secret = body["secret"] as? String else {
-                return failure(.badRequest("Field secret is required: an API key, PSD2 token_value or access token."))
-            }
-            let found = store.withLock { store in
-                guard store.credentials[secret] != nil else { return false }
-                store.credentials[secret]?.revoked = true
-                return true
-            }
-            return found ? json(200, .object([("revoked", true)])) : failure(.notFound("Credential"))
-        case ("POST", "/_sandbox/oauth/approve-as"):
-            return approveAs(body, json: json, failure: failure)
-        default:
-            return failure(.notFound("Sandbox admin route"))
-        }
-    }
-
-    private func approveAs(_ body: [String: Any], json: (Int, BunqJSON) -> ServerResponse,
-                           failure: (SandboxError) -> ServerResponse) -> ServerResponse {
-        let outcome: Result<Int?, SandboxError> = store.withLock { store in
-            if let apiKey = body["api_key"] as? String {
-                guard case .apiKey(let userId)? = store.credentials[apiKey]?.kind else {
-                    return .failure(.notFound("Sandbox user with that API key"))
-                }
-                store.approvingUserId = userId
-            } else if let userId = body["user_id"] as? Int {
-                guard let user = store.users[userId], user.kind != .serviceProvider else {
-                    return .failure(.notFound("Sandbox user"))
-                }
-                store.approvingUserId = userId
-            } else if body.keys.contains("user_id") {
-                store.approvingUserId = nil
-            } else {
-                return .failure(.badRequest("Give api_key or user_id (null: a fresh user for each authorization)."))
-            }
-            return .success(store.approvingUserId)
-        }
-        switch outcome {
-        case .success(let userId): return json(200, .object([("user_id", userId.map { .int($0) } ?? .null)]))
-        case .failure(let error): return failure(error)
-        }
-    }
-
-    private func stats() -> BunqJSON {
-        store.withLock { store in
-            .object([
-                ("installations", .int(store.stats.installations)),
-                ("device_servers", .int(store.stats.deviceServers)),
-                ("sessions_created", .int(store.stats.sessionsCreated)),
-                ("sessions_active", .int(store.liveSessionCount)),
-                ("requests", .object(store.stats.requests.sorted { $0.key < $1.key }.map { ($0.key, .int($0.value)) })),
-                ("rejected_signatures", .int(store.stats.rejectedSignatures)),
-                ("rate_limited", .int(store.stats.rateLimited)),
-                ("users", .int(store.users.count)),
-                ("oauth_clients", .int(store.oauthClients.count)),
-            ])
-        }
     }
 }

@@ -3,10 +3,15 @@ import Foundation
 
 /// What a handler knows about the caller once authentication and signature checks passed.
 struct CallContext: Sendable {
+    /// The JSON body's members: strings, numbers, `JSONNull`, arrays of these (`[any Sendable]`).
     let body: [String: any Sendable]
+    /// The query parameters, percent-decoded.
+    let query: [String: String]
     let pathIds: [Int]
     let installation: Installation?
     let session: Session?
+    /// The caller's address: devices are bound to it.
+    let remoteIP: String
     let now: Date
 }
 
@@ -88,17 +93,40 @@ extension SandboxStore {
         let provider = users.values.first { $0.kind == .serviceProvider && $0.certificateDN == leaf.subject }
             ?? createUser(.serviceProvider, displayName: leaf.commonName, certificateDN: leaf.subject, now: call.now)
         let tokenValue = Self.token()
-        credentials[tokenValue] = Credential(kind: .psd2(userId: provider.id))
-        let created = BunqTime.format(call.now)
-        return .response([("CredentialPasswordIp", .object([
-            ("id", .int(nextId("credential", base: 40_000))),
-            ("created", .string(created)),
-            ("updated", .string(created)),
-            ("status", "PENDING_FIRST_USE"),
-            ("expiry_time", .string(BunqTime.format(call.now.addingTimeInterval(3_600)))),
-            ("token_value", .string(tokenValue)),
-            ("permitted_device", .null),
-        ]))])
+        let window = configuration.apiKeyBindWindow > 0 ? configuration.apiKeyBindWindow : 3_600
+        let record = PSD2CredentialRecord(id: nextId("credential", base: 40_000), created: call.now, userId: provider.id,
+                                          tokenValue: tokenValue, expiry: call.now.addingTimeInterval(TimeInterval(window)))
+        psd2Credentials[record.id] = record
+        var credential = Credential(kind: .psd2(userId: provider.id), issued: call.now)
+        credential.psd2CredentialId = record.id
+        credentials[tokenValue] = credential
+        return .response([("CredentialPasswordIp", psd2CredentialObject(record))])
+    }
+
+    /// A `CredentialPasswordIp` as bunq shows it: `expiry_time` and `token_value` only while `PENDING_FIRST_USE`,
+    /// `permitted_device` only once `ACTIVE`.
+    func psd2CredentialObject(_ record: PSD2CredentialRecord) -> BunqJSON {
+        let device = record.permittedDeviceId.flatMap { devices[$0] }
+        return .object([
+            ("id", .int(record.id)),
+            ("created", .string(BunqTime.format(record.created))),
+            ("updated", .string(BunqTime.format(record.activated ?? record.created))),
+            ("status", record.activated == nil ? "PENDING_FIRST_USE" : "ACTIVE"),
+            ("expiry_time", record.activated == nil ? .string(BunqTime.format(record.expiry)) : .null),
+            ("token_value", record.activated == nil ? .string(record.tokenValue) : .null),
+            ("permitted_device", device.map { .object([("description", .string($0.description)),
+                                                       ("ip", .string($0.ip))]) } ?? .null),
+        ])
+    }
+
+    // MARK: GET /v1/payment-service-provider-credential/{id}
+
+    func psd2CredentialRead(_ call: CallContext) throws(SandboxError) -> BunqJSON {
+        guard let session = call.session else { throw .insufficientAuthentication }
+        guard let record = call.pathIds.first.flatMap({ psd2Credentials[$0] }), record.userId == session.userId else {
+            throw .notFound("Credential")
+        }
+        return .response([("CredentialPasswordIp", psd2CredentialObject(record))])
     }
 
     // MARK: POST /v1/device-server
@@ -108,12 +136,80 @@ extension SandboxStore {
         guard let description = call.body["description"] as? String, let secret = call.body["secret"] as? String else {
             throw .badRequest("Fields description and secret are required.")
         }
-        guard let credential = credentials[secret], !credential.revoked else { throw .credentialsIncorrect }
+        let permittedIPs = try SandboxAddress.permittedIPs(call.body["permitted_ips"])
+        guard var credential = credentials[secret], !credential.revoked else { throw .credentialsIncorrect }
         guard !description.isEmpty else { throw .badRequest("Field description must not be empty.") }
+        // A new secret must be bound within the window; once bound, it stays usable.
+        let window = TimeInterval(configuration.apiKeyBindWindow)
+        if !credential.bound, window > 0, call.now.timeIntervalSince(credential.issued) > window {
+            throw .credentialsIncorrect
+        }
         // Registering the same secret again adds a device, as bunq does (and the stats show it).
-        deviceBindings.insert(DeviceBinding(installationId: installation.id, secret: secret))
+        let device = Device(id: nextId("device", base: 200), installationId: installation.id, secret: secret,
+                            description: description, ip: call.remoteIP, permittedIPs: permittedIPs, created: call.now)
+        devices[device.id] = device
+        deviceBindings[DeviceBinding(installationId: installation.id, secret: secret), default: []].append(device.id)
+        if !credential.bound, let recordId = credential.psd2CredentialId {
+            psd2Credentials[recordId]?.activated = call.now
+            psd2Credentials[recordId]?.permittedDeviceId = device.id
+        }
+        credential.bound = true
+        credentials[secret] = credential
         stats.deviceServers += 1
-        return .response([("Id", .object([("id", .int(nextId("device", base: 200)))]))])
+        return .response([("Id", .object([("id", .int(device.id))]))])
+    }
+
+    // MARK: GET /v1/device-server, /v1/device-server/{id}
+
+    /// The devices of the session's user, newest first.
+    private func ownDevices(_ session: Session) -> [Device] {
+        let userId = credentials[session.secret]?.userId
+        return devices.values.filter { credentials[$0.secret]?.userId == userId }
+    }
+
+    func deviceObject(_ device: Device) -> BunqJSON {
+        let created = BunqTime.format(device.created)
+        return .object([("id", .int(device.id)), ("created", .string(created)), ("updated", .string(created)),
+                        ("description", .string(device.description)), ("ip", .string(device.ip)),
+                        ("status", "ACTIVE")])
+    }
+
+    func listDevices(_ call: CallContext) throws(SandboxError) -> BunqJSON {
+        guard let session = call.session else { throw .insufficientAuthentication }
+        let (page, pagination) = try ListPage.parse(call.query).apply(ownDevices(session), id: \.id,
+                                                                         path: "/v1/device-server")
+        return .response(page.map { ("DeviceServer", deviceObject($0)) }, pagination: pagination)
+    }
+
+    func device(_ call: CallContext) throws(SandboxError) -> BunqJSON {
+        guard let session = call.session else { throw .insufficientAuthentication }
+        guard let device = ownDevices(session).first(where: { $0.id == call.pathIds.first }) else {
+            throw .notFound("DeviceServer")
+        }
+        return .response([("DeviceServer", deviceObject(device))])
+    }
+
+    // MARK: GET /v1/installation, /v1/installation/{id}, /v1/installation/{id}/server-public-key
+
+    func listInstallations(_ call: CallContext) throws(SandboxError) -> BunqJSON {
+        guard let session = call.session else { throw .insufficientAuthentication }
+        return .response([("Id", .object([("id", .int(session.installationId))]))],
+                         pagination: .object([("future_url", .null), ("newer_url", .null), ("older_url", .null)]))
+    }
+
+    func installationRead(_ call: CallContext) throws(SandboxError) -> BunqJSON {
+        guard let session = call.session else { throw .insufficientAuthentication }
+        guard call.pathIds.first == session.installationId else { throw .notFound("Installation") }
+        return .response([("Id", .object([("id", .int(session.installationId))]))])
+    }
+
+    func serverPublicKey(_ call: CallContext) throws(SandboxError) -> BunqJSON {
+        guard let session = call.session else { throw .insufficientAuthentication }
+        guard call.pathIds.first == session.installationId, let installation = installationsById[session.installationId]
+        else { throw .notFound("Installation") }
+        return .response([("ServerPublicKey", .object([
+            ("server_public_key", .string(serverPublicKeyPEMs[installation.serverKeyIndex])),
+        ]))])
     }
 
     // MARK: POST /v1/session-server
@@ -121,20 +217,17 @@ extension SandboxStore {
     mutating func sessionServer(_ call: CallContext) throws(SandboxError) -> BunqJSON {
         guard let installation = call.installation else { throw .insufficientAuthentication }
         guard let secret = call.body["secret"] as? String else { throw .badRequest("Field secret is required.") }
+        // The secret must be bound to this installation by a device that permits the caller's address.
+        let bound = (deviceBindings[DeviceBinding(installationId: installation.id, secret: secret)] ?? [])
+            .compactMap { devices[$0] }
         guard var credential = credentials[secret], !credential.revoked,
-              deviceBindings.contains(DeviceBinding(installationId: installation.id, secret: secret))
+              let device = bound.last(where: { $0.permits(call.remoteIP) })
         else { throw .credentialsIncorrect }
 
-        let userId: Int
-        var lifetime = configuration.sessionTimeout
-        switch credential.kind {
-        case .apiKey(let id):
-            userId = id
-        case .psd2(let id):
-            userId = id
-            if credential.sessionsStarted == 0 { lifetime = configuration.psd2FirstSessionTimeout }
-        case .oauth(let id):
-            userId = id
+        let userId = credential.userId
+        var lifetime = sessionTimeout(of: userId)
+        if case .psd2 = credential.kind, credential.sessionsStarted == 0 {
+            lifetime = configuration.psd2FirstSessionTimeout
         }
         credential.sessionsStarted += 1
         credentials[secret] = credential
@@ -142,8 +235,9 @@ extension SandboxStore {
 
         if stats.sessionsCreated % 256 == 255 { pruneSessions(now: call.now) }
         let session = Session(id: nextId("session", base: 300), tokenId: nextId("token", base: 10_000),
-                              token: Self.token(), installationId: installation.id, userId: userId,
-                              created: call.now, expiresAt: call.now.addingTimeInterval(TimeInterval(lifetime)))
+                              token: Self.token(), installationId: installation.id, deviceId: device.id,
+                              secret: secret, userId: userId, created: call.now,
+                              expiresAt: call.now.addingTimeInterval(TimeInterval(lifetime)))
         sessions[session.token] = session
         stats.sessionsCreated += 1
         let created = BunqTime.format(call.now)
@@ -168,7 +262,9 @@ extension SandboxStore {
 
     func listUsers(_ call: CallContext) throws(SandboxError) -> BunqJSON {
         guard let session = call.session, let user = userObject(session.userId) else { throw .insufficientAuthentication }
-        return .response([user])
+        let (page, pagination) = try ListPage.parse(call.query).apply([(session.userId, user)], id: \.0,
+                                                                         path: "/v1/user")
+        return .response(page.map(\.1), pagination: pagination)
     }
 
     func user(_ call: CallContext) throws(SandboxError) -> BunqJSON {
@@ -177,19 +273,29 @@ extension SandboxStore {
         return .response([user])
     }
 
-    func monetaryAccounts(_ call: CallContext) throws(SandboxError) -> BunqJSON {
+    /// `GET /v1/user/{userID}/monetary-account` (every kind, each in its own wrapper) or a kind's own list.
+    func monetaryAccounts(_ call: CallContext, kind: MonetaryAccount.Kind?) throws(SandboxError) -> BunqJSON {
         let session = try requireOwnUser(call)
-        let owners = accounts(visibleTo: session.userId)
-        let base = "/v1/user/\(session.userId)/monetary-account"
-        return .response(owners.map { ("MonetaryAccountBank", accountObject($0)) },
-                         pagination: .object([("future_url", .string("\(base)?newer_id=\(owners.last?.accountId ?? 0)")),
-                                              ("newer_url", .null), ("older_url", .null)]))
+        let path = "/v1/user/\(session.userId)/" + (kind?.pathSegment ?? "monetary-account")
+        let (page, pagination) = try ListPage.parse(call.query).apply(accounts(visibleTo: session.userId, kind: kind),
+                                                                         id: \.id, path: path)
+        return .response(page.map { ($0.kind.rawValue, accountObject($0)) }, pagination: pagination)
     }
 
-    /// The session's own user id must be the `{userID}` of the URL.
+    /// `GET /v1/user/{userID}/monetary-account/{id}` (any kind) or a kind's own `.../{id}`.
+    func monetaryAccount(_ call: CallContext, kind: MonetaryAccount.Kind?) throws(SandboxError) -> BunqJSON {
+        let session = try requireOwnUser(call)
+        guard call.pathIds.count == 2,
+              let account = accounts(visibleTo: session.userId, kind: kind).first(where: { $0.id == call.pathIds[1] })
+        else { throw .notFound(kind?.rawValue ?? "MonetaryAccount") }
+        return .response([(account.kind.rawValue, accountObject(account))])
+    }
+
+    /// The session's own user id must be the `{userID}` of the URL; another id is a permissions error (a live
+    /// session, so not the dead-session answer).
     func requireOwnUser(_ call: CallContext) throws(SandboxError) -> Session {
         guard let session = call.session else { throw .insufficientAuthentication }
-        guard call.pathIds.first == session.userId else { throw .insufficientAuthorisation }
+        guard call.pathIds.first == session.userId else { throw .notAllowed }
         return session
     }
 }

@@ -37,8 +37,10 @@ extension SandboxStore {
 
     func listOAuthClients(_ call: CallContext) throws(SandboxError) -> BunqJSON {
         let session = try requireOwnUser(call)
-        let clients = oauthClients.values.filter { $0.userId == session.userId }.sorted { $0.id < $1.id }
-        return .response(clients.map { ("OauthClient", oauthClientObject($0)) })
+        let clients = oauthClients.values.filter { $0.userId == session.userId }
+        let (page, pagination) = try ListPage.parse(call.query).apply(clients, id: \.id,
+                                                                         path: "/v1/user/\(session.userId)/oauth-client")
+        return .response(page.map { ("OauthClient", oauthClientObject($0)) }, pagination: pagination)
     }
 
     func oauthClient(_ call: CallContext) throws(SandboxError) -> BunqJSON {
@@ -59,10 +61,7 @@ extension SandboxStore {
 
     mutating func createCallback(_ call: CallContext) throws(SandboxError) -> BunqJSON {
         var client = try ownClient(call)
-        guard let url = call.body["url"] as? String, let components = URLComponents(string: url),
-              components.scheme != nil, components.host != nil else {
-            throw .badRequest("Field url must be an absolute URL.")
-        }
+        let url = try Self.callbackURL(call.body["url"])
         let callback = OAuthCallback(id: nextId("callback", base: 700), created: call.now, url: url)
         client.callbacks.append(callback)
         oauthClients[client.id] = client
@@ -71,7 +70,9 @@ extension SandboxStore {
 
     func listCallbacks(_ call: CallContext) throws(SandboxError) -> BunqJSON {
         let client = try ownClient(call)
-        return .response(client.callbacks.map { ("OauthCallbackUrl", callbackObject($0)) })
+        let (page, pagination) = try ListPage.parse(call.query).apply(
+            client.callbacks, id: \.id, path: "/v1/user/\(client.userId)/oauth-client/\(client.id)/callback-url")
+        return .response(page.map { ("OauthCallbackUrl", callbackObject($0)) }, pagination: pagination)
     }
 
     func callback(_ call: CallContext) throws(SandboxError) -> BunqJSON {
@@ -82,6 +83,18 @@ extension SandboxStore {
         return .response([("OauthCallbackUrl", callbackObject(callback))])
     }
 
+    mutating func updateCallback(_ call: CallContext) throws(SandboxError) -> BunqJSON {
+        var client = try ownClient(call)
+        guard let index = client.callbacks.firstIndex(where: { $0.id == call.pathIds.last }) else {
+            throw .notFound("Callback URL")
+        }
+        let url = try Self.callbackURL(call.body["url"])
+        let old = client.callbacks[index]
+        client.callbacks[index] = OAuthCallback(id: old.id, created: old.created, url: url)
+        oauthClients[client.id] = client
+        return .response([("Id", .object([("id", .int(old.id))]))])
+    }
+
     mutating func deleteCallback(_ call: CallContext) throws(SandboxError) -> BunqJSON {
         var client = try ownClient(call)
         guard let index = client.callbacks.firstIndex(where: { $0.id == call.pathIds.last }) else {
@@ -90,6 +103,14 @@ extension SandboxStore {
         client.callbacks.remove(at: index)
         oauthClients[client.id] = client
         return .response([])
+    }
+
+    static func callbackURL(_ value: (any Sendable)?) throws(SandboxError) -> String {
+        guard let url = value as? String, let components = URLComponents(string: url),
+              components.scheme != nil, components.host != nil else {
+            throw .badRequest("Field url must be an absolute URL.")
+        }
+        return url
     }
 
     private func ownClient(_ call: CallContext) throws(SandboxError) -> OAuthClient {
@@ -154,7 +175,7 @@ extension SandboxStore {
                                     grantingUserId: code.grantingUserId)
         apiKeyUsers[apiKeyUser.id] = apiKeyUser
         let accessToken = Self.token()
-        credentials[accessToken] = Credential(kind: .oauth(apiKeyUserId: apiKeyUser.id))
+        credentials[accessToken] = Credential(kind: .oauth(apiKeyUserId: apiKeyUser.id), issued: now)
         var body: [(String, BunqJSON)] = [("access_token", .string(accessToken)), ("token_type", "bearer")]
         if let state = code.state { body.append(("state", .string(state))) }
         return (200, .object(body))

@@ -53,7 +53,19 @@ struct Route: Sendable {
         Route("POST", "/v1/payment-service-provider-credential", .installation) { store, call throws(SandboxError) in
             try store.psd2Credential(call)
         },
+        Route("GET", "/v1/installation", .session) { store, call throws(SandboxError) in try store.listInstallations(call) },
+        Route("GET", "/v1/installation/{installationID}", .session) { store, call throws(SandboxError) in
+            try store.installationRead(call)
+        },
+        Route("GET", "/v1/installation/{installationID}/server-public-key", .session) { store, call throws(SandboxError) in
+            try store.serverPublicKey(call)
+        },
+        Route("GET", "/v1/payment-service-provider-credential/{credentialID}", .session) { store, call throws(SandboxError) in
+            try store.psd2CredentialRead(call)
+        },
         Route("POST", "/v1/device-server", .installation) { store, call throws(SandboxError) in try store.deviceServer(call) },
+        Route("GET", "/v1/device-server", .session) { store, call throws(SandboxError) in try store.listDevices(call) },
+        Route("GET", "/v1/device-server/{deviceID}", .session) { store, call throws(SandboxError) in try store.device(call) },
         Route("POST", "/v1/session-server", .installation, signatureRequired: true) { store, call throws(SandboxError) in
             try store.sessionServer(call)
         },
@@ -61,11 +73,19 @@ struct Route: Sendable {
         Route("GET", "/v1/user", .session) { store, call throws(SandboxError) in try store.listUsers(call) },
         Route("GET", "/v1/user/{userID}", .session) { store, call throws(SandboxError) in try store.user(call) },
         Route("GET", "/v1/user/{userID}/monetary-account", .session) { store, call throws(SandboxError) in
-            try store.monetaryAccounts(call)
+            try store.monetaryAccounts(call, kind: nil)
         },
-        Route("GET", "/v1/user/{userID}/monetary-account-bank", .session) { store, call throws(SandboxError) in
-            try store.monetaryAccounts(call)
+        Route("GET", "/v1/user/{userID}/monetary-account/{accountID}", .session) { store, call throws(SandboxError) in
+            try store.monetaryAccount(call, kind: nil)
         },
+    ] + MonetaryAccount.Kind.allCases.flatMap { kind in [
+        Route("GET", "/v1/user/{userID}/\(kind.pathSegment)", .session) { store, call throws(SandboxError) in
+            try store.monetaryAccounts(call, kind: kind)
+        },
+        Route("GET", "/v1/user/{userID}/\(kind.pathSegment)/{accountID}", .session) { store, call throws(SandboxError) in
+            try store.monetaryAccount(call, kind: kind)
+        },
+    ] } + [
         Route("POST", "/v1/user/{userID}/oauth-client", .session) { store, call throws(SandboxError) in
             try store.createOAuthClient(call)
         },
@@ -86,6 +106,9 @@ struct Route: Sendable {
         },
         Route("GET", "/v1/user/{userID}/oauth-client/{clientID}/callback-url/{callbackID}", .session) {
             store, call throws(SandboxError) in try store.callback(call)
+        },
+        Route("PUT", "/v1/user/{userID}/oauth-client/{clientID}/callback-url/{callbackID}", .session) {
+            store, call throws(SandboxError) in try store.updateCallback(call)
         },
         Route("DELETE", "/v1/user/{userID}/oauth-client/{clientID}/callback-url/{callbackID}", .session) {
             store, call throws(SandboxError) in try store.deleteCallback(call)

@@ -13,8 +13,16 @@ struct SandboxStore: Sendable {
     var credentials: [String: Credential] = [:]
     var installations: [String: Installation] = [:]
     var installationsById: [Int: Installation] = [:]
-    var deviceBindings: Set<DeviceBinding> = []
+    var devices: [Int: Device] = [:]
+    /// Device ids per (installation, secret): registering again adds a device, as bunq does.
+    var deviceBindings: [DeviceBinding: [Int]] = [:]
+    var psd2Credentials: [Int: PSD2CredentialRecord] = [:]
+    var accounts: [Int: MonetaryAccount] = [:]
     var sessions: [String: Session] = [:]
+    /// Request ids used, per installation.
+    var requestIds: [Int: RequestIdLog] = [:]
+    /// How many dead-session answers were given (`mixed` takes them in turn).
+    var deadSessionAnswers = 0
     var oauthClients: [Int: OAuthClient] = [:]
     var authorizationCodes: [String: AuthorizationCode] = [:]
     /// The user who approves the next OAuth authorizations (`/_sandbox/oauth/approve-as`); nil: a fresh one each.
@@ -42,23 +50,48 @@ struct SandboxStore: Sendable {
     mutating func createUser(_ kind: SandboxUser.Kind, displayName: String? = nil, certificateDN: String? = nil,
                              now: Date) -> SandboxUser {
         let id = nextId("user", base: 1_800_000)
-        let hasAccount = kind != .serviceProvider
+        let hasAccounts = kind != .serviceProvider
+        let iban = hasAccounts ? Self.iban(id, 0) : nil
         let user = SandboxUser(
             id: id, kind: kind, created: now,
             displayName: displayName ?? (kind == .company ? "Sandbox Company \(id)" : "Sandbox User \(id)"),
-            publicUUID: UUID().uuidString.lowercased(),
-            accountId: hasAccount ? nextId("account", base: 5_000) : nil,
-            iban: hasAccount ? String(format: "NL%02dBUNQ20%08d", 10 + id % 89, id % 100_000_000) : nil,
-            certificateDN: certificateDN)
+            publicUUID: UUID().uuidString.lowercased(), iban: iban, certificateDN: certificateDN)
         users[id] = user
+        if hasAccounts {
+            // Everyone has a current account; like real users, some also have savings (every third) and a joint
+            // account (every fifth), so clients meet more than `MonetaryAccountBank`.
+            addAccount(.bank, ownerId: id, now: now)
+            if id % 3 == 0 { addAccount(.savings, ownerId: id, now: now) }
+            if id % 5 == 0 { addAccount(.joint, ownerId: id, now: now) }
+        }
         return user
+    }
+
+    static func iban(_ userId: Int, _ index: Int) -> String {
+        String(format: "NL%02dBUNQ2%03d%06d", 10 + (userId + index) % 89, index, userId % 1_000_000)
+    }
+
+    @discardableResult
+    mutating func addAccount(_ kind: MonetaryAccount.Kind, ownerId: Int, now: Date) -> MonetaryAccount {
+        let index = accounts.values.reduce(0) { $0 + ($1.ownerId == ownerId ? 1 : 0) }
+        let description = switch kind {
+        case .bank: index == 0 ? "Main account" : "Account \(index + 1)"
+        case .savings: "Savings"
+        case .joint: "Joint account"
+        }
+        let account = MonetaryAccount(id: nextId("account", base: 5_000), kind: kind, ownerId: ownerId, created: now,
+                                      iban: index == 0 ? (users[ownerId]?.iban ?? Self.iban(ownerId, 0))
+                                          : Self.iban(ownerId, index),
+                                      description: description)
+        accounts[account.id] = account
+        return account
     }
 
     /// A sandbox user with an API key (`POST /v1/sandbox-user-person` and `-company`).
     mutating func createSandboxUser(_ kind: SandboxUser.Kind, now: Date) -> (user: SandboxUser, apiKey: String) {
         let user = createUser(kind, now: now)
         let apiKey = "sandbox_" + Self.token().prefix(56)
-        credentials[apiKey] = Credential(kind: .apiKey(userId: user.id))
+        credentials[apiKey] = Credential(kind: .apiKey(userId: user.id), issued: now)
         return (user, apiKey)
     }
 
@@ -97,7 +130,7 @@ struct SandboxStore: Sendable {
                         ("public_nick_name", .string(user.displayName)), ("language", "en_US"), ("region", "nl_NL")]
         }
         members += [("status", "ACTIVE"), ("sub_status", "NONE"),
-                    ("session_timeout", .int(configuration.sessionTimeout))]
+                    ("session_timeout", .int(sessionTimeout(of: user.id)))]
         if let iban = user.iban {
             members.append(("alias", .array([.object([("type", "IBAN"), ("value", .string(iban)),
                                                        ("name", .string(user.displayName))])])))
@@ -105,34 +138,82 @@ struct SandboxStore: Sendable {
         return (user.kind.rawValue, .object(members))
     }
 
-    /// The monetary accounts a session's user may list: its own, or for a `UserApiKey` the granting user's.
-    func accounts(visibleTo userId: Int) -> [SandboxUser] {
-        let ownerId = apiKeyUsers[userId]?.grantingUserId ?? userId
-        guard let owner = users[ownerId], owner.accountId != nil else { return [] }
-        return [owner]
+    /// A user's `session_timeout`: its own, or the configured default. For a `UserApiKey`, the requesting
+    /// user's, as bunq's SDKs read it.
+    func sessionTimeout(of userId: Int) -> Int {
+        if let apiKey = apiKeyUsers[userId] { return sessionTimeout(of: apiKey.requestingUserId) }
+        return users[userId]?.sessionTimeout ?? configuration.sessionTimeout
     }
 
-    func accountObject(_ owner: SandboxUser) -> BunqJSON {
-        let created = BunqTime.format(owner.created)
-        return .object([
-            ("id", .int(owner.accountId ?? 0)),
+    /// The monetary accounts a session's user may see, newest first: its own, or for a `UserApiKey` the
+    /// granting user's.
+    func accounts(visibleTo userId: Int, kind: MonetaryAccount.Kind? = nil) -> [MonetaryAccount] {
+        let ownerId = apiKeyUsers[userId]?.grantingUserId ?? userId
+        return accounts.values.filter { $0.ownerId == ownerId && (kind == nil || $0.kind == kind) }
+            .sorted { $0.id > $1.id }
+    }
+
+    func accountObject(_ account: MonetaryAccount) -> BunqJSON {
+        let created = BunqTime.format(account.created)
+        let owner = users[account.ownerId]
+        var members: [(String, BunqJSON)] = [
+            ("id", .int(account.id)),
             ("created", .string(created)),
             ("updated", .string(created)),
-            ("alias", .array([.object([("type", "IBAN"), ("value", .string(owner.iban ?? "")),
-                                        ("name", .string(owner.displayName))])])),
+            ("alias", .array([.object([("type", "IBAN"), ("value", .string(account.iban)),
+                                        ("name", .string(owner?.displayName ?? ""))])])),
             ("balance", .object([("value", "1000.00"), ("currency", "EUR")])),
             ("country", "NL"),
             ("currency", "EUR"),
             ("daily_limit", .object([("value", "1000.00"), ("currency", "EUR")])),
-            ("description", "Main account"),
-            ("public_uuid", .string(owner.publicUUID)),
+            ("description", .string(account.description)),
+            ("public_uuid", .string(owner?.publicUUID ?? "")),
             ("status", "ACTIVE"),
             ("sub_status", "NONE"),
-            ("user_id", .int(owner.id)),
-        ])
+            ("user_id", .int(account.ownerId)),
+        ]
+        switch account.kind {
+        case .bank: break
+        case .savings:
+            members.append(("savings_goal", .object([("value", "5000.00"), ("currency", "EUR")])))
+            members.append(("savings_goal_progress", .double(0.2)))
+        case .joint:
+            members.append(("all_co_owner", .array([.object([
+                ("alias", .object([("display_name", .string(owner?.displayName ?? ""))])),
+                ("status", "ACCEPTED"),
+            ])])))
+            members.append(("overdraft_limit", .object([("value", "0.00"), ("currency", "EUR")])))
+        }
+        return .object(members)
     }
 
     // MARK: Sessions
+
+    /// The answer a dead session's token gets now (`mixed`: the three wordings bunq uses, in turn).
+    mutating func deadSessionAnswer() -> SandboxError {
+        switch configuration.deadSessionAnswer {
+        case .status401: return .insufficientAuthentication
+        case .status403: return .insufficientAuthorisation
+        case .mixed:
+            defer { deadSessionAnswers += 1 }
+            let answers: [SandboxError] = [.insufficientAuthentication, .insufficientAuthentication403,
+                                           .insufficientAuthorisation]
+            return answers[deadSessionAnswers % answers.count]
+        }
+    }
+
+    /// Ends live sessions chosen by `matching` at once (their tokens get the dead-session answer); returns how
+    /// many.
+    @discardableResult
+    mutating func killSessions(now: Date, matching: (Session) -> Bool) -> Int {
+        var killed = 0
+        for (token, session) in sessions where session.isLive(at: now) && matching(session) {
+            sessions[token]?.ended = true
+            killed += 1
+        }
+        stats.sessionsKilled += killed
+        return killed
+    }
 
     var liveSessionCount: Int {
         let now = configuration.now

@@ -121,6 +121,8 @@ final class CurlTransfer: @unchecked Sendable {
         set(CURLOPT_SSL_VERIFYPEER, 1)
         set(CURLOPT_SSL_VERIFYHOST, 2)
         if let caFile = configuration.caFile { set(CURLOPT_CAINFO, caFile) }
+        // "host!" makes curl take the text as an address, never as an interface name.
+        if let localAddress = configuration.localAddress { set(CURLOPT_INTERFACE, "host!" + localAddress) }
         if bsc_curl_easy_setopt_pointer(easy, CURLOPT_ERRORBUFFER, errorBuffer) != CURLE_OK { failed = CURLOPT_ERRORBUFFER }
 
         switch (request.method, request.body.isEmpty) {

@@ -19,6 +19,9 @@ public final class HTTPClient: Sendable {
         public var maxPooledConnections: Int = 64
         /// Simultaneous connections to one host; 0 means unlimited.
         public var maxConnectionsPerHost: Int = 0
+        /// The local IP address outgoing connections leave from (one of this host's egress addresses); nil: the
+        /// kernel's choice. bunq binds devices and rate limits to the caller's address.
+        public var localAddress: String?
 
         public init(connectTimeout: Duration = .seconds(10), timeout: Duration = .seconds(30), caFile: String? = nil,
                     maxResponseBytes: Int = 16 << 20) {

@@ -41,7 +41,8 @@ public final class Keeper: Service, Sendable {
         let limiter = BunqRateLimiter(mode: configuration.rateLimits, scale: configuration.rateLimitScale,
                                       exempt: [BunqRateLimiter.sessionServer])
         client = try BunqClient(endpoints: configuration.endpoints, rateLimiter: limiter,
-                                psd2FirstSessionTimeout: configuration.psd2FirstSessionTimeout)
+                                psd2FirstSessionTimeout: configuration.psd2FirstSessionTimeout,
+                                permittedIPs: configuration.permittedIPs, sourceAddress: configuration.sourceAddress)
         cache = ContextCache()
         apiKeys = Mutex(configuration.apiKeys)
         let renewer = BunqRenewer(client: client, store: store, cache: cache, psd2: psd2,

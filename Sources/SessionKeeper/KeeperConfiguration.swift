@@ -45,6 +45,11 @@ public struct KeeperConfiguration: Sendable {
     /// Testing only: multiplies bunq's rate-limit windows on our side (pair with `bunq-sandbox --rate-limit-scale`).
     public let rateLimitScale: Double
     public let psd2FirstSessionTimeout: Int
+    /// `permitted_ips` of every device this daemon registers: this host's (or cluster's) egress addresses, or
+    /// `"*"` (any). Applies to devices registered from now on; existing ones keep what they were given.
+    public let permittedIPs: [String]
+    /// The local address calls to bunq leave from (`bunq.source_address`); nil: the kernel's choice.
+    public let sourceAddress: String?
     public let socketPath: String
     /// Connections served at once; more are answered with an error and closed.
     public let maxConnections: Int
@@ -64,6 +69,7 @@ public struct KeeperConfiguration: Sendable {
     static let scalarKeys: [[String]] = [
         ["bunq", "environment"], ["bunq", "api_base_url"], ["bunq", "oauth_authorize_url"], ["bunq", "oauth_token_url"],
         ["bunq", "ca_file"], ["bunq", "rate_limits"], ["bunq", "rate_limit_scale"], ["bunq", "psd2_first_session_timeout"],
+        ["bunq", "permitted_ips"], ["bunq", "source_address"],
         ["socket", "path"], ["socket", "max_connections"], ["socket", "idle_timeout"], ["state", "directory"],
         ["provider", "certificate"], ["provider", "private_key"], ["provider", "certificate_chain"],
         ["provider", "oauth_redirect_uris"],
@@ -203,6 +209,21 @@ public struct KeeperConfiguration: Sendable {
                 rateLimitScale = scale
             }
             let firstSession = try int(["bunq", "psd2_first_session_timeout"], default: 3_600, range: 1...86_400)
+            var permittedIPs = ["*"]
+            if node(["bunq", "permitted_ips"]).map({ !$0.isNull }) == true
+                || environment[Self.environmentName(["bunq", "permitted_ips"])] != nil {
+                permittedIPs = try strings(["bunq", "permitted_ips"])
+                guard !permittedIPs.isEmpty else {
+                    throw fail("bunq.permitted_ips", "must list at least one IP address or \"*\"")
+                }
+                for ip in permittedIPs where ip != "*" && !IPAddressText.isValid(ip) {
+                    throw fail("bunq.permitted_ips", "'\(ip)' is not an IP address (v4 or v6) or \"*\"")
+                }
+            }
+            let sourceAddress = try string(["bunq", "source_address"])
+            if let sourceAddress, !IPAddressText.isValid(sourceAddress) {
+                throw fail("bunq.source_address", "'\(sourceAddress)' is not an IP address (v4 or v6)")
+            }
 
             let credentials = environment["CREDENTIALS_DIRECTORY"].flatMap { $0.isEmpty ? nil : $0 }
             let stateDirectory = try string(["state", "directory"]) ?? environment["STATE_DIRECTORY"]?
@@ -287,7 +308,8 @@ public struct KeeperConfiguration: Sendable {
             return KeeperConfiguration(
                 file: file, endpoints: endpoints, environment: bunqEnvironment, rateLimits: rateLimits,
                 rateLimitScale: rateLimitScale,
-                psd2FirstSessionTimeout: firstSession, socketPath: socketPath, maxConnections: maxConnections,
+                psd2FirstSessionTimeout: firstSession, permittedIPs: permittedIPs, sourceAddress: sourceAddress,
+                socketPath: socketPath, maxConnections: maxConnections,
                 idleTimeout: idleTimeout, stateDirectory: stateDirectory,
                 credentialsDirectory: credentials, provider: provider, apiKeys: apiKeys,
                 policy: RenewalPolicy(safetyMargin: TimeInterval(margin), backoffBase: backoffBase,
@@ -352,5 +374,14 @@ extension Node {
     var isNull: Bool {
         guard case .scalar(let scalar) = self, scalar.style == .plain else { return false }
         return ["", "~", "null", "Null", "NULL"].contains(scalar.string)
+    }
+}
+
+/// Whether a text is an IPv4 or IPv6 address, as bunq's `permitted_ips` and a socket's local address need.
+enum IPAddressText {
+    static func isValid(_ text: String) -> Bool {
+        var v4 = in_addr()
+        var v6 = in6_addr()
+        return inet_pton(AF_INET, text, &v4) == 1 || inet_pton(AF_INET6, text, &v6) == 1
     }
 }

@@ -11,7 +11,8 @@ struct BunqSandboxCommand: AsyncParsableCommand {
         discussion: """
             The first line on stdout is `listening on http://HOST:PORT`. Point a client's API base URL at \
             http://HOST:PORT/v1/, OAuth authorize at /auth and token exchange at /v1/token. \
-            Admin API for tests under /_sandbox/ (stats, faults, revoke, oauth/approve-as).
+            Admin API for tests under /_sandbox/ (stats, faults, revoke, sessions/kill, users/session-timeout, \
+            accounts, oauth/approve-as).
             """)
 
     @Option(help: "Port to listen on; 0 picks a free one.")
@@ -35,8 +36,24 @@ struct BunqSandboxCommand: AsyncParsableCommand {
     @Option(name: .customLong("clock-offset"), help: "Seconds the emulator's clock runs off the machine's (created timestamps, expiry).")
     var clockOffset: Double = 0
 
-    @Option(name: .customLong("expired-session-status"), help: "Status for an expired session's token: 401 or 403.")
-    var expiredSessionStatus: Int = 401
+    @Option(name: .customLong("expired-session-status"),
+            help: "What a dead session's token gets: 401, 403, or mixed (401/403 with both wordings, in turn).")
+    var expiredSessionStatus: String = "mixed"
+
+    @Flag(name: .customLong("allow-request-id-reuse"), help: "Accept a reused X-Bunq-Client-Request-Id (bunq refuses it).")
+    var allowRequestIdReuse = false
+
+    @Flag(name: .customLong("lenient-headers"),
+          help: "Accept requests without User-Agent, and signed ones without Cache-Control (bunq's swagger requires them).")
+    var lenientHeaders = false
+
+    @Option(name: .customLong("session-extension-seconds"),
+            help: "A request in a session's last 30 s extends it by this many seconds (bunq's contested rule; off by default).")
+    var sessionExtensionSeconds: Int?
+
+    @Option(name: .customLong("api-key-bind-window"),
+            help: "Seconds a new API key or PSD2 credential can be bound by device-server; 0: forever.")
+    var apiKeyBindWindow: Int = 3_600
 
     func validate() throws {
         guard (0...65_535).contains(port) else { throw ValidationError("--port must be 0 to 65535, not \(port)") }
@@ -51,9 +68,13 @@ struct BunqSandboxCommand: AsyncParsableCommand {
             throw ValidationError("--rate-limit-scale must be from 0.001 to 1000, not \(rateLimitScale)")
         }
         guard abs(clockOffset) <= 86_400 * 365 else { throw ValidationError("--clock-offset must be within a year") }
-        guard [401, 403].contains(expiredSessionStatus) else {
-            throw ValidationError("--expired-session-status must be 401 or 403, not \(expiredSessionStatus)")
+        guard SandboxConfiguration.DeadSessionAnswer(rawValue: expiredSessionStatus) != nil else {
+            throw ValidationError("--expired-session-status must be 401, 403 or mixed, not '\(expiredSessionStatus)'")
         }
+        if let sessionExtensionSeconds, !(1...86_400).contains(sessionExtensionSeconds) {
+            throw ValidationError("--session-extension-seconds must be 1 to 86400, not \(sessionExtensionSeconds)")
+        }
+        guard apiKeyBindWindow >= 0 else { throw ValidationError("--api-key-bind-window must be 0 or more seconds") }
     }
 
     func run() async throws {
@@ -61,10 +82,15 @@ struct BunqSandboxCommand: AsyncParsableCommand {
         // cannot be stopped is a bug, so take the defaults back.
         signal(SIGTERM, SIG_DFL)
         signal(SIGINT, SIG_DFL)
-        let configuration = SandboxConfiguration(
+        var configuration = SandboxConfiguration(
             host: host, port: port, sessionTimeout: sessionTimeout, psd2FirstSessionTimeout: psd2FirstSessionTimeout,
-            rateLimits: rateLimits == "bunq", expiredSessionStatus: expiredSessionStatus, rateLimitScale: rateLimitScale,
-            clockOffset: clockOffset)
+            rateLimits: rateLimits == "bunq",
+            deadSessionAnswer: SandboxConfiguration.DeadSessionAnswer(rawValue: expiredSessionStatus) ?? .mixed,
+            rateLimitScale: rateLimitScale, clockOffset: clockOffset)
+        configuration.allowRequestIdReuse = allowRequestIdReuse
+        configuration.lenientHeaders = lenientHeaders
+        configuration.sessionExtensionSeconds = sessionExtensionSeconds
+        configuration.apiKeyBindWindow = apiKeyBindWindow
         let sandbox = try await BunqSandbox(configuration: configuration)
         try await sandbox.run { port in
             // Unbuffered, so a parent reading our stdout sees the line at once.

@@ -24,7 +24,9 @@ struct SandboxAdmin: Sendable {
     func fault(_ rule: [String: any Sendable]) async throws { try await call("POST", "faults", rule) }
 
     func sandboxUserKey() async throws -> String {
-        let response = try await http.execute(HTTPRequest(method: "POST", url: base + "/v1/sandbox-user-person"))
+        // bunq's swagger requires a User-Agent on every call, and the emulator holds to it.
+        let response = try await http.execute(HTTPRequest(method: "POST", url: base + "/v1/sandbox-user-person",
+                                                          headers: ["User-Agent": "bunq-sessiond-tests"]))
         let json = try JSONSerialization.jsonObject(with: response.body) as? [String: Any]
         let item = (json?["Response"] as? [[String: Any]])?.first?["ApiKey"] as? [String: Any]
         return try #require(item?["api_key"] as? String)

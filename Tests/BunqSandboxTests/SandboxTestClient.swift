@@ -38,12 +38,29 @@ struct SandboxTestClient: Sendable {
 
     enum Signing { case installationKey, none, key(RSAPrivateKey) }
 
+    /// The same installation, calling from another local address (127.0.0.2, ...): to bunq, another IP. Shut
+    /// its `http` down after use.
+    func from(_ localAddress: String) throws -> SandboxTestClient {
+        var configuration = HTTPClient.Configuration()
+        configuration.localAddress = localAddress
+        var other = SandboxTestClient(base: base, http: try HTTPClient(configuration: configuration), key: key)
+        other.installationToken = installationToken
+        other.serverKey = serverKey
+        return other
+    }
+
+    /// One call, with bunq's headers (a fresh request id unless `requestId`; none of `omitting`).
     func call(_ method: String, _ path: String, _ body: [String: Any]? = nil, token: String? = nil,
-              signing: Signing = .installationKey, verify: Bool = true) async throws -> Reply {
+              signing: Signing = .installationKey, verify: Bool = true, requestId: String? = nil,
+              omitting: Set<String> = []) async throws -> Reply {
         let bytes = try body.map { try JSONSerialization.data(withJSONObject: $0) } ?? Data()
-        var headers: HTTPHeaders = ["X-Bunq-Client-Request-Id": UUID().uuidString, "Cache-Control": "no-cache",
-                                    "X-Bunq-Geolocation": "0 0 0 0 NL", "X-Bunq-Language": "en_US",
-                                    "X-Bunq-Region": "nl_NL", "User-Agent": "bunq-sessiond-tests"]
+        var headers = HTTPHeaders()
+        for (name, value) in [("X-Bunq-Client-Request-Id", requestId ?? UUID().uuidString), ("Cache-Control", "no-cache"),
+                              ("X-Bunq-Geolocation", "0 0 0 0 NL"), ("X-Bunq-Language", "en_US"),
+                              ("X-Bunq-Region", "nl_NL"), ("User-Agent", "bunq-sessiond-tests")]
+            where !omitting.contains(name) {
+            headers.add(name, value)
+        }
         if let token { headers.add("X-Bunq-Client-Authentication", token) }
         switch signing {
         case .installationKey: if token != nil { headers.add("X-Bunq-Client-Signature", try key.base64Signature(for: bytes)) }

@@ -100,7 +100,7 @@ import Testing
 
     // Limits off in both expiry tests: they open sessions seconds apart to test expiry, not the session-server limit.
     @Test func sessionsExpireServerSideAndCanBeEnded() async throws {
-        try await BunqSandbox.test(SandboxConfiguration(sessionTimeout: 1, rateLimits: false)) { client in
+        try await BunqSandbox.test(SandboxConfiguration(sessionTimeout: 1, rateLimits: false, deadSessionAnswer: .status401)) { client in
             let apiKey = try await client.sandboxUser()
             let first = try await client.openSession(secret: apiKey)
             #expect(first.user["session_timeout"] as? Int == 1)
@@ -116,12 +116,29 @@ import Testing
         }
     }
 
-    @Test func expiredSessionsCanAnswer403() async throws {
-        try await BunqSandbox.test(SandboxConfiguration(sessionTimeout: 1, rateLimits: false, expiredSessionStatus: 403)) { client in
-            let session = try await client.openSession(secret: try await client.sandboxUser())
-            try await Task.sleep(for: .milliseconds(1_300))
-            let reply = try await client.call("GET", "/v1/user", token: session.token)
-            #expect(reply.status == 403 && reply.error == "Insufficient authorisation.")
+    /// Each `--expired-session-status` mode, and a wrong `{userID}` answered as a permissions error, never with
+    /// a dead session's words.
+    @Test func deadSessionAnswersAndPermissionErrors() async throws {
+        let expected: [(SandboxConfiguration.DeadSessionAnswer, [(Int, String)])] = [
+            (.status401, [(401, "Insufficient authentication."), (401, "Insufficient authentication.")]),
+            (.status403, [(403, "Insufficient authorisation."), (403, "Insufficient authorisation.")]),
+            (.mixed, [(401, "Insufficient authentication."), (403, "Insufficient authentication."),
+                      (403, "Insufficient authorisation."), (401, "Insufficient authentication.")]),
+        ]
+        for (mode, answers) in expected {
+            try await BunqSandbox.test(SandboxConfiguration(rateLimits: false, deadSessionAnswer: mode)) { client in
+                let session = try await client.openSession(secret: try await client.sandboxUser())
+                let userId = try #require(session.user["id"] as? Int)
+                let other = try await client.call("GET", "/v1/user/\(userId + 1)", token: session.token)
+                #expect(other.status == 403 && other.error == "You're not allowed to make this call.", "\(mode)")
+                #expect(try await client.call("DELETE", "/v1/session/0", token: session.token).status == 200)
+                var seen: [(Int, String)] = []
+                for _ in answers {
+                    let reply = try await client.call("GET", "/v1/user", token: session.token)
+                    seen.append((reply.status, reply.error ?? ""))
+                }
+                #expect(seen.map(\.0) == answers.map(\.0) && seen.map(\.1) == answers.map(\.1), "\(mode): \(seen)")
+            }
         }
     }
 
