@@ -17,8 +17,9 @@ from bunq.sdk.context.api_context import ApiContext
 from bunq.sdk.context.api_environment_type import ApiEnvironmentType
 from bunq.sdk.context.bunq_context import BunqContext
 from bunq.sdk.exception.bunq_exception import BunqException
-from bunq.sdk.model.generated.endpoint import (MonetaryAccountBankApiObject, OauthCallbackUrlApiObject,
-                                               OauthClientApiObject, UserApiObject)
+from bunq.sdk.model.generated.endpoint import (MonetaryAccountApiObject, MonetaryAccountBankApiObject,
+                                               MonetaryAccountJointApiObject, MonetaryAccountSavingsApiObject,
+                                               OauthCallbackUrlApiObject, OauthClientApiObject, UserApiObject)
 
 results = []
 
@@ -106,6 +107,29 @@ def run_checks(base):
         assert admin(base, "GET", "stats")["sessions_created"] == created + 1
         BunqContext.load_api_context(context)
         assert MonetaryAccountBankApiObject.list().value[0].status == "ACTIVE"
+
+    @check("MonetaryAccount lists every account type in its wrapper, paged with count and older_id")
+    def _():
+        BunqContext.load_api_context(state["person"])
+        admin(base, "POST", "accounts", {"api_key": state["api_key"], "type": "MonetaryAccountSavings", "count": 2})
+        admin(base, "POST", "accounts", {"api_key": state["api_key"], "type": "MonetaryAccountJoint", "count": 1})
+        def referenced(account):
+            """The one typed account the SDK's MonetaryAccount wrapper holds."""
+            held = [getattr(account, name) for name in ("MonetaryAccountBank", "MonetaryAccountSavings", "MonetaryAccountJoint")
+                    if getattr(account, name, None) is not None]
+            assert len(held) == 1, vars(account)
+            return held[0]
+
+        first = MonetaryAccountApiObject.list(params={"count": "2"})
+        assert len(first.value) == 2, first.value
+        kinds = {type(referenced(account)) for account in first.value}
+        assert kinds <= {MonetaryAccountBankApiObject, MonetaryAccountSavingsApiObject, MonetaryAccountJointApiObject}
+        assert first.pagination.has_previous_page() and not first.pagination.has_next_page_assured()
+        second = MonetaryAccountApiObject.list(params=first.pagination.url_params_previous_page)
+        ids = [referenced(account).id_ for account in first.value + second.value]
+        assert ids == sorted(ids, reverse=True) and len(set(ids)) == len(ids), ids
+        every = {type(referenced(account)) for account in MonetaryAccountApiObject.list(params={"count": "200"}).value}
+        assert {MonetaryAccountSavingsApiObject, MonetaryAccountJointApiObject} <= every, every
 
     @check("the SDK's response-signature check rejects a reply signed wrongly")
     def _():
