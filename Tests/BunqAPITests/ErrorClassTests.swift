@@ -25,6 +25,15 @@ import Testing
                 (["status": 429, "error": "Too many requests. You can do a maximum of 3 calls per 3 second to this endpoint."], .rateLimited, 429),
                 (["status": 401, "error": "Insufficient authentication."], .sessionInvalid, 401),
                 (["status": 403, "error": "Insufficient authorisation."], .sessionInvalid, 403),
+                // bunq answers a dead session with 403 in either wording; a live session's permission error is
+                // not a dead session, and renewing would not help.
+                (["status": 403, "error": "Insufficient authentication."], .sessionInvalid, 403),
+                (["status": 403, "error": "You're not allowed to make this call."], .permissionDenied, 403),
+                // What a proxy in front of bunq answers: HTML or nothing, unsigned; transient, never a parse crash.
+                (["preset": "html_502"], .transient, 502),
+                (["preset": "empty_503"], .transient, 503),
+                (["preset": "maintenance_491"], .transient, 491),
+                (["preset": "user_error_490"], .badRequest, 490),
                 (["status": 466, "error": "For this operation a request signature is required."], .signatureRequired, 466),
                 (["status": 404, "error": "Route not found."], .badRequest, 404),
                 (["bad_signature": true], .responseNotAuthentic, 200),
@@ -44,6 +53,8 @@ import Testing
             }
             #expect(rateLimited?.message.hasPrefix("Too many requests.") == true)
             #expect(rateLimited?.responseId != nil, "the response id is kept for bunq support")
+            // Every call, retries included, went out with a fresh request id: the emulator refuses a reused one.
+            #expect(try await admin.stat("request_ids_rejected") == 0)
 
             // A signature from the wrong key: 400 "The request signature is invalid.".
             let wrongKey = InstallationContext(key: try RSAPrivateKey.generateBlocking(), token: context.token,
