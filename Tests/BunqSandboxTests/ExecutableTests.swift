@@ -38,6 +38,8 @@ import TestSupport
     @Test func badFlagsAreUsageErrorsNamingTheFlag() throws {
         for (arguments, flag) in [(["--rate-limits", "sometimes"], "--rate-limits"),
                                   (["--expired-session-status", "500"], "--expired-session-status"),
+                                  (["--session-extension-seconds", "0"], "--session-extension-seconds"),
+                                  (["--api-key-bind-window=-1"], "--api-key-bind-window"),
                                   (["--session-timeout", "0"], "--session-timeout"),
                                   (["--port", "70000"], "--port"),
                                   (["--no-such-flag"], "--no-such-flag")] {
