@@ -11,6 +11,8 @@ public final class Keeper: Service, Sendable {
     public let configuration: KeeperConfiguration
     public let scheduler: SessionScheduler<ContinuousClock>
     let store: StateStore
+    /// Held for the life of the daemon: one daemon per state directory.
+    let stateLock: StateLock
     let client: BunqClient
     let cache: ContextCache
     let oauthStates = OAuthStates()
@@ -33,6 +35,8 @@ public final class Keeper: Service, Sendable {
     public init(configuration: KeeperConfiguration, psd2: PSD2Material?, logger: Logger) throws {
         self.configuration = configuration
         self.logger = logger
+        // The lock first: a second daemon must not touch the key, the database or the socket.
+        stateLock = try StateLock(directory: configuration.stateDirectory)
         let key = try MasterKey.load(credentialsDirectory: configuration.credentialsDirectory,
                                      stateDirectory: configuration.stateDirectory)
         store = try StateStore(directory: configuration.stateDirectory, masterKey: key)

@@ -4,7 +4,8 @@ import Foundation
 /// The key that seals every secret at rest.
 public enum MasterKey {
     /// The key from the systemd credential `master-key` (32 raw bytes or 64 hex characters) when
-    /// `$CREDENTIALS_DIRECTORY` has one; else `master.key` in the state directory, generated (0600) on first use.
+    /// `$CREDENTIALS_DIRECTORY` has one; else `master.key` in the state directory, generated (0600, fsync'd with
+    /// its directory) on first use. A missing key beside an existing state is an error, never a new key.
     public static func load(credentialsDirectory: String?, stateDirectory: String) throws -> SymmetricKey {
         if let credentialsDirectory {
             let path = credentialsDirectory + "/master-key"
@@ -17,6 +18,13 @@ public enum MasterKey {
         if FileManager.default.fileExists(atPath: path) {
             try requirePrivate(path)
             return try parse(try read(path), source: path)
+        }
+        // A new key could not open what the old one sealed: a state without its key is an operator's problem to
+        // solve (restore the key), never one to paper over.
+        let database = stateDirectory + "/" + StateStore.fileName
+        if FileManager.default.fileExists(atPath: database) {
+            throw StoreError(.masterKey, "the master key \(path) is missing, but the state \(database) exists: "
+                + "restore the key file (or the master-key credential); a new key could not decrypt the state")
         }
         let key = try SymmetricKey.generate()
         // O_EXCL: never overwrite a key another process just wrote; 0600 from the first byte.
@@ -31,6 +39,12 @@ public enum MasterKey {
         guard written == bytes.count, synced else {
             unlink(path)
             throw StoreError(.masterKey, "cannot write the master key file \(path)")
+        }
+        // The key's directory entry must survive a power loss too.
+        let directory = open(stateDirectory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if directory >= 0 {
+            _ = fsync(directory)
+            close(directory)
         }
         return key
     }

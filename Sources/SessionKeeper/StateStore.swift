@@ -69,6 +69,9 @@ public final class StateStore: Sendable {
         do {
             var configuration = Configuration()
             configuration.busyMode = .timeout(10)
+            // WAL's default NORMAL survives a crash but may lose the last commits to a power loss; a session or
+            // the marker that prevents a second device must not be lost once used.
+            configuration.prepareDatabase { db in try db.execute(sql: "PRAGMA synchronous = FULL") }
             pool = try DatabasePool(path: path, configuration: configuration)
             try Self.migrator.migrate(pool)
         } catch {
@@ -77,6 +80,11 @@ public final class StateStore: Sendable {
         for suffix in ["", "-wal", "-shm"] where FileManager.default.fileExists(atPath: path + suffix) {
             chmod(path + suffix, 0o600)
         }
+    }
+
+    /// SQLite's `synchronous` setting on the store's connections (2: FULL).
+    public func synchronousSetting() throws -> Int {
+        try pool.read { db in try Int.fetchOne(db, sql: "PRAGMA synchronous") ?? -1 }
     }
 
     static func prepareDirectory(_ directory: String) throws {

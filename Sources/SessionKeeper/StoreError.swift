@@ -5,6 +5,8 @@ public struct StoreError: Error, Sendable, CustomStringConvertible {
         case permissions
         case database
         case corrupt
+        /// Another daemon holds the state directory.
+        case locked
     }
 
     public let code: Code

@@ -44,6 +44,7 @@ public final class SocketServer: Service, Sendable {
             .childChannelOption(.writeBufferWaterMark, value: .init(low: 64 * 1024, high: 1024 * 1024))
             .childChannelInitializer { [self] channel in initialize(channel) }
         let server: any Channel
+        var boundInode: ino_t?
         if let inheritedSocket {
             // systemd made the socket (its mode, owner and group come from the .socket unit).
             server = try await bootstrap.withBoundSocket(inheritedSocket).get()
@@ -51,6 +52,7 @@ public final class SocketServer: Service, Sendable {
         } else {
             try Self.prepare(path)
             server = try await bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).get()
+            boundInode = Self.inode(path)
             chmod(path, 0o660)
             logger.info("listening", metadata: ["bunq.socket": "\(path)"])
         }
@@ -60,8 +62,9 @@ public final class SocketServer: Service, Sendable {
         } onGracefulShutdown: {
             server.close(promise: nil)
         }
-        // An inherited socket belongs to systemd, which keeps listening on it for the next start.
-        if inheritedSocket == nil { unlink(path) }
+        // An inherited socket belongs to systemd, which keeps listening on it for the next start; and a socket
+        // file that is no longer ours (another process bound the path since) is not ours to remove.
+        if inheritedSocket == nil, let boundInode, Self.inode(path) == boundInode { unlink(path) }
     }
 
     /// Whether an event loop of the server runs tasks within `timeout`: the watchdog's proof that the server is
@@ -118,6 +121,34 @@ public final class SocketServer: Service, Sendable {
         if lstat(path, &existing) == 0, existing.st_mode & S_IFMT != S_IFSOCK {
             throw SocketServerError("\(path) exists and is not a socket; refusing to replace it")
         }
+        if lstat(path, &existing) == 0, Self.isListening(path) {
+            throw SocketServerError("\(path) is in use: another process listens on it; refusing to replace it")
+        }
+    }
+
+    /// Whether something accepts connections on the Unix socket at `path` (a stale file left by a crash does not).
+    static func isListening(_ path: String) -> Bool {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else { return false }
+        withUnsafeMutableBytes(of: &address.sun_path) { buffer in
+            buffer.copyBytes(from: bytes)
+        }
+        return withUnsafePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) == 0
+            }
+        }
+    }
+
+    /// The inode of the file at `path`, or nil.
+    static func inode(_ path: String) -> ino_t? {
+        var info = stat()
+        return lstat(path, &info) == 0 ? info.st_ino : nil
     }
 }
 

@@ -6,7 +6,9 @@ import Testing
 
 /// The emulator holds clients to what bunq holds them to: IP binding, request ids, headers, killed sessions,
 /// credential time limits, lists. Limits off unless a test is about them: these tests make many calls a second.
-@Suite struct FidelityTests {
+/// Serialized: fourteen emulators starting at once (three RSA keys each) would crowd the test process's two
+/// cooperative threads that timing-sensitive suites share.
+@Suite(.serialized) struct FidelityTests {
     // MARK: Killed and revoked sessions
 
     @Test func killedAndRevokedSessionsDieAtOnce() async throws {

@@ -49,6 +49,38 @@ import TestSupport
         #expect(try reopened.contexts().map(\.name) == ["provider"])
     }
 
+    @Test func oneOwnerPerStateFullSyncAndNoSilentNewKey() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let stateDir = dir.path("state")
+        // The lock: a second holder is refused, naming the first's pid; released when the first goes.
+        do {
+            let lock = try StateLock(directory: stateDir)
+            #expect(throws: StoreError.self) { _ = try StateLock(directory: stateDir) }
+            do {
+                _ = try StateLock(directory: stateDir)
+            } catch let error as StoreError {
+                #expect(error.code == .locked && error.message.contains("(pid \(getpid()))"), "\(error)")
+            }
+            _ = lock
+        }
+        _ = try StateLock(directory: stateDir)
+
+        let store = try StateStore(directory: stateDir, masterKey: try MasterKey.load(credentialsDirectory: nil,
+                                                                                       stateDirectory: stateDir))
+        #expect(try store.synchronousSetting() == 2, "synchronous = FULL: commits survive a power loss")
+        // The key is gone but the state it sealed is not: an error naming both, and no new key.
+        try FileManager.default.removeItem(atPath: stateDir + "/master.key")
+        do {
+            _ = try MasterKey.load(credentialsDirectory: nil, stateDirectory: stateDir)
+            Issue.record("a new master key was made beside an existing state")
+        } catch let error as StoreError {
+            #expect(error.code == .masterKey && error.message.contains(stateDir + "/master.key")
+                    && error.message.contains(StateStore.fileName), "\(error)")
+        }
+        #expect(!FileManager.default.fileExists(atPath: stateDir + "/master.key"))
+    }
+
     @Test func noSecretIsStoredInPlaintextAndFilesArePrivate() async throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
