@@ -3,6 +3,14 @@ import Foundation
 
 /// The key that seals every secret at rest.
 public enum MasterKey {
+    /// Where `load` takes the key from, for messages: the credential's path or the key file's.
+    public static func source(credentialsDirectory: String?, stateDirectory: String) -> String {
+        if let credentialsDirectory, FileManager.default.fileExists(atPath: credentialsDirectory + "/master-key") {
+            return credentialsDirectory + "/master-key"
+        }
+        return stateDirectory + "/master.key"
+    }
+
     /// The key from the systemd credential `master-key` (32 raw bytes or 64 hex characters) when
     /// `$CREDENTIALS_DIRECTORY` has one; else `master.key` in the state directory, generated (0600, fsync'd with
     /// its directory) on first use. A missing key beside an existing state is an error, never a new key.

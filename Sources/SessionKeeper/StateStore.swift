@@ -61,8 +61,10 @@ public final class StateStore: Sendable {
     private let key: SymmetricKey
     public let path: String
 
-    /// Opens (creating when needed) the store in `directory` (created 0700) with files 0600, and migrates it.
-    public init(directory: String, masterKey: SymmetricKey) throws {
+    /// Opens (creating when needed) the store in `directory` (created 0700) with files 0600, migrates it, and
+    /// checks that `masterKey` (read from `keySource`) is the key that sealed it: a wrong key is an error here,
+    /// at start, not a decryption failure per context later.
+    public init(directory: String, masterKey: SymmetricKey, keySource: String = "the master key") throws {
         try Self.prepareDirectory(directory)
         path = directory + "/" + Self.fileName
         key = masterKey
@@ -71,7 +73,11 @@ public final class StateStore: Sendable {
             configuration.busyMode = .timeout(10)
             // WAL's default NORMAL survives a crash but may lose the last commits to a power loss; a session or
             // the marker that prevents a second device must not be lost once used.
-            configuration.prepareDatabase { db in try db.execute(sql: "PRAGMA synchronous = FULL") }
+            // secure_delete: a removed context's pages are overwritten, not left in the file's free list.
+            configuration.prepareDatabase { db in
+                try db.execute(sql: "PRAGMA synchronous = FULL")
+                try db.execute(sql: "PRAGMA secure_delete = ON")
+            }
             pool = try DatabasePool(path: path, configuration: configuration)
             try Self.migrator.migrate(pool)
         } catch {
@@ -79,6 +85,33 @@ public final class StateStore: Sendable {
         }
         for suffix in ["", "-wal", "-shm"] where FileManager.default.fileExists(atPath: path + suffix) {
             chmod(path + suffix, 0o600)
+        }
+        try checkKey(source: keySource)
+    }
+
+    /// The key check: a value sealed under the master key when the state was made (or, for a state older than
+    /// the check, the first context's registration). One that does not open means another key sealed the state.
+    private func checkKey(source: String) throws {
+        let (check, sample) = try wrap("read the key check") {
+            try pool.read { db in
+                (try Data.fetchOne(db, sql: "SELECT value FROM meta WHERE key = 'key_check'"),
+                 try Row.fetchOne(db, sql: "SELECT name, registration FROM context ORDER BY name LIMIT 1"))
+            }
+        }
+        let wrongKey = StoreError(.masterKey, "\(source) is not the key that sealed the state \(path): "
+            + "restore the right key file (or master-key credential); the state cannot be opened with this one")
+        if let check {
+            guard (try? open(check, "meta", "key_check")) != nil else { throw wrongKey }
+            return
+        }
+        if let sample {
+            guard (try? open(sample["registration"], sample["name"], "registration")) != nil else { throw wrongKey }
+        }
+        let sealed = try seal(Data("bunq-sessiond".utf8), "meta", "key_check")
+        try wrap("write the key check") {
+            try pool.write { db in
+                try db.execute(sql: "INSERT OR IGNORE INTO meta (key, value) VALUES ('key_check', ?)", arguments: [sealed])
+            }
         }
     }
 
@@ -124,6 +157,13 @@ public final class StateStore: Sendable {
         // v2: bunq's server key (public) in the clear, so start-up need not decrypt every registration.
         migrator.registerMigration("v2") { db in
             try db.alter(table: "context") { table in table.add(column: "server_public_key", .text) }
+        }
+        // v3: the key check (a value sealed under the master key, so a wrong key is caught at start).
+        migrator.registerMigration("v3") { db in
+            try db.create(table: "meta") { table in
+                table.primaryKey("key", .text)
+                table.column("value", .blob).notNull()
+            }
         }
         return migrator
     }
@@ -222,6 +262,20 @@ public final class StateStore: Sendable {
         }
     }
 
+    /// Stores a bootstrap step's registration of an existing context; a context removed meanwhile is not
+    /// re-created (`missing`).
+    public func updateRegistration(_ name: String, _ registration: IdentityRegistration) throws {
+        let sealed = try seal(JSONEncoder().encode(registration), name, "registration")
+        try wrap("save the registration of \(name)") {
+            try pool.write { db in
+                try db.execute(sql: """
+                    UPDATE context SET registration = ?, server_public_key = ?, updated_at = ? WHERE name = ?
+                    """, arguments: [sealed, registration.serverPublicKeyPEM, Date().timeIntervalSince1970, name])
+                guard db.changesCount == 1 else { throw StoreError(.missing, "context \(name) does not exist") }
+            }
+        }
+    }
+
     /// Stores a new session together with the registration that opened it and the new generation.
     public func saveSession(_ name: String, _ session: SessionInfo, generation: Int,
                             registration: IdentityRegistration) throws {
@@ -233,7 +287,7 @@ public final class StateStore: Sendable {
                     UPDATE context SET registration = ?, server_public_key = ?, generation = ?, updated_at = ? WHERE name = ?
                     """, arguments: [sealedRegistration, registration.serverPublicKeyPEM, generation,
                                      Date().timeIntervalSince1970, name])
-                guard db.changesCount == 1 else { throw StoreError(.corrupt, "context \(name) does not exist") }
+                guard db.changesCount == 1 else { throw StoreError(.missing, "context \(name) does not exist") }
                 try db.execute(sql: """
                     INSERT OR REPLACE INTO session (context, session_id, token, user_id, created, expires_at)
                     VALUES (?, ?, ?, ?, ?, ?)
@@ -271,7 +325,8 @@ public final class StateStore: Sendable {
         }
     }
 
-    /// Forgets a context and its secrets.
+    /// Forgets a context and its secrets: the rows are deleted with their pages overwritten (`secure_delete`),
+    /// and the write-ahead log is checkpointed and truncated so no copy of them stays there either.
     public func removeContext(_ name: String) throws {
         try wrap("remove \(name)") {
             try pool.write { db in
@@ -279,6 +334,9 @@ public final class StateStore: Sendable {
                 try db.execute(sql: "DELETE FROM context WHERE name = ?", arguments: [name])
             }
         }
+        // Best effort: a reader in progress can keep the log from being truncated now; the next removal or
+        // checkpoint does it.
+        _ = try? pool.writeWithoutTransaction { db in try db.checkpoint(.truncate) }
     }
 
     // MARK: Sealing

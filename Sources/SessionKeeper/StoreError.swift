@@ -7,6 +7,8 @@ public struct StoreError: Error, Sendable, CustomStringConvertible {
         case corrupt
         /// Another daemon holds the state directory.
         case locked
+        /// A write for a context that no longer exists (removed meanwhile): refused, never re-created.
+        case missing
     }
 
     public let code: Code

@@ -32,7 +32,7 @@ import TestSupport
             try store.saveRegistration("ops", kind: .apiKey, registration)
             try store.saveSession("ops", session, generation: 3, registration: registration)
             try store.saveRegistration("provider", kind: .provider, IdentityRegistration(kind: .psd2Provider))
-            #expect(try store.appliedMigrations() == ["v1", "v2"])
+            #expect(try store.appliedMigrations() == ["v1", "v2", "v3"])
         }
         let reopened = try StateStore(directory: stateDir, masterKey: try MasterKey.load(credentialsDirectory: nil, stateDirectory: stateDir))
         let contexts = try reopened.contexts()
@@ -106,20 +106,24 @@ import TestSupport
         #expect(try mode(stateDir + "/master.key") & 0o777 == 0o600)
     }
 
-    @Test func aWrongMasterKeyIsRefusedWithoutLeaking() async throws {
+    @Test func aWrongMasterKeyIsRefusedAtOpenWithoutLeaking() async throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
         let stateDir = try makeDirectory(dir.path("state"))
-        let store = try StateStore(directory: stateDir, masterKey: try SymmetricKey.generate())
+        let key = try SymmetricKey.generate()
+        let store = try StateStore(directory: stateDir, masterKey: key)
         try store.saveRegistration("ops", kind: .apiKey, try await registration())
-        let other = try StateStore(directory: stateDir, masterKey: try SymmetricKey.generate())
+        // The key check refuses another key at once, naming the key's source and the state.
         do {
-            _ = try other.contexts()
-            Issue.record("read with the wrong key")
+            _ = try StateStore(directory: stateDir, masterKey: try SymmetricKey.generate(), keySource: "/etc/other.key")
+            Issue.record("opened with the wrong key")
         } catch let error as StoreError {
-            #expect(error.code == .corrupt && error.message.contains("ops"))
+            #expect(error.code == .masterKey && error.message.contains("/etc/other.key")
+                    && error.message.contains(StateStore.fileName), "\(error)")
             #expect(!"\(error)".contains(apiKey))
         }
+        // The right key still opens it.
+        #expect(try StateStore(directory: stateDir, masterKey: key).context("ops") != nil)
     }
 
     @Test func theMasterKeyComesFromTheCredentialFirst() throws {
