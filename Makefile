@@ -10,7 +10,7 @@ export PATH := $(PATH):/opt/swift/usr/bin
 # tests, CA certificates for TLS, Python for the official-SDK compatibility test, systemd-nspawn and debootstrap
 # for the test under a real systemd).
 DEB_PACKAGES := libssl-dev libcurl4-openssl-dev libsystemd-dev libsqlite3-dev sqlite3 pkg-config openssl ca-certificates curl \
-  python3 python3-venv systemd-container debootstrap
+  python3 python3-venv systemd-container debootstrap socat
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 BUILD_LOG := .build/make-build.log
 # bunq's official Python SDK, for the emulator's compatibility test, in a virtualenv under .build/.
@@ -75,6 +75,7 @@ PREFIX ?= /usr/local
 SYSCONFDIR ?= /etc
 UNITDIR ?= $(PREFIX)/lib/systemd/system
 SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
+CONFIG_GROUP ?= bunq-sessiond
 install:
 	$(SWIFT) build -c release --product bunq-sessiond
 	$(SWIFT) build -c release --product bunq-sessionctl
@@ -93,11 +94,17 @@ install-files:
 	install -m 0644 systemd/bunq-sessiond.socket "$(DESTDIR)$(UNITDIR)/"
 	install -m 0644 systemd/sysusers-bunq-sessiond.conf "$(DESTDIR)$(SYSUSERSDIR)/bunq-sessiond.conf"
 	install -m 0644 README.md "$(DESTDIR)$(PREFIX)/share/doc/bunq-sessiond/"
-	@if [ ! -e "$(DESTDIR)$(SYSCONFDIR)/bunq-sessiond/bunq-sessiond.yaml" ]; then \
-	  install -m 0640 config/bunq-sessiond.yaml "$(DESTDIR)$(SYSCONFDIR)/bunq-sessiond/bunq-sessiond.yaml"; \
-	else \
-	  install -m 0640 config/bunq-sessiond.yaml "$(DESTDIR)$(SYSCONFDIR)/bunq-sessiond/bunq-sessiond.yaml.example"; \
+	@# The service reads its config as the group CONFIG_GROUP (its own, made by sysusers: made now when installing
+	@# into this system as root); others cannot read it.
+	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ] && command -v systemd-sysusers >/dev/null \
+	    && ! getent group "$(CONFIG_GROUP)" >/dev/null; then \
+	  systemd-sysusers "$(SYSUSERSDIR)/bunq-sessiond.conf"; \
 	fi
+	@target="$(DESTDIR)$(SYSCONFDIR)/bunq-sessiond/bunq-sessiond.yaml"; \
+	if [ -e "$$target" ]; then target="$$target.example"; fi; \
+	install -m 0640 config/bunq-sessiond.yaml "$$target"; \
+	chgrp "$(CONFIG_GROUP)" "$$target" 2>/dev/null \
+	  || echo "note: group $(CONFIG_GROUP) does not exist yet: after systemd-sysusers, chgrp $(CONFIG_GROUP) $$target"
 	@echo "installed into $(DESTDIR)$(PREFIX); next: systemd-sysusers, edit $(SYSCONFDIR)/bunq-sessiond/bunq-sessiond.yaml," \
 	  "systemctl daemon-reload, systemctl enable --now bunq-sessiond.socket"
 

@@ -159,7 +159,7 @@ import Glibc
 
     @Test func accessControlUsesRealUidsAndGroups() async throws {
         guard getuid() == 0 else {
-            print("SKIPPED: accessControlUsesRealUidsAndGroups: needs root to create users and drop privileges (runs in CI)")
+            #expect(!Skip.report("accessControlUsesRealUidsAndGroups: needs root to create users and drop privileges (runs in CI)"))
             return
         }
         let suffix = String(UInt32.random(in: 1_000...9_999))

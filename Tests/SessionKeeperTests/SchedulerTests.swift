@@ -2,6 +2,7 @@ import Foundation
 import SessionKeeper
 import Synchronization
 import Testing
+import TestSupport
 
 /// A renewer standing in for bunq: sessions of a fixed lifetime, a failure rate, and a list of rejected contexts.
 final class FakeRenewer: SessionRenewer {
@@ -34,7 +35,15 @@ final class FakeRenewer: SessionRenewer {
 }
 
 @Suite struct SchedulerTests {
+    /// Its own thread: the loop's progress is what this test measures, and the shared cooperative pool is held up
+    /// for seconds at a time by other tests' blocking calls (it failed that way, generations stuck at 2 for 60 s).
+    static let executor = DedicatedThreadExecutor(name: "scheduler-test")
+
     @Test func contextsStayLiveThroughRenewalsAndFailures() async throws {
+        try await withTaskExecutorPreference(Self.executor) { try await renewalsAndFailures() }
+    }
+
+    private func renewalsAndFailures() async throws {
         let renewer = FakeRenewer(lifetime: 1.5, failureRate: 0.3)
         // Twenty identities of 1.5-s sessions need 18 sessions a second: the session-server budget is unlimited
         // here; the budget's own tests run in virtual time (BudgetSimulationTests).
@@ -42,7 +51,7 @@ final class FakeRenewer: SessionRenewer {
                                          renewer: renewer)
         let names = (0..<20).map { "ctx-\($0)" }
         for name in names { await scheduler.add(name, session: nil) }
-        let loop = Task { await scheduler.run() }
+        let loop = Task(executorPreference: Self.executor) { await scheduler.run() }
         // Waits for progress rather than a fixed window, so a loaded machine slows the test instead of failing it.
         var grantedTooLate = 0
         let deadline = ContinuousClock.now + .seconds(60)
