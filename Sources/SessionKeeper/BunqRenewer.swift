@@ -4,23 +4,15 @@ import Foundation
 import Logging
 import Synchronization
 
-/// The in-memory record of every context (no secrets but session tokens), updated together with the store.
-actor ContextCache {
-    private var records: [String: ContextRecord] = [:]
-
-    func set(_ record: ContextRecord) { records[record.name] = record }
-    func setMany(_ many: [ContextRecord]) { for record in many { records[record.name] = record } }
-    func get(_ name: String) -> ContextRecord? { records[name] }
-    func remove(_ name: String) { records[name] = nil }
-}
-
 /// Renews a context against bunq: bootstraps what is missing (persisting every step), opens a session when the
-/// scheduler grants the session-server slot, and commits it to the store before handing it to the scheduler:
-/// persist before use.
+/// scheduler grants the session-server slot, and commits it through the context's owner before handing it to
+/// the scheduler: persist before use. Every write carries the incarnation the renewal started for, so a context
+/// removed meanwhile stays removed.
 struct BunqRenewer: SessionRenewer {
     let client: BunqClient
     let store: StateStore
-    let cache: ContextCache
+    let ownerSlot: OwnerSlot
+    private var owner: ContextOwner { ownerSlot.owner }
     let psd2: PSD2Material?
     let deviceDescription: String
     let logger: Logger
@@ -37,9 +29,9 @@ struct BunqRenewer: SessionRenewer {
 
     func prepare(_ name: String) async -> Result<Void, RenewalError> {
         do {
-            var (context, logger) = try load(name)
+            var (context, incarnation, logger) = try await load(name)
             while Self.isPreparation(context.registration.nextStep) {
-                _ = try await advance(name, &context, logger: logger)
+                _ = try await advance(name, incarnation, &context, logger: logger)
             }
             return .success(())
         } catch {
@@ -49,12 +41,12 @@ struct BunqRenewer: SessionRenewer {
 
     func openSession(_ name: String) async -> Result<SessionInfo, RenewalError> {
         do {
-            var (context, logger) = try load(name)
+            var (context, incarnation, logger) = try await load(name)
             // A context that lost its registration steps would otherwise never get there: finish them first.
             while Self.isPreparation(context.registration.nextStep) {
-                _ = try await advance(name, &context, logger: logger)
+                _ = try await advance(name, incarnation, &context, logger: logger)
             }
-            guard let session = try await advance(name, &context, logger: logger) else {
+            guard let session = try await advance(name, incarnation, &context, logger: logger) else {
                 // confirm_device found the interrupted device-server call never bound the device: it is
                 // registered at the next attempt.
                 throw RenewalError(.retryable, "the device was not bound; registering it", code: "device_not_bound")
@@ -68,51 +60,46 @@ struct BunqRenewer: SessionRenewer {
                                      grantedByUserId: session.user.grantedBy?.id)
             context.session = stored
             context.generation += 1
-            try store.saveSession(name, stored, generation: context.generation, registration: context.registration)
-            await cache.set(context.record)
+            try await owner.commitSession(name, incarnation: incarnation, stored, generation: context.generation,
+                                          registration: context.registration)
             return .success(stored)
         } catch {
             return .failure(Self.classify(error))
         }
     }
 
-    /// The full registration (with its secrets) comes from the store only now, for this renewal.
-    private func load(_ name: String) throws -> (StoredContext, Logger) {
-        guard let context = try store.context(name) else {
-            throw RenewalError(.needsAttention, "context \(name) is unknown", code: "unknown_context")
+    /// The full registration (with its secrets) comes from the store only now, for this renewal, with the
+    /// incarnation its writes must present.
+    private func load(_ name: String) async throws -> (StoredContext, UInt64, Logger) {
+        guard let incarnation = await owner.incarnation(name), let context = try store.context(name) else {
+            throw ContextOwner.gone(name)
         }
         var logger = logger
         logger[metadataKey: "bunq.context"] = "\(name)"
-        return (context, logger)
+        return (context, incarnation, logger)
     }
 
     /// One bootstrap step, persisted whether it worked or not.
-    private func advance(_ name: String, _ context: inout StoredContext, logger: Logger) async throws -> BunqSession? {
-        guard await cache.get(name) != nil else {
-            throw RenewalError(.needsAttention, "context \(name) is unknown", code: "unknown_context")
-        }
+    private func advance(_ name: String, _ incarnation: UInt64, _ context: inout StoredContext,
+                         logger: Logger) async throws -> BunqSession? {
         var registration = context.registration
         let step = registration.nextStep
         if step != .session { logger.info("bootstrap step", metadata: ["bunq.step": "\(step.rawValue)"]) }
-        let kind = context.kind
-        let persist: (IdentityRegistration) async throws -> Void = { registration in
-            try store.saveRegistration(name, kind: kind, registration)
+        let persist: (IdentityRegistration) async throws -> Void = { [owner] registration in
+            try await owner.saveRegistration(name, incarnation: incarnation, registration)
         }
         let opened: BunqSession?
         do {
             opened = try await client.advance(&registration, deviceDescription: deviceDescription, psd2: psd2,
                                               persist: persist)
         } catch {
+            // What the failed step learned is kept, unless the context is gone (then that is the answer).
             try await persist(registration)
             context.registration = registration
-            await cache.set(context.record)
             throw error
         }
         context.registration = registration
-        if opened == nil {
-            try await persist(registration)
-            await cache.set(context.record)
-        }
+        if opened == nil { try await persist(registration) }
         return opened
     }
 
@@ -125,6 +112,8 @@ struct BunqRenewer: SessionRenewer {
                                 code: error.kind.rawValue)
         case let error as RenewalError:
             return error
+        case let error as StoreError where error.code == .missing:
+            return RenewalError(.needsAttention, error.message, code: "removed")
         case let error as StoreError:
             return RenewalError(.retryable, "state store: \(error)", code: "store")
         case let error as CryptoError:
@@ -149,5 +138,18 @@ final class Throttle: Sendable {
             last = now
             return true
         }
+    }
+}
+
+/// The owner, for the renewer: set once by the keeper right after making it (the owner needs the scheduler,
+/// which needs the renewer), before the scheduler runs.
+final class OwnerSlot: Sendable {
+    private let slot = Mutex<ContextOwner?>(nil)
+
+    func set(_ owner: ContextOwner) { slot.withLock { $0 = owner } }
+
+    var owner: ContextOwner {
+        guard let owner = slot.withLock({ $0 }) else { preconditionFailure("the context owner is set before renewals run") }
+        return owner
     }
 }

@@ -1,4 +1,5 @@
 import BunqAPI
+import BunqCrypto
 import Foundation
 import Logging
 import ServiceLifecycle
@@ -14,7 +15,8 @@ public final class Keeper: Service, Sendable {
     /// Held for the life of the daemon: one daemon per state directory.
     let stateLock: StateLock
     let client: BunqClient
-    let cache: ContextCache
+    /// The one writer of every context's state (store rows and published snapshots).
+    let owner: ContextOwner
     let oauthStates = OAuthStates()
     let logger: Logger
     /// Sessions as the socket server reads them, without a round trip through the scheduler.
@@ -30,16 +32,28 @@ public final class Keeper: Service, Sendable {
     let budgetState = Mutex(BudgetStatus(neededPerDay: 0, availablePerDay: 0, late: []))
     /// The API-key identities as a reload last set them (the renewal policy lives in the scheduler).
     let apiKeys: Mutex<[KeeperConfiguration.APIKeyIdentity]>
+    /// Identities the start-up forgot (no longer configured): their sessions are ended at bunq once running.
+    let droppedAtStart = Mutex<[StoredContext]>([])
 
     /// Opens the store and the bunq client. `psd2` is the provider's checked material, when one is configured.
-    public init(configuration: KeeperConfiguration, psd2: PSD2Material?, logger: Logger) throws {
+    /// How long `run` waits before restoring (a test seam; zero otherwise).
+    let restoreDelay: Duration
+    /// The provider's certificate, re-checked daily for expiry.
+    let certificate: Certificate?
+
+    public init(configuration: KeeperConfiguration, psd2: PSD2Material?, logger: Logger,
+                restoreDelay: Duration = .zero) throws {
         self.configuration = configuration
+        self.restoreDelay = restoreDelay
+        certificate = psd2?.certificate
         self.logger = logger
         // The lock first: a second daemon must not touch the key, the database or the socket.
         stateLock = try StateLock(directory: configuration.stateDirectory)
         let key = try MasterKey.load(credentialsDirectory: configuration.credentialsDirectory,
                                      stateDirectory: configuration.stateDirectory)
-        store = try StateStore(directory: configuration.stateDirectory, masterKey: key)
+        store = try StateStore(directory: configuration.stateDirectory, masterKey: key,
+                               keySource: MasterKey.source(credentialsDirectory: configuration.credentialsDirectory,
+                                                           stateDirectory: configuration.stateDirectory))
         // The scheduler grants the session-server budget itself, by urgency: the client's limiter leaves it alone,
         // so no session-server call is ever charged twice.
         let limiter = BunqRateLimiter(mode: configuration.rateLimits, scale: configuration.rateLimitScale,
@@ -47,25 +61,29 @@ public final class Keeper: Service, Sendable {
         client = try BunqClient(endpoints: configuration.endpoints, rateLimiter: limiter,
                                 psd2FirstSessionTimeout: configuration.psd2FirstSessionTimeout,
                                 permittedIPs: configuration.permittedIPs, sourceAddress: configuration.sourceAddress)
-        cache = ContextCache()
         apiKeys = Mutex(configuration.apiKeys)
-        let renewer = BunqRenewer(client: client, store: store, cache: cache, psd2: psd2,
+        let slot = OwnerSlot()
+        let renewer = BunqRenewer(client: client, store: store, ownerSlot: slot, psd2: psd2,
                                   deviceDescription: configuration.deviceDescription, logger: logger)
         scheduler = SessionScheduler(policy: configuration.policy, budget: configuration.sessionServerBudget,
                                      renewer: renewer, maxConcurrent: configuration.maxConcurrentRenewals)
+        owner = ContextOwner(store: store, leases: leases, scheduler: scheduler)
+        slot.set(owner)
     }
 
     /// Restores stored contexts and adds the configured ones; returns the names now scheduled. Reads only the
     /// light records of OAuth users (the bulk at scale); configured identities are checked against their full
-    /// registration.
+    /// registration. API-key identities no longer configured (or whose key changed) are forgotten here, as a
+    /// reload would; their sessions are ended at bunq afterwards, off the start-up path (`dropped`).
     @discardableResult
     public func restore() async throws -> [String] {
         let records = Dictionary(uniqueKeysWithValues: try store.records().map { ($0.name, $0) })
-        var wanted: [ContextRecord] = []
+        var kept: [ContextRecord] = []
         var added: [StoredContext] = []
+        var dropped: [String] = []
         if configuration.provider != nil {
             if let record = records["provider"] {
-                wanted.append(record)
+                kept.append(record)
             } else {
                 added.append(StoredContext(name: "provider", kind: .provider, registration: IdentityRegistration(kind: .psd2Provider)))
             }
@@ -73,28 +91,39 @@ public final class Keeper: Service, Sendable {
         for identity in configuration.apiKeys {
             if let record = records[identity.name], record.kind == .apiKey,
                try store.context(identity.name)?.registration.secret == identity.key {
-                wanted.append(record)
+                kept.append(record)
             } else {
                 if records[identity.name] != nil {
                     logger.notice("API key changed: registering the identity anew",
                                   metadata: ["bunq.context": "\(identity.name)"])
-                    try store.removeContext(identity.name)
+                    dropped.append(identity.name)
                 }
                 added.append(StoredContext(name: identity.name, kind: .apiKey,
                                            registration: IdentityRegistration(kind: .apiKey, secret: identity.key)))
             }
         }
+        let configuredKeys = Set(configuration.apiKeys.map(\.name))
+        for record in records.values where record.kind == .apiKey && !configuredKeys.contains(record.name) {
+            logger.notice("identity no longer configured: ending and forgetting it", metadata: ["bunq.context": "\(record.name)"])
+            dropped.append(record.name)
+        }
         // OAuth-connected users are not in the configuration: they live in the store. A provisional entry left by
         // a crash during a connection is resumed under its provisional name.
-        wanted += records.values.filter { $0.kind == .oauthUser }.sorted { $0.name < $1.name }
-        for context in added {
-            try store.saveRegistration(context.name, kind: context.kind, context.registration)
-            wanted.append(context.record)
+        kept += records.values.filter { $0.kind == .oauthUser }.sorted { $0.name < $1.name }
+        // Dropped contexts are owned for an instant, only to be removed through the owner: the scheduler does not
+        // run yet, so none of them is renewed.
+        await owner.restore(kept + dropped.compactMap { records[$0] })
+        var ended: [StoredContext] = []
+        for name in dropped {
+            if let stored = try await owner.remove(name) { ended.append(stored) }
+            signingKeys.forget(name)
         }
-        await cache.setMany(wanted)
-        let schedules = await scheduler.addMany(wanted.map { ($0.name, $0.session, $0.generation) })
+        droppedAtStart.withLock { $0 = ended }
+        for context in added {
+            try await owner.create(context.name, kind: context.kind, context.registration)
+        }
+        let wanted = kept + added.map(\.record)
         for record in wanted {
-            if let schedule = schedules[record.name] { leases.set(leaseEntry(record, schedule)) }
             // One line per identity for small deployments; at scale, only the summary below.
             logger.log(level: wanted.count <= 100 ? .info : .debug,
                        record.session == nil ? "identity added" : "identity restored", metadata: [
@@ -114,11 +143,27 @@ public final class Keeper: Service, Sendable {
         return (try? store.context(name))?.registration.nextStep.rawValue ?? "?"
     }
 
-    /// Runs the renewal loop and logs its events until shutdown.
+    /// Runs the renewal loop and logs its events until shutdown. A restore that fails (the state cannot be read)
+    /// fails `restored` and is thrown: the daemon stops instead of serving nothing.
     public func run() async throws {
-        try await restore()
+        do {
+            if restoreDelay > .zero { try? await cancelWhenGracefulShutdown { [restoreDelay] in try await Task.sleep(for: restoreDelay) } }
+            // Asked to stop before the state was even read: nothing to restore, nothing to run.
+            if Task.isCancelled || Task.isShuttingDownGracefully {
+                restored.fail()
+                await client.shutdown()
+                return
+            }
+            try await restore()
+        } catch {
+            restored.fail()
+            await client.shutdown()
+            throw error
+        }
         restored.fire()
         await withDiscardingTaskGroup { group in
+            group.addTask { [self] in await endDroppedSessions() }
+            group.addTask { [self] in await cancelWhenGracefulShutdown { await self.watchCertificate() } }
             group.addTask { [scheduler] in await cancelWhenGracefulShutdown { await scheduler.run() } }
             group.addTask { [self] in await logEvents() }
             group.addTask { [self] in await cancelWhenGracefulShutdown { await self.watchBudget() } }
@@ -127,17 +172,45 @@ public final class Keeper: Service, Sendable {
         logger.info("stopped")
     }
 
+    /// Checks the provider's certificate now and then daily: a warning within 30 days of its expiry, an error
+    /// once expired (bunq refuses new PSD2 sessions then; the running ones last until they expire).
+    func watchCertificate(every interval: Duration = .seconds(86_400)) async {
+        guard let certificate, let path = configuration.provider?.certificatePath else { return }
+        while !Task.isCancelled {
+            let daysLeft = Int(certificate.notAfter.timeIntervalSinceNow / 86_400)
+            let metadata: Logger.Metadata = ["bunq.context": "provider", "bunq.certificate": "\(path)",
+                                             "bunq.not_after": "\(ISO8601DateFormatter().string(from: certificate.notAfter))",
+                                             "bunq.days_left": "\(daysLeft)"]
+            if certificate.notAfter <= Date() {
+                logger.error("certificate expired", metadata: metadata)
+            } else if daysLeft < 30 {
+                // A stable message, so journald attaches the MESSAGE_ID operators alert on.
+                logger.warning("certificate expiring", metadata: metadata)
+            }
+            try? await Task.sleep(for: interval)
+        }
+    }
+
+    /// Ends at bunq the sessions of the identities restore forgot (best effort: they are gone from here either way).
+    private func endDroppedSessions() async {
+        for stored in droppedAtStart.withLock({ dropped in defer { dropped = [] }; return dropped }) {
+            await endSession(of: stored)
+        }
+    }
+
     private func logEvents() async {
         for await event in scheduler.events {
             switch event {
             case .rotated(let context, let generation, let expiresAt):
-                events.publish(event, await refreshLease(context))
+                events.publish(event, await owner.publish(context))
                 logger.info("session renewed", metadata: [
                     "bunq.context": "\(context)", "bunq.generation": "\(generation)",
                     "bunq.expires_at": "\(ISO8601DateFormatter().string(from: expiresAt))",
                 ])
             case .failed(let context, let error, let failures, let retryAt, let entered):
-                events.publish(event, await refreshLease(context))
+                events.publish(event, await owner.publish(context))
+                // A renewal that outlived its context's removal: nothing failed that anyone needs to hear of.
+                guard error.code != "removed" else { continue }
                 var metadata: Logger.Metadata = ["bunq.context": "\(context)", "bunq.error": "\(error.message)",
                                                  "bunq.failures": "\(failures)"]
                 if let retryAt { metadata["bunq.retry_at"] = "\(ISO8601DateFormatter().string(from: retryAt))" }
@@ -150,30 +223,6 @@ public final class Keeper: Service, Sendable {
         }
     }
 
-    /// Copies the scheduler's view of `name` into the lease table (or removes it); returns the new entry.
-    @discardableResult
-    func refreshLease(_ name: String) async -> LeaseEntry? {
-        guard let record = await cache.get(name), let schedule = await scheduler.schedule(name) else {
-            leases.remove(name)
-            return nil
-        }
-        let entry = leaseEntry(record, schedule)
-        leases.set(entry)
-        return entry
-    }
-
-    /// The hot path's view of a context. A token may be handed out only while the scheduler's session is valid
-    /// beyond the margin; from then on the monotonic clock decides.
-    func leaseEntry(_ record: ContextRecord, _ schedule: ContextSchedule) -> LeaseEntry {
-        var usableUntil: ContinuousClock.Instant?
-        if [.live, .renewing, .retrying].contains(schedule.state), record.session != nil, let expiresAt = schedule.expiresAt {
-            usableUntil = ContinuousClock.now + .seconds(expiresAt.addingTimeInterval(-schedule.margin).timeIntervalSinceNow)
-        }
-        return LeaseEntry(context: record.name, kind: record.kind, session: usableUntil == nil ? nil : record.session,
-                          renewAt: schedule.renewAt, generation: schedule.generation,
-                          serverPublicKeyPEM: record.serverPublicKeyPEM, usableUntil: usableUntil)
-    }
-
     // MARK: The core's API
 
     public func lease(_ context: String) async -> LeaseResult? { await scheduler.lease(context) }
@@ -181,24 +230,36 @@ public final class Keeper: Service, Sendable {
     /// Applies a reloaded configuration's API-key identities and renewal policy: new identities are registered,
     /// removed ones ended at bunq and forgotten, changed keys registered anew; `needs_attention` contexts are
     /// retried (a reload is how an operator says "I fixed it"). Other settings need a restart.
+    ///
+    /// The configuration is already validated in full. The changes are worked out against what the owner holds
+    /// now (not against the previous file), so a reload that failed half-way is completed by the next one.
     public func applyReload(_ new: KeeperConfiguration) async throws {
-        let old = apiKeys.withLock { keys in
-            defer { keys = new.apiKeys }
-            return keys
-        }
         await scheduler.setPolicy(new.policy)
-        for identity in old where !new.apiKeys.contains(where: { $0.name == identity.name && $0.key == identity.key }) {
-            if await cache.get(identity.name) != nil { try await removeContext(identity.name, endSession: true) }
+        let wanted = Dictionary(uniqueKeysWithValues: new.apiKeys.map { ($0.name, $0.key) })
+        let previous = apiKeys.withLock { $0 }
+        var failure: (any Error)?
+        for name in await owner.names.sorted() {
+            guard let record = await owner.record(name), record.kind == .apiKey else { continue }
+            let key = previous.first { $0.name == name }?.key
+            if let wantedKey = wanted[name], wantedKey == key { continue }
+            do {
+                try await removeContext(name, endSession: true)
+            } catch {
+                failure = failure ?? error
+            }
         }
-        for identity in new.apiKeys where !old.contains(where: { $0.name == identity.name && $0.key == identity.key }) {
-            let context = StoredContext(name: identity.name, kind: .apiKey,
-                                        registration: IdentityRegistration(kind: .apiKey, secret: identity.key))
-            try store.saveRegistration(context.name, kind: context.kind, context.registration)
-            await cache.set(context.record)
-            await scheduler.add(context.name, session: nil)
-            await refreshLease(context.name)
-            logger.notice("identity added by reload", metadata: ["bunq.context": "\(identity.name)"])
+        for identity in new.apiKeys where await owner.record(identity.name) == nil {
+            do {
+                try await owner.create(identity.name, kind: .apiKey, IdentityRegistration(kind: .apiKey, secret: identity.key))
+                logger.notice("identity added by reload", metadata: ["bunq.context": "\(identity.name)"])
+            } catch {
+                failure = failure ?? error
+            }
         }
+        // What is applied now, so the next reload's differences are against it.
+        let applied = await owner.names
+        apiKeys.withLock { keys in keys = new.apiKeys.filter { applied.contains($0.name) } }
+        if let failure { throw failure }
         for name in await scheduler.contextNames where await scheduler.schedule(name)?.state == .needsAttention {
             await scheduler.requestRenewal(name)
         }
@@ -236,7 +297,7 @@ public final class Keeper: Service, Sendable {
         case .renewing?:
             logger.notice("session reported invalid", metadata: ["bunq.context": "\(context)",
                                                                  "bunq.generation": "\(generation)"])
-            await refreshLease(context)
+            await owner.publish(context)
         case .alreadyReplaced?:
             break
         }
@@ -294,17 +355,13 @@ public final class Keeper: Service, Sendable {
         }
     }
 
-    /// One line for `systemctl status`: "3 live, 0 failing; next renewal provider in 41 min".
+    /// One line for `systemctl status`: "3 live, 0 failing; next renewal provider in 41 min". From the published
+    /// snapshots' counts: nothing per context.
     public func statusLine() async -> String {
-        var live = 0, failing = 0, attention = 0
-        for name in await scheduler.contextNames {
-            switch await scheduler.schedule(name)?.state {
-            case .live?, .renewing?: live += 1
-            case .retrying?, .expired?, .bootstrapping?: failing += 1
-            case .needsAttention?: attention += 1
-            default: break
-            }
-        }
+        let counts = leases.stateCounts
+        let live = (counts[.live] ?? 0) + (counts[.renewing] ?? 0)
+        let failing = (counts[.retrying] ?? 0) + (counts[.expired] ?? 0) + (counts[.bootstrapping] ?? 0)
+        let attention = counts[.needsAttention] ?? 0
         var line = "\(live) live, \(failing) failing"
         if attention > 0 { line += ", \(attention) need attention" }
         let budget = self.budget

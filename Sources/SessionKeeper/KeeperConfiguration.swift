@@ -84,15 +84,38 @@ public struct KeeperConfiguration: Sendable {
         guard let data = FileManager.default.contents(atPath: file) else {
             throw ConfigurationError(file: file, key: "(file)", reason: "cannot be read")
         }
-        let root: Node
+        let composed: Node?
         do {
-            root = try Yams.compose(yaml: String(decoding: data, as: UTF8.self)) ?? Node.mapping([:])
+            composed = try Yams.compose(yaml: String(decoding: data, as: UTF8.self))
         } catch {
-            throw ConfigurationError(file: file, key: "(syntax)", reason: "is not valid YAML: \(error)")
+            throw ConfigurationError(file: file, key: "(syntax)", reason: "is not valid YAML: \(Self.describe(error))")
+        }
+        // An empty or comment-only file is a mistake (a truncated write, a wrong path), never "no identities":
+        // running with none must be said explicitly, `api_keys: []`.
+        guard let root = composed, root.mapping.map({ !$0.isEmpty }) ?? true else {
+            throw ConfigurationError(file: file, key: "(file)", reason: "is empty (or only comments); "
+                + "to run with no API-key identities, say so: api_keys: []")
         }
         var reader = Reader(file: file, root: root, environment: environment)
         try reader.checkKeys()
         return try reader.build()
+    }
+
+    /// A YAML error by its position and problem only: libyaml's own description quotes the file's bytes, which
+    /// may hold a secret pasted in the wrong place.
+    static func describe(_ error: any Error) -> String {
+        guard let error = error as? YamlError else { return "unreadable" }
+        switch error {
+        case .scanner(_, let problem, let mark, _), .parser(_, let problem, let mark, _),
+             .composer(_, let problem, let mark, _):
+            return "line \(mark.line), column \(mark.column): \(problem)"
+        case .reader(let problem, let offset, _, _):
+            return "\(problem)" + (offset.map { " at byte \($0)" } ?? "")
+        case .duplicatedKeysInMapping(let duplicates, let context):
+            return "line \(context.mark.line), column \(context.mark.column): duplicated keys \(duplicates.joined(separator: ", "))"
+        default:
+            return "unreadable YAML"
+        }
     }
 
     /// Reads one configuration: YAML values with environment overrides on top.

@@ -15,9 +15,12 @@ public struct LeaseEntry: Sendable, Equatable {
     /// On the monotonic clock: the last moment the session may be handed out (its expiry minus the token rule's
     /// margin); nil when it may not be at all. A wall clock that steps cannot move it.
     public let usableUntil: ContinuousClock.Instant?
+    /// The context's state when this snapshot was published (a renewal's start publishes nothing: `live` covers
+    /// `renewing`; `grantable` decides about the token).
+    public let state: ContextState
 
     public init(context: String, kind: StoredContext.Kind, session: SessionInfo?, renewAt: Date?, generation: Int,
-                serverPublicKeyPEM: String?, usableUntil: ContinuousClock.Instant?) {
+                serverPublicKeyPEM: String?, usableUntil: ContinuousClock.Instant?, state: ContextState = .live) {
         self.context = context
         self.kind = kind
         self.session = session
@@ -25,6 +28,7 @@ public struct LeaseEntry: Sendable, Equatable {
         self.generation = generation
         self.serverPublicKeyPEM = serverPublicKeyPEM
         self.usableUntil = usableUntil
+        self.state = state
     }
 
     /// The session when it may be handed out now.
@@ -34,17 +38,40 @@ public struct LeaseEntry: Sendable, Equatable {
     }
 }
 
-/// Every context's `LeaseEntry`, behind one lock: a `session.get` costs a dictionary lookup.
+/// Every context's published `LeaseEntry`, behind one lock: a `session.get` costs a dictionary lookup, and the
+/// count of contexts per state (for `daemon.status` and the STATUS line) is kept as entries come and go, so
+/// reading it costs nothing per context. Written only by the context owner.
 public final class LeaseTable: Sendable {
-    private let entries = Mutex<[String: LeaseEntry]>([:])
+    private struct Contents {
+        var entries: [String: LeaseEntry] = [:]
+        var counts: [ContextState: Int] = [:]
+
+        mutating func uncount(_ entry: LeaseEntry?) {
+            guard let entry else { return }
+            counts[entry.state, default: 0] -= 1
+        }
+    }
+
+    private let contents = Mutex(Contents())
 
     public init() {}
 
-    public func set(_ entry: LeaseEntry) { entries.withLock { $0[entry.context] = entry } }
-    public func remove(_ context: String) { _ = entries.withLock { $0.removeValue(forKey: context) } }
-    public func entry(_ context: String) -> LeaseEntry? { entries.withLock { $0[context] } }
-    public var names: [String] { entries.withLock { $0.keys.sorted() } }
-    public var count: Int { entries.withLock { $0.count } }
+    public func set(_ entry: LeaseEntry) {
+        contents.withLock { contents in
+            contents.uncount(contents.entries.updateValue(entry, forKey: entry.context))
+            contents.counts[entry.state, default: 0] += 1
+        }
+    }
+
+    public func remove(_ context: String) {
+        contents.withLock { contents in contents.uncount(contents.entries.removeValue(forKey: context)) }
+    }
+
+    public func entry(_ context: String) -> LeaseEntry? { contents.withLock { $0.entries[context] } }
+    public var names: [String] { contents.withLock { $0.entries.keys.sorted() } }
+    public var count: Int { contents.withLock { $0.entries.count } }
+    /// How many contexts are in each state, as last published; states with none are absent.
+    public var stateCounts: [ContextState: Int] { contents.withLock { $0.counts.filter { $0.value > 0 } } }
 }
 
 /// Fans scheduler events out to subscribers (socket connections), each with its own callback.

@@ -94,56 +94,49 @@ extension Keeper {
         // retrying (a grant is never dropped) and goes live under its provisional name.
         let provisional = "oauth-pending-" + String(state.prefix(12))
         let registration = IdentityRegistration(kind: .oauthUser, secret: accessToken)
-        try store.saveRegistration(provisional, kind: .oauthUser, registration)
-        await cache.set(StoredContext(name: provisional, kind: .oauthUser, registration: registration).record)
+        try await owner.create(provisional, kind: .oauthUser, registration, schedule: false)
         let session: SessionInfo
         switch await scheduler.addAwaitingFirstSession(provisional) {
         case .success(let opened): session = opened
         case .failure(let error):
-            await refreshLease(provisional)
+            await owner.publish(provisional)
             throw KeeperError(.upstream, "registering the user's identity failed: \(error.message)")
         }
         let finalName = name ?? "user-\(session.grantedByUserId ?? session.userId)"
-        if await cache.get(finalName) != nil { try await removeContext(finalName, endSession: true) }
+        if await owner.record(finalName) != nil { try await removeContext(finalName, endSession: true) }
         guard let opened = try store.context(provisional) else {
             throw KeeperError(.unknownContext, "the pending connection was removed")
         }
         let stored = SessionInfo(id: session.id, token: session.token, userId: session.userId,
                                  created: session.created, expiresAt: session.expiresAt)
-        await scheduler.remove(provisional)
-        try store.saveRegistration(finalName, kind: .oauthUser, opened.registration)
-        try store.saveSession(finalName, stored, generation: 1, registration: opened.registration)
-        try store.removeContext(provisional)
-        await cache.remove(provisional)
-        leases.remove(provisional)
-        await cache.set(StoredContext(name: finalName, kind: .oauthUser, registration: opened.registration,
-                                      session: stored, generation: 1).record)
-        await scheduler.add(finalName, session: stored, generation: 1)
-        await refreshLease(finalName)
+        // The final context is stored before the provisional one goes: a crash in between keeps the grant.
+        try await owner.createLive(finalName, kind: .oauthUser, opened.registration, session: stored)
+        _ = try await owner.remove(provisional)
         logger.info("OAuth user connected", metadata: ["bunq.context": "\(finalName)"])
         return finalName
     }
 
-    /// Ends the context's session at bunq (best effort) and forgets it with its secrets.
+    /// Forgets the context with its secrets, then (best effort) ends its session at bunq: its token stops being
+    /// handed out before the session is ended.
     public func removeContext(_ name: String, endSession: Bool = true) async throws {
-        guard await cache.get(name) != nil, let context = try store.context(name) else {
+        guard let stored = try await owner.remove(name) else {
             throw KeeperError(.unknownContext, "no context named \(name)")
         }
-        if endSession, let session = context.session, session.expiresAt > Date(),
-           let installation = try? context.registration.installationContext() {
-            do {
-                try await client.deleteSession(installation, sessionToken: session.token)
-            } catch {
-                logger.warning("could not end the session at bunq", metadata: ["bunq.context": "\(name)",
-                                                                                 "bunq.error": "\(error)"])
-            }
-        }
-        await scheduler.remove(name)
-        try store.removeContext(name)
-        await cache.remove(name)
-        leases.remove(name)
         signingKeys.forget(name)
         logger.notice("context removed", metadata: ["bunq.context": "\(name)"])
+        if endSession { await self.endSession(of: stored) }
+    }
+
+    /// Ends a forgotten context's session at bunq, when it still had a live one; failures are logged only.
+    func endSession(of context: StoredContext) async {
+        guard let session = context.session, session.expiresAt > Date(),
+              let installation = try? context.registration.installationContext() else { return }
+        do {
+            try await client.deleteSession(installation, sessionToken: session.token)
+        } catch {
+            logger.warning("could not end the session at bunq", metadata: ["bunq.context": "\(context.name)",
+                                                                             "bunq.error": "\(error)"])
+        }
     }
 
     var configuredNames: Set<String> {

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 /// Makes new sessions for a context, in the two steps the session-server budget needs. The scheduler calls at
 /// most one of them at a time per context.
@@ -36,7 +37,8 @@ public actor SessionScheduler<C: Clock> where C.Duration == Duration {
     private let origin: C.Instant
     private let originDate: Date
     private let wake = WakeSignal()
-    private var waiters: [String: [CheckedContinuation<Result<SessionInfo, RenewalError>, Never>]] = [:]
+    /// Callers waiting for a context's next renewal outcome. Outside the actor so a cancelled caller can leave.
+    private let waiters = RenewalWaiters()
     private let eventContinuation: AsyncStream<SchedulerEvent>.Continuation
     /// Every event, in order. One consumer.
     public nonisolated let events: AsyncStream<SchedulerEvent>
@@ -104,6 +106,8 @@ public actor SessionScheduler<C: Clock> where C.Duration == Duration {
             }
             eventContinuation.finish()
         }
+        // Nobody is left to renew: whoever waits for an outcome gets one now.
+        waiters.resumeAll(with: .failure(RenewalError(.retryable, "the daemon is shutting down", code: "shutdown")))
     }
 
     private func sleep(until deadline: Date?) async {
@@ -131,7 +135,7 @@ public actor SessionScheduler<C: Clock> where C.Duration == Duration {
         case .success(let session):
             let generation = planner.succeeded(name, session: session.shifted(by: skew), now: now)
             eventContinuation.yield(.rotated(context: name, generation: generation, expiresAt: session.expiresAt))
-            for waiter in waiters.removeValue(forKey: name) ?? [] { waiter.resume(returning: result) }
+            waiters.resume(name, with: result)
         case .failure(let error):
             fail(name, error)
         }
@@ -145,7 +149,7 @@ public actor SessionScheduler<C: Clock> where C.Duration == Duration {
         eventContinuation.yield(.failed(context: name, error: error,
                                         consecutiveFailures: schedule?.consecutiveFailures ?? 0,
                                         nextRetryAt: outbound(schedule?.nextRetryAt), enteredNeedsAttention: entered))
-        for waiter in waiters.removeValue(forKey: name) ?? [] { waiter.resume(returning: .failure(error)) }
+        waiters.resume(name, with: .failure(error))
     }
 
     // MARK: The core's API
@@ -161,7 +165,7 @@ public actor SessionScheduler<C: Clock> where C.Duration == Duration {
     public func addAwaitingFirstSession(_ name: String) async -> Result<SessionInfo, RenewalError> {
         planner.add(name, session: nil, now: now)
         wake.signal()
-        return await withCheckedContinuation { waiters[name, default: []].append($0) }
+        return await waiters.wait(for: name)
     }
 
     /// Adds many contexts at once (start-up); returns their schedules.
@@ -179,9 +183,7 @@ public actor SessionScheduler<C: Clock> where C.Duration == Duration {
 
     public func remove(_ name: String) {
         planner.remove(name)
-        for waiter in waiters.removeValue(forKey: name) ?? [] {
-            waiter.resume(returning: .failure(RenewalError(.needsAttention, "the context was removed", code: "removed")))
-        }
+        waiters.resume(name, with: .failure(RenewalError(.needsAttention, "the context was removed", code: "removed")))
         wake.signal()
     }
 
@@ -227,7 +229,7 @@ public actor SessionScheduler<C: Clock> where C.Duration == Duration {
         guard planner.schedule(name, now: now) != nil else { return nil }
         planner.requestRenewal(name, now: now)
         wake.signal()
-        return await withCheckedContinuation { waiters[name, default: []].append($0) }
+        return await waiters.wait(for: name)
     }
 
     /// Asks for a renewal without waiting (a configuration reload retries `needs_attention` contexts this way).
@@ -267,7 +269,47 @@ public actor SessionScheduler<C: Clock> where C.Duration == Duration {
         if current > generation, case .granted(let token, let userId, let expiresAt, _, _)? = lease(name) {
             return .success(SessionInfo(token: token, userId: userId, created: expiresAt, expiresAt: expiresAt))
         }
-        return await withCheckedContinuation { waiters[name, default: []].append($0) }
+        return await waiters.wait(for: name)
+    }
+}
+
+/// Callers waiting for renewal outcomes, per context. A waiter whose task is cancelled leaves at once with a
+/// `cancelled` failure (the renewal itself goes on): no wait of a caller outlives its task.
+final class RenewalWaiters: Sendable {
+    typealias Outcome = Result<SessionInfo, RenewalError>
+    private let state = Mutex<(next: Int, waiting: [String: [Int: CheckedContinuation<Outcome, Never>]])>((0, [:]))
+
+    func wait(for name: String) async -> Outcome {
+        let id = state.withLock { state in
+            state.next += 1
+            return state.next
+        }
+        return await withTaskCancellationHandler {
+            await withCheckedContinuation { continuation in
+                let cancelled = state.withLock { state -> Bool in
+                    if Task.isCancelled { return true }
+                    state.waiting[name, default: [:]][id] = continuation
+                    return false
+                }
+                if cancelled { continuation.resume(returning: Self.cancelled) }
+            }
+        } onCancel: {
+            state.withLock { $0.waiting[name]?.removeValue(forKey: id) }?.resume(returning: Self.cancelled)
+        }
+    }
+
+    static var cancelled: Outcome { .failure(RenewalError(.retryable, "the wait was cancelled", code: "cancelled")) }
+
+    func resume(_ name: String, with outcome: Outcome) {
+        for waiter in state.withLock({ $0.waiting.removeValue(forKey: name) ?? [:] }).values { waiter.resume(returning: outcome) }
+    }
+
+    func resumeAll(with outcome: Outcome) {
+        let all = state.withLock { state in
+            defer { state.waiting = [:] }
+            return state.waiting.values.flatMap(\.values)
+        }
+        for waiter in all { waiter.resume(returning: outcome) }
     }
 }
 

@@ -29,7 +29,7 @@ extension Keeper {
     /// The base64 RSA-SHA256 signature of `body` with the context's installation key: what bunq expects in
     /// `X-Bunq-Client-Signature`. The key never leaves the daemon.
     public func sign(_ contextName: String, body: [UInt8]) async throws -> String {
-        guard let record = await cache.get(contextName) else {
+        guard let record = await owner.record(contextName) else {
             throw KeeperError(.unknownContext, "no context named \(contextName)")
         }
         let key = try signingKeys.key(for: record.name) { try store.context(record.name) }

@@ -34,9 +34,11 @@ public enum RPCMethod: String, Sendable, CaseIterable {
     case daemonStatus = "daemon.status"
 }
 
-/// A request id: a number, a string, or null (as JSON-RPC allows).
+/// A request id: a number, a string, or null (as JSON-RPC allows). A number is kept as the request wrote it, so
+/// it comes back byte for byte (18446744073709551615 stays itself).
 public enum RPCID: Sendable, Hashable, CustomStringConvertible {
-    case number(Int64)
+    /// The number's JSON text, exactly as received.
+    case number(String)
     case string(String)
     case null
 
@@ -47,14 +49,21 @@ public enum RPCID: Sendable, Hashable, CustomStringConvertible {
         case let string as String: self = .string(string)
         case let number as NSNumber where "iqlsIQLS".contains(String(cString: number.objCType)):
             // Integers only: booleans report "c", floats "d" or "f".
-            self = .number(number.int64Value)
+            self = .number(number.stringValue)
         default: return nil
         }
     }
 
+    /// `.number` for an integer literal (`-?[0-9]+`), else nil.
+    static func integerLiteral(_ text: [UInt8]) -> RPCID? {
+        let digits = text.first == UInt8(ascii: "-") ? text.dropFirst() : text[...]
+        guard !digits.isEmpty, digits.allSatisfy({ (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) }) else { return nil }
+        return .number(String(decoding: text, as: UTF8.self))
+    }
+
     public var json: String {
         switch self {
-        case .number(let value): String(value)
+        case .number(let text): text
         case .string(let value): JSONText.quote(value)
         case .null: "null"
         }
@@ -101,7 +110,12 @@ public enum RPCCodec {
             return .failure(RPCLineError(id: .null, code: .invalidRequest, message: message))
         }
         let rawId = request["id"]
-        let id = RPCID(json: rawId)
+        var id = RPCID(json: rawId)
+        // A number is judged by its text, not by the type the parser chose for it (which varies at the edges of
+        // 64 bits): an integer literal is an id, kept byte for byte; a fraction or an exponent is not.
+        if rawId is NSNumber, let text = RawJSONMember.value(of: "id", in: line) {
+            id = RPCID.integerLiteral(text)
+        }
         if rawId != nil, id == nil {
             return .failure(RPCLineError(id: .null, code: .invalidRequest, message: "Invalid Request: id must be a string, an integer or null"))
         }

@@ -1,30 +1,38 @@
-import Logging
 import NIOCore
-import NIOPosix
 import SessionKeeper
 import SessionProtocol
+import Synchronization
 
-/// One client connection: framed lines in, response lines out. `session.get` is answered inline; other methods
-/// run as tasks and answer when done (each request gets exactly one response, matched by its id). Confined to
-/// its event loop.
-final class RPCConnectionHandler: ChannelInboundHandler {
+/// A request the fast path left to the connection's task: parsed, with an id (notifications are dropped).
+struct SlowRequest: Sendable {
+    let request: RPCRequest
+    let id: RPCID
+}
+
+/// What a connection's task and its fast path share: whether it subscribes (subscribers are not closed when
+/// idle).
+final class ConnectionFlags: Sendable {
+    let subscribed = Atomic<Bool>(false)
+}
+
+/// The inline part of a connection, on its event loop: framed lines in; parse errors, a cached `session.get` and
+/// a `request.sign` whose key is parsed are answered right here (the token path's speed comes from this: no task
+/// hop, answers flushed once per read burst). Everything else goes up the pipeline to the connection's task as a
+/// `SlowRequest`.
+final class FastPathHandler: ChannelInboundHandler {
     typealias InboundIn = InboundLine
+    typealias InboundOut = SlowRequest
     typealias OutboundOut = ByteBuffer
-
-    /// Unanswered requests allowed per connection; beyond it, reading pauses until answers go out.
-    static let maxPending = 64
 
     private let service: SocketService
     private let peer: PeerCredentials
-    private let onClose: @Sendable () -> Void
-    private var pending = 0
-    private var subscription: Int?
+    private let flags: ConnectionFlags
     private var needsFlush = false
 
-    init(service: SocketService, peer: PeerCredentials, onClose: @escaping @Sendable () -> Void) {
+    init(service: SocketService, peer: PeerCredentials, flags: ConnectionFlags) {
         self.service = service
         self.peer = peer
-        self.onClose = onClose
+        self.flags = flags
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -45,6 +53,7 @@ final class RPCConnectionHandler: ChannelInboundHandler {
             needsFlush = false
             context.flush()
         }
+        context.fireChannelReadComplete()
     }
 
     private func handle(_ context: ChannelHandlerContext, _ line: ByteBufferView) {
@@ -62,44 +71,16 @@ final class RPCConnectionHandler: ChannelInboundHandler {
             write(context, answer)
             return
         }
-        let signInput = request.method == RPCMethod.requestSign.rawValue ? service.signInput(request, peer: peer) : nil
         // Measured (make bench): signing here, with the key already parsed, rather than on the thread pool raises
         // signatures per CPU-second from 86% to 89% of `openssl speed` and lowers session.get's p99 meanwhile.
-        if let (signContext, body) = signInput, let answer = service.signInline(signContext, body, id: id) {
+        if request.method == RPCMethod.requestSign.rawValue, let (signContext, body) = service.signInput(request, peer: peer),
+           let answer = service.signInline(signContext, body, id: id) {
             // Flushed at once: 0.2 ms of signing is long enough that batching its answer with later ones only
             // delays it.
             context.writeAndFlush(wrapOutboundOut(ByteBuffer(bytes: answer)), promise: nil)
             return
         }
-        pending += 1
-        if pending >= Self.maxPending { context.channel.setOption(ChannelOptions.autoRead, value: false).whenComplete { _ in } }
-        let service = self.service, peer = self.peer, channel = context.channel
-        let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
-        let loopContext = NIOLoopBound(context, eventLoop: context.eventLoop)
-        if let (signContext, body) = signInput {
-            // A first use reads the key from the store: off the event loop.
-            NIOThreadPool.singleton.runIfActive(eventLoop: context.eventLoop) {
-                service.signBlocking(signContext, body, id: id)
-            }.whenComplete { result in
-                handler.value.finish(loopContext.value, (try? result.get()) ?? RPCCodec.error(id: id, .internalError, "Internal error"))
-            }
-            return
-        }
-        context.eventLoop.makeFutureWithTask {
-            await service.handle(request, id: id, peer: peer) { contexts in
-                channel.eventLoop.execute { handler.value.subscribe(contexts, channel: channel) }
-            }
-        }.whenSuccess { answer in
-            handler.value.finish(loopContext.value, answer)
-        }
-    }
-
-    private func finish(_ context: ChannelHandlerContext, _ answer: [UInt8]) {
-        pending -= 1
-        context.writeAndFlush(wrapOutboundOut(ByteBuffer(bytes: answer)), promise: nil)
-        if pending == Self.maxPending - 1, context.channel.isWritable {
-            context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
-        }
+        context.fireChannelRead(wrapInboundOut(SlowRequest(request: request, id: id)))
     }
 
     private func write(_ context: ChannelHandlerContext, _ bytes: [UInt8]) {
@@ -107,39 +88,24 @@ final class RPCConnectionHandler: ChannelInboundHandler {
         needsFlush = true
     }
 
-    private func subscribe(_ contexts: [String], channel: any Channel) {
-        if let subscription { service.keeper.events.cancel(subscription) }
-        let wanted = Set(contexts)
-        subscription = service.keeper.events.subscribe { event, entry in
-            guard let (context, line) = SocketService.notification(event, entry), wanted.contains(context) else { return }
-            channel.writeAndFlush(ByteBuffer(bytes: line), promise: nil)
-        }
-    }
-
-    /// A client that does not read its answers stops being read, so its requests cannot pile up answers here.
-    func channelWritabilityChanged(context: ChannelHandlerContext) {
-        let resume = context.channel.isWritable && pending < Self.maxPending
-        context.channel.setOption(ChannelOptions.autoRead, value: resume).whenComplete { _ in }
-        context.fireChannelWritabilityChanged()
-    }
-
     /// Idle connections are closed, except subscribers, who wait for notifications.
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if event is IdleStateHandler.IdleStateEvent, subscription == nil {
+        if event is IdleStateHandler.IdleStateEvent, !flags.subscribed.load(ordering: .relaxed) {
             context.close(promise: nil)
             return
         }
         context.fireUserInboundEventTriggered(event)
     }
+}
 
-    func channelInactive(context: ChannelHandlerContext) {
-        if let subscription { service.keeper.events.cancel(subscription) }
-        subscription = nil
-        onClose()
-        context.fireChannelInactive()
-    }
+/// Answers a connection over the limit with an error line once it is active, then closes it.
+final class RejectHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
 
-    func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        context.close(promise: nil)
+    func channelActive(context: ChannelHandlerContext) {
+        let line = RPCCodec.error(id: .null, .internalError, "Too many connections")
+        let channel = context.channel
+        context.writeAndFlush(wrapOutboundOut(ByteBuffer(bytes: line))).whenComplete { _ in channel.close(promise: nil) }
     }
 }

@@ -37,34 +37,70 @@ public final class SocketServer: Service, Sendable {
 
     public var connectionCount: Int { connections.load(ordering: .relaxed) }
 
+    /// What the child channel initializer hands the accept loop.
+    enum Accepted: Sendable {
+        case connection(NIOAsyncChannel<SlowRequest, ByteBuffer>, PeerCredentials, ConnectionFlags)
+        /// Over the limit: answered and closed by its handler; nothing more to do.
+        case rejected
+    }
+
     public func run() async throws {
         let bootstrap = ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.backlog, value: 256)
-            .childChannelOption(.autoRead, value: true)
+            // A client that half-closes (`echo … | socat`) still gets every answer.
+            .childChannelOption(.allowRemoteHalfClosure, value: true)
             .childChannelOption(.writeBufferWaterMark, value: .init(low: 64 * 1024, high: 1024 * 1024))
-            .childChannelInitializer { [self] channel in initialize(channel) }
-        let server: any Channel
+        let server: NIOAsyncChannel<Accepted, Never>
         var boundInode: ino_t?
-        if let inheritedSocket {
-            // systemd made the socket (its mode, owner and group come from the .socket unit).
-            server = try await bootstrap.withBoundSocket(inheritedSocket).get()
-            logger.info("listening on the socket systemd passed", metadata: ["bunq.socket": "\(path)"])
-        } else {
-            try Self.prepare(path)
-            server = try await bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).get()
-            boundInode = Self.inode(path)
-            chmod(path, 0o660)
-            logger.info("listening", metadata: ["bunq.socket": "\(path)"])
+        do {
+            if let inheritedSocket {
+                // systemd made the socket (its mode, owner and group come from the .socket unit).
+                server = try await bootstrap.bind(inheritedSocket) { [self] channel in initialize(channel) }
+                logger.info("listening on the socket systemd passed", metadata: ["bunq.socket": "\(path)"])
+            } else {
+                try Self.prepare(path)
+                server = try await bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true) { [self] channel in
+                    initialize(channel)
+                }
+                boundInode = Self.inode(path)
+                chmod(path, 0o660)
+                logger.info("listening", metadata: ["bunq.socket": "\(path)"])
+            }
+        } catch {
+            listening.fail()
+            throw error
         }
         listening.fire()
-        await withGracefulShutdownHandler {
-            try? await server.closeFuture.get()
-        } onGracefulShutdown: {
-            server.close(promise: nil)
-        }
         // An inherited socket belongs to systemd, which keeps listening on it for the next start; and a socket
         // file that is no longer ours (another process bound the path since) is not ours to remove.
-        if inheritedSocket == nil, let boundInode, Self.inode(path) == boundInode { unlink(path) }
+        defer { if inheritedSocket == nil, let boundInode, Self.inode(path) == boundInode { unlink(path) } }
+        let channel = server.channel
+        // Shutdown (graceful or by cancellation) closes the listening socket; the accept loop then ends and the
+        // connections' tasks are cancelled.
+        try await withTaskCancellationHandler {
+            try await withGracefulShutdownHandler {
+                try await server.executeThenClose { accepted in
+                    await withDiscardingTaskGroup { group in
+                        do {
+                            for try await connection in accepted {
+                                guard case .connection(let channel, let peer, let flags) = connection else { continue }
+                                group.addTask { [self] in
+                                    defer { _ = connections.wrappingSubtract(1, ordering: .relaxed) }
+                                    await Connection(channel: channel, peer: peer, flags: flags, service: service).run()
+                                }
+                            }
+                        } catch {
+                            logger.warning("the listening socket failed", metadata: ["error": "\(error)"])
+                        }
+                        group.cancelAll()
+                    }
+                }
+            } onGracefulShutdown: {
+                channel.close(promise: nil)
+            }
+        } onCancel: {
+            channel.close(promise: nil)
+        }
     }
 
     /// Whether an event loop of the server runs tasks within `timeout`: the watchdog's proof that the server is
@@ -83,23 +119,29 @@ public final class SocketServer: Service, Sendable {
         }
     }
 
-    private func initialize(_ channel: any Channel) -> EventLoopFuture<Void> {
+    private func initialize(_ channel: any Channel) -> EventLoopFuture<Accepted> {
         let count = connections.wrappingAdd(1, ordering: .relaxed).newValue
-        let release: @Sendable () -> Void = { [self] in _ = connections.wrappingSubtract(1, ordering: .relaxed) }
         guard count <= limits.maxConnections else {
-            release()
+            _ = connections.wrappingSubtract(1, ordering: .relaxed)
             return channel.eventLoop.makeCompletedFuture {
                 try channel.pipeline.syncOperations.addHandler(RejectHandler())
+                return .rejected
             }
         }
         return PeerCredentials.read(channel).flatMapThrowing { [self] peer in
+            let flags = ConnectionFlags()
             try channel.pipeline.syncOperations.addHandlers([
                 IdleStateHandler(readTimeout: .milliseconds(Int64(limits.idleTimeout / .milliseconds(1)))),
                 ByteToMessageHandler(LineFrameDecoder()),
-                RPCConnectionHandler(service: service, peer: peer, onClose: release),
+                FastPathHandler(service: service, peer: peer, flags: flags),
             ])
-        }.flatMapErrorThrowing { error in
-            release()
+            // Outbound half-closure: the connection's last answers are flushed before it closes.
+            let wrapped = try NIOAsyncChannel<SlowRequest, ByteBuffer>(
+                wrappingChannelSynchronously: channel,
+                configuration: .init(isOutboundHalfClosureEnabled: true))
+            return .connection(wrapped, peer, flags)
+        }.flatMapErrorThrowing { [self] error in
+            _ = connections.wrappingSubtract(1, ordering: .relaxed)
             throw error
         }
     }
@@ -149,18 +191,6 @@ public final class SocketServer: Service, Sendable {
     static func inode(_ path: String) -> ino_t? {
         var info = stat()
         return lstat(path, &info) == 0 ? info.st_ino : nil
-    }
-}
-
-/// Answers a connection over the limit with an error line once it is active, then closes it.
-final class RejectHandler: ChannelInboundHandler {
-    typealias InboundIn = ByteBuffer
-    typealias OutboundOut = ByteBuffer
-
-    func channelActive(context: ChannelHandlerContext) {
-        let line = RPCCodec.error(id: .null, .internalError, "Too many connections")
-        let channel = context.channel
-        context.writeAndFlush(wrapOutboundOut(ByteBuffer(bytes: line))).whenComplete { _ in channel.close(promise: nil) }
     }
 }
 

@@ -32,6 +32,8 @@ public final class SocketService: Sendable {
             return RPCCodec.error(id: id, .invalidParams, "Invalid params: context (a string) is required")
         }
         guard access.mayUse(peer, context), let entry = keeper.leases.entry(context) else {
+            // Before the state is restored nothing is known yet: a context the caller may use is starting.
+            if !keeper.restored.hasFired, access.mayUse(peer, context) { return nil }
             return RPCCodec.error(id: id, .unknownContext, "Unknown context: \(context)")
         }
         guard let session = entry.grantable() else { return nil }
@@ -130,6 +132,13 @@ public final class SocketService: Sendable {
     private func requireContext(_ request: RPCRequest, _ peer: PeerCredentials) async throws -> String {
         guard let context = request.string("context") else {
             throw ServiceError(code: .invalidParams, message: "Invalid params: context (a string) is required")
+        }
+        // Until the stored state is restored, a context the caller may use answers "starting", never "unknown":
+        // socket activation wakes the daemon for exactly these callers.
+        if !keeper.restored.hasFired, access.mayUse(peer, context) {
+            throw ServiceError(code: .sessionUnavailable, message: "Session unavailable: the daemon is starting",
+                               data: ["state": "starting",
+                                      "retry_at": JSONText.timestamp(Date().addingTimeInterval(1))])
         }
         // Unknown and forbidden answer alike: names cannot be probed.
         guard access.mayUse(peer, context), await keeper.schedule(context) != nil else {
@@ -246,18 +255,16 @@ public final class SocketService: Sendable {
             return JSONText.encode(["context": name])
 
         case .daemonStatus:
-            var counts: [String: Int] = Dictionary(uniqueKeysWithValues: ContextState.allCases.filter { $0 != .removed }
-                .map { ($0.rawValue, 0) })
-            let names = await keeper.contextNames()
-            for name in names {
-                if let state = await keeper.schedule(name)?.state { counts[state.rawValue, default: 0] += 1 }
-            }
-            var contexts: [String: Any] = counts
-            contexts["total"] = names.count
+            // From the published snapshots' counts: O(1) however many contexts there are.
+            let published = keeper.leases.stateCounts
+            var contexts: [String: Any] = Dictionary(uniqueKeysWithValues: ContextState.allCases.filter { $0 != .removed }
+                .map { ($0.rawValue, published[$0] ?? 0) })
+            contexts["total"] = keeper.leases.count
             return JSONText.encode([
                 "version": BunqSessiondVersion.current,
                 "uptime_seconds": Int(Date().timeIntervalSince(keeper.startedAt)),
                 "ready": ready.load(ordering: .acquiring),
+                "starting": !keeper.restored.hasFired,
                 "contexts": contexts,
                 "next_renewal_at": await keeper.scheduler.nextDeadline().map(JSONText.timestamp) ?? NSNull(),
                 // As last checked (every 10 s): a caller cannot make the daemon run the forecast.

@@ -15,6 +15,7 @@ public struct JournalLogHandler: LogHandler {
         "needs attention: bunq rejected the credentials": "e94c7b2a5d1f4c8e9b3a6d0f2e7c5a13",
         "token granted to a new caller": "3a8f6e1c9b2d4a7f8e5c0b3d6a9f2e47",
         "certificate expiring": "d7a2c9e4f1b84e6a9c3d5f0b8e2a7c61",
+        "certificate expired": "e9a9775490c14205a6dc820588b75fe0",
         "ready": "5f3e9b1a7c2d4e8f9a0b6c3d1e7f4a25",
     ]
 

@@ -37,6 +37,13 @@ struct BunqSessiondCommand: AsyncParsableCommand {
         }
     }
 
+    /// A test seam: `SESSIOND_TEST_RESTORE_DELAY_MS` slows the restore down, so a test can watch what clients
+    /// see before it finishes (`starting`). Unset in production.
+    static var testRestoreDelay: Duration {
+        let text = ProcessInfo.processInfo.environment["SESSIOND_TEST_RESTORE_DELAY_MS"] ?? ""
+        return .milliseconds(min(Int(text) ?? 0, 60_000))
+    }
+
     /// sysexits.h EX_CONFIG.
     static let configurationErrorExit: Int32 = 78
 
@@ -76,15 +83,13 @@ struct BunqSessiondCommand: AsyncParsableCommand {
             return handler
         }
         let logger = Logger(label: "bunq-sessiond")
-        for warning in psd2?.warnings ?? [] {
-            // A stable message, so journald attaches the MESSAGE_ID operators alert on; the details as a field.
-            logger.warning("certificate expiring", metadata: ["bunq.context": "provider", "bunq.detail": "\(warning)"])
-        }
+        // The certificate's expiry is logged by the keeper: at start, then daily.
         let keeper: Keeper
         do {
-            keeper = try Keeper(configuration: settings, psd2: psd2, logger: logger)
+            keeper = try Keeper(configuration: settings, psd2: psd2, logger: logger,
+                                restoreDelay: Self.testRestoreDelay)
         } catch {
-            logger.critical("cannot start", metadata: ["error": "\(error)"])
+            logger.error("cannot start", metadata: ["error": "\(error)"])
             ServiceManager.failed(errno: EIO, status: "cannot start: \(error)")
             throw ExitCode(73)
         }
@@ -106,8 +111,20 @@ struct BunqSessiondCommand: AsyncParsableCommand {
         }
         let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint],
                                                       logger: logger))
-        try await group.run()
+        do {
+            try await group.run()
+        } catch {
+            // A failure before or after READY (an unreadable state, the socket path taken): one line that says
+            // which file and why, and a non-zero exit so systemd sees the failure.
+            let reason = Self.reason(error)
+            logger.error("cannot run", metadata: ["error": "\(reason)"])
+            ServiceManager.failed(errno: EIO, status: "failed: \(reason)")
+            throw ExitCode(73)
+        }
     }
+
+    /// The error a service group failed with.
+    static func reason(_ error: any Error) -> String { "\(error)" }
 }
 
 /// Declares the daemon ready once the socket listens, every restored session has been checked and each configured
@@ -124,18 +141,26 @@ struct Readiness: Service {
     var extendEvery: Duration = .seconds(10)
 
     func run() async throws {
-        await keeper.restored.wait()
-        await server.listening.wait()
-        // The socket answers from here on (contexts report `bootstrapping` until live).
-        service.markReady()
-        await waitForFirstRegistrations()
-        ServiceManager.ready(status: await keeper.statusLine())
-        logger.info("ready", metadata: ["bunq.socket": "\(server.path)"])
-        await cancelWhenGracefulShutdown {
-            while !Task.isCancelled {
-                try? await Task.sleep(for: .seconds(5))
-                ServiceManager.status(await keeper.statusLine())
+        // Every wait honours shutdown and cancellation: a SIGTERM during start, or a keeper or socket that failed
+        // to start (the group is then cancelled), ends this service at once instead of hanging the daemon.
+        do {
+            try await cancelWhenGracefulShutdown {
+                try await keeper.restored.wait()
+                try await server.listening.wait()
+                // The socket answers from here on (contexts report `bootstrapping` until live).
+                service.markReady()
+                await waitForFirstRegistrations()
+                try Task.checkCancellation()
+                ServiceManager.ready(status: await keeper.statusLine())
+                logger.info("ready", metadata: ["bunq.socket": "\(server.path)"])
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: .seconds(5))
+                    ServiceManager.status(await keeper.statusLine())
+                }
             }
+        } catch is OneShotSignal.Failed {
+            // The keeper or the server failed to start and says why; nothing to add.
+        } catch is CancellationError {
         }
         ServiceManager.stopping()
     }
@@ -209,12 +234,16 @@ struct Reloader: Service {
             for await _ in signals {
                 ServiceManager.reloading()
                 do {
+                    // Everything is read and validated before anything changes; the identities are applied next
+                    // (a store failure half-way is finished by the next reload), the access rules last.
                     let new = try KeeperConfiguration.load(file: configPath)
-                    access.update(new.access)
                     try await keeper.applyReload(new)
+                    access.update(new.access)
                     logger.notice("configuration reloaded", metadata: ["bunq.config": "\(configPath)"])
                 } catch {
-                    logger.error("reload refused: the new configuration is invalid; the running one stays",
+                    logger.error(error is ConfigurationError
+                                 ? "reload refused: the new configuration is invalid; the running one stays"
+                                 : "reload incomplete: a change could not be applied; reload again to finish it",
                                  metadata: ["bunq.config": "\(configPath)", "error": "\(error)"])
                 }
                 ServiceManager.ready(status: await keeper.statusLine())

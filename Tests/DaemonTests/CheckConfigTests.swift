@@ -40,7 +40,11 @@ import TestSupport
             ("bunq: {permitted_ips: [not-an-ip]}\n", [:], "bunq.permitted_ips: 'not-an-ip' is not an IP address"),
             ("bunq: {permitted_ips: []}\n", [:], "bunq.permitted_ips: must list at least one IP address"),
             ("bunq: {permitted_ips: 1.2.3.4}\n", [:], "bunq.permitted_ips: must be a list"),
-            ("", ["BUNQ_SESSIOND_BUNQ_PERMITTED_IPS": "1.2.3.4,300.1.1.1"], "bunq.permitted_ips: '300.1.1.1' is not an IP address"),
+            ("api_keys: []\n", ["BUNQ_SESSIOND_BUNQ_PERMITTED_IPS": "1.2.3.4,300.1.1.1"], "bunq.permitted_ips: '300.1.1.1' is not an IP address"),
+            // An empty or comment-only file is a mistake, never "no identities" (that is `api_keys: []`).
+            ("", [:], "(file): is empty (or only comments); to run with no API-key identities, say so: api_keys: []"),
+            ("# bunq-sessiond\n\n# api_keys: []\n", [:], "(file): is empty"),
+            ("{}\n", [:], "(file): is empty"),
             ("bunq: {source_address: eth0}\n", [:], "bunq.source_address: 'eth0' is not an IP address"),
             ("renewal: {max_concurrent: 0}\n", [:], "renewal.max_concurrent: must be a whole number from 1 to 256"),
             ("api_keys:\n  - {name: ops, key_file: /nonexistent/ops.key}\n", [:], "api_keys[0].key_file: the file /nonexistent/ops.key cannot be read"),
@@ -49,12 +53,15 @@ import TestSupport
              "provider.private_key: \(dir.path("k2.pem")) does not belong to the certificate"),
             ("bunq: {environment: sandbox}\n", ["BUNQ_SESSIOND_BUNQ_ENVIRONMENT": "moon"], "bunq.environment: must be sandbox or production, not 'moon'"),
             ("bunq: [1, 2\n", [:], "(syntax): is not valid YAML"),
+            // Where, by line and column, and never the file's bytes (a secret pasted in the wrong place).
+            ("api_keys: []\nbunq:\n  environment: sandbox\n  ca_file: \"SECRET-abc\n", [:], "(syntax): is not valid YAML: line "),
         ]
         for (yaml, environment, expected) in cases {
             let result = try check(yaml, in: dir, environment: environment)
             #expect(result.status == 78, "\(yaml)")
             #expect(result.stderrText.contains(expected), "expected '\(expected)', got: \(result.stderrText)")
             #expect(result.stderrText.contains("config-"), "the file is named: \(result.stderrText)")
+            #expect(!result.stderrText.contains("SECRET-abc"), "no byte of the file is quoted: \(result.stderrText)")
         }
         // Environment overrides apply to valid values too.
         let overridden = try check(base, in: dir, environment: ["BUNQ_SESSIOND_BUNQ_ENVIRONMENT": "production"])

@@ -1,0 +1,198 @@
+import Foundation
+import Testing
+import TestSupport
+
+/// One owner per context, and starts, stops and reloads that never hang or lose anything: the real daemon against
+/// bunq-sandbox with bunq's limits on (scaled to a tenth: session-server one call per 3 s).
+@Suite struct LifecycleTests {
+    /// Connects an OAuth user named `name` through the daemon (the provider must be live).
+    static func connectOAuthUser(_ running: RunningDaemon, name: String) throws -> String {
+        let client = try RawSocketClient(running.socket)
+        let authorize = try #require(result(client.call(#"{"jsonrpc":"2.0","id":1,"method":"oauth.authorize_url"}"#)))
+        let url = try #require(authorize["url"] as? String), state = try #require(authorize["state"] as? String)
+        try running.sandbox.admin("POST", "oauth/approve-as", #"{"api_key":"\#(running.apiKey)"}"#)
+        let redirect = try Command.check(["curl", "-s", "-o", "/dev/null", "-w", "%{redirect_url}", url]).stdoutText
+        let code = try #require(URLComponents(string: redirect)?.queryItems?.first { $0.name == "code" }?.value)
+        let completed = client.call(#"{"jsonrpc":"2.0","id":2,"method":"oauth.complete","params":{"code":"\#(code)","state":"\#(state)","name":"\#(name)"}}"#)
+        return try #require(result(completed)?["context"] as? String, "oauth.complete: \(completed)")
+    }
+
+    /// The hex of a column of a context's row, read with sqlite3 while the daemon runs (WAL: readers need no lock).
+    static func storedHex(_ database: String, _ sql: String) throws -> String {
+        try Command.check(["sqlite3", database, sql]).stdoutText.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    static func bytes(ofHex hex: String) -> Data {
+        var data = Data()
+        var index = hex.startIndex
+        while index < hex.endIndex, let next = hex.index(index, offsetBy: 2, limitedBy: hex.endIndex),
+              let byte = UInt8(hex[index..<next], radix: 16) {
+            data.append(byte)
+            index = next
+        }
+        return data
+    }
+
+    @Test func aRemovalRacingARenewalStaysRemovedAcrossARestart() async throws {
+        let running = try await RunningDaemon.start(provider: true)
+        defer { running.stop() }
+        let name = try Self.connectOAuthUser(running, name: "alice")
+        let database = running.dir.path("state") + "/bunq-sessiond.sqlite"
+        let sealedRegistration = try Self.storedHex(database, "SELECT hex(registration) FROM context WHERE name = 'alice'")
+        let sealedToken = try Self.storedHex(database, "SELECT hex(token) FROM session WHERE context = 'alice'")
+        #expect(sealedRegistration.count > 64 && sealedToken.count > 64, "alice is stored")
+
+        // A slow session-server (4 s) while alice renews: remove her while the call is under way.
+        let before = try running.sandbox.requests("POST /v1/session-server")
+        try running.sandbox.admin("POST", "faults", #"{"endpoint":"POST /v1/session-server","delay_ms":4000,"count":1}"#)
+        let renewing = try RawSocketClient(running.socket)
+        renewing.send(#"{"jsonrpc":"2.0","id":1,"method":"session.renew","params":{"context":"\#(name)"}}"#)
+        var inFlight = false
+        for _ in 0..<100 where !inFlight {
+            try await Task.sleep(for: .milliseconds(100))
+            inFlight = try running.sandbox.requests("POST /v1/session-server") > before
+        }
+        #expect(inFlight, "the renewal's session-server call is under way")
+        let admin = try RawSocketClient(running.socket)
+        #expect(result(admin.call(#"{"jsonrpc":"2.0","id":2,"method":"context.remove","params":{"context":"alice"}}"#)) != nil)
+        // Removal stops handing out the token at once.
+        #expect(errorCode(admin.call(#"{"jsonrpc":"2.0","id":3,"method":"session.get","params":{"context":"alice"}}"#)) == 1001)
+        // The renewal ends (its session is refused by the owner), and alice is still gone.
+        let renewal = try #require(renewing.readLine(timeout: 20).flatMap {
+            try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
+        })
+        #expect(renewal["error"] != nil, "the renewal of a removed context does not succeed: \(renewal)")
+        #expect(errorCode(admin.call(#"{"jsonrpc":"2.0","id":4,"method":"session.get","params":{"context":"alice"}}"#)) == 1001)
+
+        // Restart: alice does not come back, and nothing of her is left in the state's files.
+        #expect(running.daemon.stop() == 0)
+        for file in try FileManager.default.contentsOfDirectory(atPath: running.dir.path("state")) {
+            let contents = try Data(contentsOf: URL(fileURLWithPath: running.dir.path("state") + "/" + file))
+            for (label, needle) in [("name", Data("alice".utf8)), ("registration", Self.bytes(ofHex: sealedRegistration)),
+                                    ("token", Self.bytes(ofHex: sealedToken))] {
+                #expect(contents.range(of: needle) == nil, "\(file) still holds alice's \(label)")
+            }
+        }
+        let restarted = try ChildProcess(Binaries.daemon, ["--config", running.config], log: running.dir.path("restart.log"))
+        defer { _ = restarted.stop() }
+        #expect(await restarted.waitFor(.seconds(60)) { $0.contains("[bunq_sessiond] ready") }, "\(restarted.log)")
+        let client = try RawSocketClient(running.socket)
+        let names = (result(client.call(#"{"jsonrpc":"2.0","id":5,"method":"context.list"}"#))?["contexts"] as? [[String: Any]])?
+            .compactMap { $0["name"] as? String }
+        #expect(names == ["ops", "provider"], "alice stays removed: \(names ?? [])")
+    }
+
+    @Test func aReloadWithAnEmptyFileIsRefusedAndEndsNothing() async throws {
+        let running = try await RunningDaemon.start(provider: false)
+        defer { running.stop() }
+        let original = try String(contentsOfFile: running.config, encoding: .utf8)
+        let deletes = try running.sandbox.requests("DELETE /v1/session/{sessionID}")
+        let client = try RawSocketClient(running.socket)
+        let token = result(client.call(#"{"jsonrpc":"2.0","id":1,"method":"session.get","params":{"context":"ops"}}"#))?["token"] as? String
+        #expect(token != nil)
+
+        for (attempt, text) in ["", "# emptied by a broken deploy\n"].enumerated() {
+            try Data(text.utf8).write(to: URL(fileURLWithPath: running.config))
+            kill(running.daemon.process.processIdentifier, SIGHUP)
+            #expect(await running.daemon.waitFor(.seconds(10)) {
+                $0.components(separatedBy: "reload refused").count == attempt + 2
+            }, "the reload is refused: \(running.daemon.log)")
+        }
+        #expect(running.daemon.log.contains("is empty (or only comments)"))
+        let after = result(client.call(#"{"jsonrpc":"2.0","id":2,"method":"session.get","params":{"context":"ops"}}"#))
+        #expect(after?["token"] as? String == token, "ops is still live with the same session")
+        #expect(try running.sandbox.requests("DELETE /v1/session/{sessionID}") == deletes, "nothing was ended at bunq")
+        #expect(try running.sandbox.userStatus(token: token ?? "") == 200)
+
+        // Removing every identity is said explicitly: `api_keys: []`.
+        let explicit = original.components(separatedBy: "api_keys:")[0] + "api_keys: []\n"
+        try Data(explicit.utf8).write(to: URL(fileURLWithPath: running.config))
+        kill(running.daemon.process.processIdentifier, SIGHUP)
+        #expect(await running.daemon.waitFor(.seconds(10)) { $0.contains("configuration reloaded") }, "\(running.daemon.log)")
+        #expect(errorCode(client.call(#"{"jsonrpc":"2.0","id":3,"method":"session.get","params":{"context":"ops"}}"#)) == 1001)
+        #expect(try running.sandbox.requests("DELETE /v1/session/{sessionID}") == deletes + 1, "ops's session was ended at bunq")
+    }
+
+    @Test func aWrongMasterKeyAndSIGTERMDuringStartExitPromptly() async throws {
+        let running = try await RunningDaemon.start(provider: false)
+        defer { running.stop() }
+        #expect(running.daemon.stop() == 0)
+        let keyPath = running.dir.path("state") + "/master.key"
+        let original = try Data(contentsOf: URL(fileURLWithPath: keyPath))
+        // Another key: the state cannot be opened with it; the daemon says so and exits, within 5 s.
+        try Data((0..<32).map { _ in UInt8.random(in: 0...255) }).write(to: URL(fileURLWithPath: keyPath))
+        let wrong = try ChildProcess(Binaries.daemon, ["--config", running.config], log: running.dir.path("wrong.log"))
+        let started = ContinuousClock.now
+        while wrong.process.isRunning, ContinuousClock.now - started < .seconds(5) { try await Task.sleep(for: .milliseconds(50)) }
+        #expect(!wrong.process.isRunning, "exits within 5 s: \(wrong.log)")
+        #expect(wrong.stop() != 0)
+        #expect(wrong.log.contains(" error ") && wrong.log.contains("cannot start") && wrong.log.contains("\(keyPath) is not the key that sealed the state"),
+                "one error line naming the key file: \(wrong.log)")
+        #expect(!FileManager.default.fileExists(atPath: running.socket), "no socket is left behind")
+        #expect(try Data(contentsOf: URL(fileURLWithPath: keyPath)) != original, "the key file is not replaced")
+
+        // The right key back, and a slow restore: until it finishes, ops answers 1003 starting (never 1001);
+        // SIGTERM meanwhile stops the daemon at once.
+        try original.write(to: URL(fileURLWithPath: keyPath))
+        let slow = try ChildProcess(Binaries.daemon, ["--config", running.config], log: running.dir.path("slow.log"),
+                                    environment: ["SESSIOND_TEST_RESTORE_DELAY_MS": "30000"])
+        #expect(await slow.waitFor(.seconds(20)) { $0.contains("listening") }, "\(slow.log)")
+        let starting = try RawSocketClient(running.socket)
+            .call(#"{"jsonrpc":"2.0","id":1,"method":"session.get","params":{"context":"ops"}}"#)
+        #expect(errorCode(starting) == 1003, "\(starting)")
+        #expect(((starting["error"] as? [String: Any])?["data"] as? [String: Any])?["state"] as? String == "starting")
+        let stopping = ContinuousClock.now
+        kill(slow.process.processIdentifier, SIGTERM)
+        while slow.process.isRunning, ContinuousClock.now - stopping < .seconds(5) { try await Task.sleep(for: .milliseconds(50)) }
+        #expect(!slow.process.isRunning, "SIGTERM during start exits within 5 s: \(slow.log)")
+        _ = slow.stop()
+        #expect(!FileManager.default.fileExists(atPath: running.socket), "its own socket is removed")
+    }
+
+    @Test func socketActivationWithASlowRestoreAnswersStartingThenTheToken() async throws {
+        let running = try await RunningDaemon.start(provider: false)
+        defer { running.stop() }
+        #expect(running.daemon.stop() == 0)
+        // As systemd does: the socket listens before the daemon runs, the first client connects and writes at once,
+        // and the daemon starts with the socket as fd 3 (LISTEN_FDS); its restore takes 3 s.
+        let listener = try ActivationSocket(running.socket)
+        let client = try RawSocketClient(running.socket)
+        client.send(#"{"jsonrpc":"2.0","id":1,"method":"session.get","params":{"context":"ops"}}"#)
+        let activated = try listener.spawn(Binaries.daemon, ["--config", running.config], log: running.dir.path("activated.log"),
+                                           environment: ["SESSIOND_TEST_RESTORE_DELAY_MS=3000"])
+        defer { _ = activated.stop() }
+        let first = try #require(client.readLine(timeout: 20).flatMap {
+            try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
+        }, "the first client is answered: \(activated.log)")
+        #expect(errorCode(first) == 1003 && ((first["error"] as? [String: Any])?["data"] as? [String: Any])?["state"] as? String
+                == "starting", "the first client is told the daemon is starting: \(first)")
+        var token: String?
+        for id in 2..<300 where token == nil {
+            try await Task.sleep(for: .milliseconds(100))
+            let answer = client.call(#"{"jsonrpc":"2.0","id":\#(id),"method":"session.get","params":{"context":"ops"}}"#)
+            #expect(errorCode(answer) != 1001, "never unknown: \(answer)")
+            token = result(answer)?["token"] as? String
+        }
+        #expect(token != nil, "then its token: \(activated.log)")
+        #expect(activated.log.contains("listening on the socket systemd passed"), "\(activated.log)")
+    }
+
+    @Test func halfClosedClientsGetEveryAnswerAndIdsRoundTrip() async throws {
+        let running = try await RunningDaemon.start(provider: false)
+        defer { running.stop() }
+        // The README's idiom: a request piped into socat, which half-closes after it.
+        let requests = [
+            #"{"jsonrpc":"2.0","id":18446744073709551615,"method":"daemon.status"}"#,
+            #"{"jsonrpc":"2.0","id":-9223372036854775808,"method":"context.list"}"#,
+            #"{"jsonrpc":"2.0","id":"s-1","method":"session.get","params":{"context":"ops"}}"#,
+            #"{"jsonrpc":"2.0","id":7,"method":"context.status","params":{"context":"ops"}}"#,
+        ]
+        let output = try Command.check(["socat", "-t", "10", "-", "UNIX-CONNECT:\(running.socket)"],
+                                       stdin: Data((requests.joined(separator: "\n") + "\n").utf8))
+        let lines = output.stdoutText.split(separator: "\n").map(String.init)
+        #expect(lines.count == 4, "every request answered: \(output.stdoutText)")
+        for id in [#""id":18446744073709551615,"#, #""id":-9223372036854775808,"#, #""id":"s-1","#, #""id":7,"#] {
+            #expect(lines.contains { $0.contains(id) && $0.contains("\"result\"") }, "\(id) comes back byte for byte: \(lines)")
+        }
+    }
+}
