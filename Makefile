@@ -8,7 +8,7 @@ export PATH := $(PATH):/opt/swift/usr/bin
 
 # System packages the build and the tests need (headers for the C bindings, the openssl command for interop
 # tests, CA certificates for TLS, Python for the official-SDK compatibility test, systemd-nspawn and debootstrap
-# for the test under a real systemd).
+# for the test under a real systemd, socat for the half-closed-client test).
 DEB_PACKAGES := libssl-dev libcurl4-openssl-dev libsystemd-dev libsqlite3-dev sqlite3 pkg-config openssl ca-certificates curl \
   python3 python3-venv systemd-container debootstrap socat
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)

@@ -102,7 +102,8 @@ public enum RPCCodec {
 
     /// Parses one line into a request, or the error to answer.
     public static func parse(_ line: some Collection<UInt8>) -> Result<RPCRequest, RPCLineError> {
-        guard let object = try? JSONSerialization.jsonObject(with: Data(line), options: [.fragmentsAllowed]) else {
+        let data = Data(line)
+        guard let object = try? JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed]) else {
             return .failure(RPCLineError(id: .null, code: .parseError, message: "Parse error: the line is not valid JSON (UTF-8)"))
         }
         guard let request = object as? [String: Any] else {
@@ -113,7 +114,11 @@ public enum RPCCodec {
         var id = RPCID(json: rawId)
         // A number is judged by its text, not by the type the parser chose for it (which varies at the edges of
         // 64 bits): an integer literal is an id, kept byte for byte; a fraction or an exponent is not.
-        if rawId is NSNumber, let text = RawJSONMember.value(of: "id", in: line) {
+        // An integer the parser kept as a 64-bit signed value other than 0 prints exactly as JSON wrote it (JSON
+        // has no leading zeros or plus signs); anything else (0, which may have been -0; values beyond Int64) is
+        // taken from the text.
+        if let number = rawId as? NSNumber, !(String(cString: number.objCType) == "q" && number.int64Value != 0),
+           let text = RawJSONMember.value(of: "id", in: data) {
             id = RPCID.integerLiteral(text)
         }
         if rawId != nil, id == nil {

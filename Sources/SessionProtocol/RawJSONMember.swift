@@ -1,3 +1,5 @@
+import Foundation
+
 /// Finds the exact bytes of a top-level member's value in a JSON object that is already known to be valid
 /// (JSONSerialization accepted it). Used to echo a request's `id` byte for byte: a number such as
 /// 18446744073709551615 must come back as itself, not as what a floating-point or 64-bit signed conversion makes
@@ -5,7 +7,7 @@
 enum RawJSONMember {
     /// The value's bytes for the last member named `key` (an unescaped key; the last, as the parser keeps the
     /// last of duplicates), or nil.
-    static func value(of key: String, in line: some Collection<UInt8>) -> [UInt8]? {
+    static func value(of key: String, in line: Data) -> [UInt8]? {
         let bytes = Array(line)
         let wanted = Array(key.utf8)
         var index = 0
@@ -35,8 +37,12 @@ enum RawJSONMember {
         }
     }
 
+    private static func isSpace(_ byte: UInt8) -> Bool {
+        byte == 0x20 || byte == 0x09 || byte == 0x0A || byte == 0x0D
+    }
+
     private static func skipSpace(_ bytes: [UInt8], _ index: inout Int) {
-        while index < bytes.count, [0x20, 0x09, 0x0A, 0x0D].contains(bytes[index]) { index += 1 }
+        while index < bytes.count, isSpace(bytes[index]) { index += 1 }
     }
 
     /// At an opening quote: moves past the closing one.
@@ -81,8 +87,8 @@ enum RawJSONMember {
         default:
             // A number or a literal: up to the next delimiter.
             let start = index
-            while index < bytes.count, ![UInt8(ascii: ","), UInt8(ascii: "}"), UInt8(ascii: "]"), 0x20, 0x09, 0x0A, 0x0D]
-                .contains(bytes[index]) { index += 1 }
+            while index < bytes.count, !isSpace(bytes[index]), bytes[index] != UInt8(ascii: ","),
+                  bytes[index] != UInt8(ascii: "}"), bytes[index] != UInt8(ascii: "]") { index += 1 }
             return index > start
         }
     }

@@ -186,12 +186,17 @@ import TestSupport
             #"{"jsonrpc":"2.0","id":-9223372036854775808,"method":"context.list"}"#,
             #"{"jsonrpc":"2.0","id":"s-1","method":"session.get","params":{"context":"ops"}}"#,
             #"{"jsonrpc":"2.0","id":7,"method":"context.status","params":{"context":"ops"}}"#,
+            #"{"jsonrpc":"2.0","id":-0,"method":"daemon.status"}"#,
+            // Not ids: a fraction and a boolean are invalid requests (answered with id null).
+            #"{"jsonrpc":"2.0","id":1.5,"method":"daemon.status"}"#,
+            #"{"jsonrpc":"2.0","id":true,"method":"daemon.status"}"#,
         ]
         let output = try Command.check(["socat", "-t", "10", "-", "UNIX-CONNECT:\(running.socket)"],
                                        stdin: Data((requests.joined(separator: "\n") + "\n").utf8))
         let lines = output.stdoutText.split(separator: "\n").map(String.init)
-        #expect(lines.count == 4, "every request answered: \(output.stdoutText)")
-        for id in [#""id":18446744073709551615,"#, #""id":-9223372036854775808,"#, #""id":"s-1","#, #""id":7,"#] {
+        #expect(lines.count == 7, "every request answered: \(output.stdoutText)")
+        #expect(lines.filter { $0.contains(#""id":null,"error":{"code":-32600"#) }.count == 2, "\(lines)")
+        for id in [#""id":18446744073709551615,"#, #""id":-9223372036854775808,"#, #""id":"s-1","#, #""id":7,"#, #""id":-0,"#] {
             #expect(lines.contains { $0.contains(id) && $0.contains("\"result\"") }, "\(id) comes back byte for byte: \(lines)")
         }
     }
