@@ -113,6 +113,43 @@ import TestSupport
         #expect(try running.sandbox.requests("DELETE /v1/session/{sessionID}") == deletes + 1, "ops's session was ended at bunq")
     }
 
+    @Test func identitiesDroppedFromTheConfigWhileStoppedAreEndedAndForgottenAtStart() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let sandbox = try await Sandbox.start(in: dir, [])
+        defer { _ = sandbox.child.stop() }
+        let (opsKey, otherKey) = (try sandbox.newAPIKey(), try sandbox.newAPIKey())
+        let config = try writeConfig(dir, sandbox: sandbox, apiKey: opsKey, provider: false, moreKeys: [otherKey])
+        let first = try ChildProcess(Binaries.daemon, ["--config", config], log: dir.path("first.log"))
+        #expect(await first.waitFor(.seconds(60)) { $0.contains("[bunq_sessiond] ready") }, "\(first.log)")
+        var live = 0
+        for _ in 0..<100 where live < 2 {
+            live = (result(try RawSocketClient(dir.path("socket")).call(#"{"jsonrpc":"2.0","id":1,"method":"daemon.status"}"#))?["contexts"]
+                as? [String: Any])?["live"] as? Int ?? 0
+            if live < 2 { try await Task.sleep(for: .milliseconds(100)) }
+        }
+        #expect(live == 2, "ops and id-1 live")
+        #expect(first.stop() == 0)
+
+        // id-1 leaves the configuration while the daemon is stopped.
+        _ = try writeConfig(dir, sandbox: sandbox, apiKey: opsKey, provider: false)
+        let deletes = try sandbox.requests("DELETE /v1/session/{sessionID}")
+        let second = try ChildProcess(Binaries.daemon, ["--config", config], log: dir.path("second.log"))
+        defer { _ = second.stop() }
+        #expect(await second.waitFor(.seconds(60)) { $0.contains("[bunq_sessiond] ready") }, "\(second.log)")
+        #expect(second.log.contains("bunq.context=id-1") && second.log.contains("identity no longer configured"))
+        let names = (result(try RawSocketClient(dir.path("socket")).call(#"{"jsonrpc":"2.0","id":2,"method":"context.list"}"#))?["contexts"]
+            as? [[String: Any]])?.compactMap { $0["name"] as? String }
+        #expect(names == ["ops"], "id-1 is forgotten: \(names ?? [])")
+        var ended = false
+        for _ in 0..<100 where !ended {
+            ended = try sandbox.requests("DELETE /v1/session/{sessionID}") == deletes + 1
+            if !ended { try await Task.sleep(for: .milliseconds(100)) }
+        }
+        #expect(ended, "its session was ended at bunq")
+        #expect(try Self.storedHex(dir.path("state") + "/bunq-sessiond.sqlite", "SELECT count(*) FROM context WHERE name = 'id-1'") == "0")
+    }
+
     @Test func aWrongMasterKeyAndSIGTERMDuringStartExitPromptly() async throws {
         let running = try await RunningDaemon.start(provider: false)
         defer { running.stop() }
