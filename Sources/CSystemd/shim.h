@@ -1,8 +1,13 @@
-// libsystemd's daemon and journal APIs. No helpers needed: everything used is a plain function.
+// libsystemd's daemon and journal APIs, and the one prctl a service's hardening needs.
 #ifndef BSC_CSYSTEMD_SHIM_H
 #define BSC_CSYSTEMD_SHIM_H
 
 #include <systemd/sd-daemon.h>
 #include <systemd/sd-journal.h>
+#include <sys/prctl.h>
+
+// prctl is variadic, which Swift cannot call: a service's process hardening (no core dumps, no ptrace by the same
+// user) needs this one fixed form.
+static inline int bsc_set_not_dumpable(void) { return prctl(PR_SET_DUMPABLE, 0, 0, 0, 0); }
 
 #endif

@@ -32,6 +32,8 @@ public final class Keeper: Service, Sendable {
     let budgetState = Mutex(BudgetStatus(neededPerDay: 0, availablePerDay: 0, late: []))
     /// The API-key identities as a reload last set them (the renewal policy lives in the scheduler).
     let apiKeys: Mutex<[KeeperConfiguration.APIKeyIdentity]>
+    /// `renewal.min_manual_interval`, as the last reload set it.
+    let minManualRenewal: Mutex<TimeInterval>
     /// Identities the start-up forgot (no longer configured): their sessions are ended at bunq once running.
     let droppedAtStart = Mutex<[StoredContext]>([])
 
@@ -62,6 +64,7 @@ public final class Keeper: Service, Sendable {
                                 psd2FirstSessionTimeout: configuration.psd2FirstSessionTimeout,
                                 permittedIPs: configuration.permittedIPs, sourceAddress: configuration.sourceAddress)
         apiKeys = Mutex(configuration.apiKeys)
+        minManualRenewal = Mutex(configuration.minManualRenewalInterval)
         let slot = OwnerSlot()
         let renewer = BunqRenewer(client: client, store: store, ownerSlot: slot, psd2: psd2,
                                   deviceDescription: configuration.deviceDescription, logger: logger)
@@ -219,6 +222,8 @@ public final class Keeper: Service, Sendable {
                 } else {
                     logger.warning("renewal failed", metadata: metadata)
                 }
+            case .removed:
+                break
             }
         }
     }
@@ -235,6 +240,7 @@ public final class Keeper: Service, Sendable {
     /// now (not against the previous file), so a reload that failed half-way is completed by the next one.
     public func applyReload(_ new: KeeperConfiguration) async throws {
         await scheduler.setPolicy(new.policy)
+        minManualRenewal.withLock { $0 = new.minManualRenewalInterval }
         let wanted = Dictionary(uniqueKeysWithValues: new.apiKeys.map { ($0.name, $0.key) })
         let previous = apiKeys.withLock { $0 }
         var failure: (any Error)?
@@ -262,6 +268,26 @@ public final class Keeper: Service, Sendable {
         if let failure { throw failure }
         for name in await scheduler.contextNames where await scheduler.schedule(name)?.state == .needsAttention {
             await scheduler.requestRenewal(name)
+        }
+    }
+
+    /// What `session.renew` does: the current session when the last renewal is more recent than
+    /// `renewal.min_manual_interval` (unless `force`, for admins); otherwise a renewal, joining one already under
+    /// way, queued for the session-server budget like every other. Nil for an unknown context.
+    public func manualRenewal(_ context: String, force: Bool) async -> Result<(generation: Int, expiresAt: Date, renewed: Bool), RenewalError>? {
+        guard let schedule = await scheduler.schedule(context) else { return nil }
+        let interval = minManualRenewal.withLock { $0 }
+        if !force, let last = schedule.lastRenewedAt, Date().timeIntervalSince(last) < interval,
+           [.live, .renewing, .retrying].contains(schedule.state), let expiresAt = schedule.expiresAt {
+            return .success((schedule.generation, expiresAt, false))
+        }
+        switch await scheduler.renewNow(context) {
+        case .success(let session)?:
+            return .success((await scheduler.schedule(context)?.generation ?? 0, session.expiresAt, true))
+        case .failure(let error)?:
+            return .failure(error)
+        case nil:
+            return nil
         }
     }
 

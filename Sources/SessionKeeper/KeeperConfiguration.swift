@@ -61,6 +61,9 @@ public struct KeeperConfiguration: Sendable {
     public let apiKeys: [APIKeyIdentity]
     public let policy: RenewalPolicy
     public let maxConcurrentRenewals: Int
+    /// `session.renew` within this many seconds of the last renewal returns the current session (admins may
+    /// force): a caller cannot spend the session-server budget others need.
+    public let minManualRenewalInterval: TimeInterval
     public let deviceDescription: String
     /// Who may use what over the socket (`access:`).
     public let access: AccessRules
@@ -74,6 +77,7 @@ public struct KeeperConfiguration: Sendable {
         ["provider", "certificate"], ["provider", "private_key"], ["provider", "certificate_chain"],
         ["provider", "oauth_redirect_uris"],
         ["renewal", "safety_margin"], ["renewal", "backoff_base"], ["renewal", "backoff_max"], ["renewal", "max_concurrent"],
+        ["renewal", "min_manual_interval"],
         ["device_description"],
     ]
     static let sections: Set<String> = ["bunq", "socket", "state", "provider", "api_keys", "access", "renewal",
@@ -327,6 +331,7 @@ public struct KeeperConfiguration: Sendable {
                 throw fail("renewal.backoff_base", "must be seconds from 0.01 to renewal.backoff_max, not '\(backoffBaseText)'")
             }
             let concurrency = try int(["renewal", "max_concurrent"], default: 8, range: 1...256)
+            let minManual = try int(["renewal", "min_manual_interval"], default: 60, range: 0...86_400)
             let access = try accessRules()
             return KeeperConfiguration(
                 file: file, endpoints: endpoints, environment: bunqEnvironment, rateLimits: rateLimits,
@@ -337,7 +342,7 @@ public struct KeeperConfiguration: Sendable {
                 credentialsDirectory: credentials, provider: provider, apiKeys: apiKeys,
                 policy: RenewalPolicy(safetyMargin: TimeInterval(margin), backoffBase: backoffBase,
                                       backoffMax: TimeInterval(backoffMax)),
-                maxConcurrentRenewals: concurrency,
+                maxConcurrentRenewals: concurrency, minManualRenewalInterval: TimeInterval(minManual),
                 deviceDescription: try string(["device_description"]) ?? "bunq-sessiond",
                 access: access)
         }

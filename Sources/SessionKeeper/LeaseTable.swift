@@ -70,6 +70,15 @@ public final class LeaseTable: Sendable {
     public func entry(_ context: String) -> LeaseEntry? { contents.withLock { $0.entries[context] } }
     public var names: [String] { contents.withLock { $0.entries.keys.sorted() } }
     public var count: Int { contents.withLock { $0.entries.count } }
+    /// How many of the contexts `visible` admits are in each state (one pass over the table: for callers who may
+    /// see only some).
+    public func stateCounts(where visible: (String) -> Bool) -> [ContextState: Int] {
+        let states = contents.withLock { $0.entries.values.map { ($0.context, $0.state) } }
+        var counts: [ContextState: Int] = [:]
+        for (name, state) in states where visible(name) { counts[state, default: 0] += 1 }
+        return counts
+    }
+
     /// How many contexts are in each state, as last published; states with none are absent.
     public var stateCounts: [ContextState: Int] { contents.withLock { $0.counts.filter { $0.value > 0 } } }
 }

@@ -123,6 +123,7 @@ extension Keeper {
             throw KeeperError(.unknownContext, "no context named \(name)")
         }
         signingKeys.forget(name)
+        events.publish(.removed(context: name), nil)
         logger.notice("context removed", metadata: ["bunq.context": "\(name)"])
         if endSession { await self.endSession(of: stored) }
     }

@@ -19,6 +19,8 @@ public enum SchedulerEvent: Sendable, Equatable {
     /// `needs_attention` (log that once, at error level).
     case failed(context: String, error: RenewalError, consecutiveFailures: Int, nextRetryAt: Date?,
                 enteredNeedsAttention: Bool)
+    /// The context is gone (removed by an admin, a reload or start-up). Published by the keeper, not the loop.
+    case removed(context: String)
 }
 
 /// The renewal loop: one task sleeping until the earliest deadline of all contexts (or until woken), moving due

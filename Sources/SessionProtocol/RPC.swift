@@ -82,6 +82,12 @@ public struct RPCRequest: @unchecked Sendable {
     /// A string parameter, or nil.
     public func string(_ name: String) -> String? { params[name] as? String }
 
+    /// A boolean parameter (`true` or `false`, not a number), or nil.
+    public func bool(_ name: String) -> Bool? {
+        guard let number = params[name] as? NSNumber, String(cString: number.objCType) == "c" else { return nil }
+        return number.boolValue
+    }
+
     /// An integer parameter (not a boolean, not a fraction), or nil.
     public func integer(_ name: String) -> Int? {
         guard let number = params[name] as? NSNumber, "iqlsIQLS".contains(String(cString: number.objCType)) else { return nil }

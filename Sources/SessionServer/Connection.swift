@@ -22,7 +22,8 @@ struct Connection {
 
     func run() async {
         try? await channel.executeThenClose { inbound, outbound in
-            let subscription = Subscription(events: service.keeper.events)
+            let subscription = Subscription(events: service.keeper.events, peer: peer, service: service,
+                                            flags: flags)
             await withDiscardingTaskGroup { group in
                 group.addTask { await subscription.deliver(to: outbound) }
                 await serve(inbound, outbound, subscription)
@@ -43,10 +44,9 @@ struct Connection {
                         running -= 1
                     }
                     running += 1
-                    group.addTask { [service, peer, flags] in
+                    group.addTask { [service, peer] in
                         let answer = await service.handle(slow.request, id: slow.id, peer: peer) { contexts in
                             subscription.set(contexts)
-                            flags.subscribed.store(true, ordering: .relaxed)
                         }
                         try? await outbound.write(ByteBuffer(bytes: answer))
                     }
@@ -61,15 +61,26 @@ struct Connection {
 }
 
 /// A connection's `session.subscribe`: the contexts it wants, fed from the keeper's broadcaster into a bounded
-/// queue that the connection's task writes out.
+/// queue that the connection's task writes out. Access is decided at delivery: every notification is checked
+/// against the current rules, and a reload that revokes a context ends that part of the subscription with a
+/// `forbidden` notification (the one a removal sends); the other contexts go on.
 final class Subscription: Sendable {
     private let events: EventBroadcaster
+    private let peer: PeerCredentials
+    private let access: AccessControl
+    private let registry: SubscriptionRegistry
+    /// A subscription with no context is none: such a connection is closed when idle like any other.
+    private let flags: ConnectionFlags
     private let state = Mutex<(id: Int?, wanted: Set<String>, ended: Bool)>((nil, [], false))
     private let stream: AsyncStream<[UInt8]>
     private let continuation: AsyncStream<[UInt8]>.Continuation
 
-    init(events: EventBroadcaster) {
+    init(events: EventBroadcaster, peer: PeerCredentials, service: SocketService, flags: ConnectionFlags) {
         self.events = events
+        self.flags = flags
+        self.peer = peer
+        access = service.access
+        registry = service.subscriptions
         (stream, continuation) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(Connection.maxQueuedNotifications))
     }
 
@@ -79,6 +90,7 @@ final class Subscription: Sendable {
             state.wanted = Set(contexts)
             return state.id == nil && !state.ended
         }
+        flags.subscribed.store(!contexts.isEmpty, ordering: .relaxed)
         guard register else { return }
         let id = events.subscribe { [weak self] event, entry in self?.offer(event, entry) }
         let late = state.withLock { state -> Bool in
@@ -86,13 +98,43 @@ final class Subscription: Sendable {
             state.id = id
             return false
         }
-        if late { events.cancel(id) }
+        if late {
+            events.cancel(id)
+        } else {
+            registry.add(id, self)
+        }
     }
 
     private func offer(_ event: SchedulerEvent, _ entry: LeaseEntry?) {
         guard let (context, line) = SocketService.notification(event, entry),
               state.withLock({ $0.wanted.contains(context) }) else { return }
+        guard access.mayUse(peer, context) else {
+            revoke([context])
+            return
+        }
+        if case .removed = event { forget(context) }
         continuation.yield(line)
+    }
+
+    /// Re-decides every context against the current rules (after a reload): the ones no longer allowed are
+    /// ended with `forbidden`.
+    func revalidate() {
+        let wanted = state.withLock { $0.wanted }
+        revoke(wanted.filter { !access.mayUse(peer, $0) })
+    }
+
+    private func revoke(_ contexts: some Collection<String>) {
+        for context in contexts.sorted() where forget(context) {
+            continuation.yield(SocketService.forbidden(context))
+        }
+    }
+
+    /// Stops watching `context`; returns whether it was watched.
+    @discardableResult
+    private func forget(_ context: String) -> Bool {
+        let (removed, empty) = state.withLock { state in (state.wanted.remove(context) != nil, state.wanted.isEmpty) }
+        if removed, empty { flags.subscribed.store(false, ordering: .relaxed) }
+        return removed
     }
 
     /// Writes notifications until the subscription ends.
@@ -109,7 +151,23 @@ final class Subscription: Sendable {
             defer { state.id = nil }
             return state.id
         }
-        if let id { events.cancel(id) }
+        if let id {
+            events.cancel(id)
+            registry.remove(id)
+        }
         continuation.finish()
+    }
+}
+
+/// Every live subscription, so a reload can re-decide their access at once.
+final class SubscriptionRegistry: Sendable {
+    private let live = Mutex<[Int: Subscription]>([:])
+
+    func add(_ id: Int, _ subscription: Subscription) { live.withLock { $0[id] = subscription } }
+    func remove(_ id: Int) { _ = live.withLock { $0.removeValue(forKey: id) } }
+
+    /// Re-decides every subscription against the current access rules.
+    func revalidate() {
+        for subscription in live.withLock({ Array($0.values) }) { subscription.revalidate() }
     }
 }

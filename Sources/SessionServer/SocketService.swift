@@ -15,6 +15,8 @@ public final class SocketService: Sendable {
     /// Serialized `session.get` results per context and generation: the hot path reuses them.
     private let grantJSON = Mutex<[String: (session: SessionInfo, generation: Int, json: String)]>([:])
     private let ready = Atomic<Bool>(false)
+    /// Live subscriptions, re-decided when the access rules change.
+    let subscriptions = SubscriptionRegistry()
 
     public init(keeper: Keeper, access: AccessControl, logger: Logger) {
         self.keeper = keeper
@@ -23,6 +25,13 @@ public final class SocketService: Sendable {
     }
 
     public func markReady() { ready.store(true, ordering: .releasing) }
+
+    /// New access rules (a reload): applied, then every live subscription is re-decided against them, so a
+    /// revoked caller's subscription ends now, not at its next notification.
+    public func updateAccess(_ rules: AccessRules) {
+        access.update(rules)
+        subscriptions.revalidate()
+    }
 
     // MARK: session.get (the hot path: no suspension)
 
@@ -182,10 +191,13 @@ public final class SocketService: Sendable {
 
         case .sessionRenew:
             let context = try await requireContext(request, peer)
-            switch await keeper.scheduler.renewNow(context) {
-            case .success(let session)?:
-                let generation = await keeper.schedule(context)?.generation ?? 0
-                return JSONText.encode(["generation": generation, "expires_at": JSONText.timestamp(session.expiresAt)])
+            // Coalesced and bounded: a renewal under way is joined, and within renewal.min_manual_interval of the
+            // last one the current session is the answer; only an admin's `force: true` goes past that.
+            let force = request.bool("force") == true && access.isAdmin(peer)
+            switch await keeper.manualRenewal(context, force: force) {
+            case .success(let renewal)?:
+                return JSONText.encode(["generation": renewal.generation, "expires_at": JSONText.timestamp(renewal.expiresAt),
+                                        "renewed": renewal.renewed])
             case .failure(let error)?:
                 throw error.kind == .needsAttention
                     ? ServiceError(code: .needsAttention, message: "Needs attention: \(error.message)",
@@ -255,11 +267,14 @@ public final class SocketService: Sendable {
             return JSONText.encode(["context": name])
 
         case .daemonStatus:
-            // From the published snapshots' counts: O(1) however many contexts there are.
-            let published = keeper.leases.stateCounts
+            // For an admin, from the published snapshots' counts: O(1) however many contexts there are. Anyone
+            // else counts only the contexts it may see, as context.list shows them.
+            let admin = access.isAdmin(peer)
+            let published = admin ? keeper.leases.stateCounts
+                : keeper.leases.stateCounts { [access] name in access.mayUse(peer, name) }
             var contexts: [String: Any] = Dictionary(uniqueKeysWithValues: ContextState.allCases.filter { $0 != .removed }
                 .map { ($0.rawValue, published[$0] ?? 0) })
-            contexts["total"] = keeper.leases.count
+            contexts["total"] = admin ? keeper.leases.count : published.values.reduce(0, +)
             return JSONText.encode([
                 "version": BunqSessiondVersion.current,
                 "uptime_seconds": Int(Date().timeIntervalSince(keeper.startedAt)),
@@ -311,6 +326,13 @@ public final class SocketService: Sendable {
         ]
     }
 
+    /// What a subscriber is told when a context is no longer its to watch: removed, or its access revoked. The
+    /// same words for both, so a caller cannot tell which.
+    static func forbidden(_ context: String) -> [UInt8] {
+        RPCCodec.notification("context.state", ["context": context, "state": "forbidden",
+                                                "reason": "the context is not available to this caller"])
+    }
+
     /// The notification for a scheduler event, or nil when the event is not for this subscriber.
     static func notification(_ event: SchedulerEvent, _ entry: LeaseEntry?) -> (context: String, line: [UInt8])? {
         switch event {
@@ -326,6 +348,8 @@ public final class SocketService: Sendable {
             return (context, RPCCodec.notification("context.state", [
                 "context": context, "state": state.rawValue, "reason": error.message,
             ]))
+        case .removed(let context):
+            return (context, forbidden(context))
         }
     }
 }

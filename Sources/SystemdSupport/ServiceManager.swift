@@ -80,4 +80,14 @@ public enum ServiceManager {
             return (name, SD_LISTEN_FDS_START + Int32(index))
         }
     }
+
+    /// No core dumps, and no ptrace or /proc access by other processes of the same user: a core file or a
+    /// debugger would hold the master key and every token. Called once at start (the unit adds `LimitCORE=0`).
+    /// Returns whether both took effect.
+    @discardableResult
+    public static func disableCoreDumps() -> Bool {
+        var none = rlimit(rlim_cur: 0, rlim_max: 0)
+        let limited = setrlimit(__rlimit_resource_t(RLIMIT_CORE.rawValue), &none) == 0
+        return bsc_set_not_dumpable() == 0 && limited
+    }
 }

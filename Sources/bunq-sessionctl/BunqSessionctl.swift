@@ -141,14 +141,20 @@ extension BunqSessionctl {
     }
 
     struct Renew: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Renew now; returns once the new session is live.")
+        static let configuration = CommandConfiguration(
+            abstract: "Renew now; returns once the new session is live (the current one if the last renewal is recent).")
         @OptionGroup var connection: Connection
         @Argument var context: String
+        @Flag(help: "Renew even within renewal.min_manual_interval of the last renewal (admins).")
+        var force = false
 
         func run() throws {
-            let result = try connection.connect().call("session.renew", ["context": context])
+            var params: [String: Any] = ["context": context]
+            if force { params["force"] = true }
+            let result = try connection.connect().call("session.renew", params)
             if connection.json { return connection.printJSON(result) }
-            print("\(context): generation \(result["generation"] ?? "?"), expires \(relative(result["expires_at"]))")
+            let note = result["renewed"] as? Bool == false ? " (renewed recently: the current session; --force to renew)" : ""
+            print("\(context): generation \(result["generation"] ?? "?"), expires \(relative(result["expires_at"]))\(note)")
         }
     }
 

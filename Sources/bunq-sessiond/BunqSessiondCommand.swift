@@ -48,8 +48,10 @@ struct BunqSessiondCommand: AsyncParsableCommand {
     static let configurationErrorExit: Int32 = 78
 
     func run() async throws {
-        // Everything the daemon creates (state, key files) is private to it.
+        // Everything the daemon creates (state, key files) is private to it, and its memory (the master key,
+        // every token) never lands in a core file.
         umask(0o077)
+        ServiceManager.disableCoreDumps()
         guard let level = Logger.Level(rawValue: logLevel) else {
             throw ValidationError("--log-level must be one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))")
         }
@@ -105,7 +107,7 @@ struct BunqSessiondCommand: AsyncParsableCommand {
         let server = SocketServer(path: settings.socketPath, inheritedSocket: socketFD, service: service, limits: limits,
                                   logger: logger)
         var services: [any Service] = [keeper, server, Readiness(keeper: keeper, server: server, service: service, logger: logger),
-                                       Reloader(configPath: config, keeper: keeper, access: service.access, logger: logger)]
+                                       Reloader(configPath: config, keeper: keeper, service: service, logger: logger)]
         if let interval = ServiceManager.watchdogInterval {
             services.append(Watchdog(keeper: keeper, server: server, interval: interval, logger: logger))
         }
@@ -225,7 +227,7 @@ struct Watchdog: Service {
 struct Reloader: Service {
     let configPath: String
     let keeper: Keeper
-    let access: AccessControl
+    let service: SocketService
     let logger: Logger
 
     func run() async throws {
@@ -238,7 +240,7 @@ struct Reloader: Service {
                     // (a store failure half-way is finished by the next reload), the access rules last.
                     let new = try KeeperConfiguration.load(file: configPath)
                     try await keeper.applyReload(new)
-                    access.update(new.access)
+                    service.updateAccess(new.access)
                     logger.notice("configuration reloaded", metadata: ["bunq.config": "\(configPath)"])
                 } catch {
                     logger.error(error is ConfigurationError

@@ -46,7 +46,7 @@ import TestSupport
         let before = try running.sandbox.requests("POST /v1/session-server")
         try running.sandbox.admin("POST", "faults", #"{"endpoint":"POST /v1/session-server","delay_ms":4000,"count":1}"#)
         let renewing = try RawSocketClient(running.socket)
-        renewing.send(#"{"jsonrpc":"2.0","id":1,"method":"session.renew","params":{"context":"\#(name)"}}"#)
+        renewing.send(#"{"jsonrpc":"2.0","id":1,"method":"session.renew","params":{"context":"\#(name)","force":true}}"#)
         var inFlight = false
         for _ in 0..<100 where !inFlight {
             try await Task.sleep(for: .milliseconds(100))

@@ -26,8 +26,11 @@ import Glibc
         let signatureB64 = result(call(3, "request.sign", #"{"context":"ops","body_base64":"eyJhIjoxfQ=="}"#))?["signature"] as? String
         #expect(signatureB64 == signature, "body and body_base64 sign the same bytes")
 
-        let renewed = try #require(result(call(4, "session.renew", #"{"context":"ops"}"#)))
-        #expect((renewed["generation"] as? Int ?? 0) >= 2 && renewed["expires_at"] is String)
+        // Just renewed at start: a plain session.renew returns the current session; an admin may force one.
+        let recent = try #require(result(call(4, "session.renew", #"{"context":"ops"}"#)))
+        #expect(recent["renewed"] as? Bool == false && recent["generation"] as? Int == 1)
+        let renewed = try #require(result(call(4, "session.renew", #"{"context":"ops","force":true}"#)))
+        #expect((renewed["generation"] as? Int ?? 0) >= 2 && renewed["expires_at"] is String && renewed["renewed"] as? Bool == true)
         let after = try #require(result(call(5, "session.get", #"{"context":"ops"}"#)))
         #expect(after["token"] as? String != session["token"] as? String, "the renewed token is served")
 

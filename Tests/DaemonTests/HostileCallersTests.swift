@@ -1,0 +1,101 @@
+import Foundation
+import Testing
+import TestSupport
+
+/// Local callers as a hostile one would act (issue 13, first part): revocation reaches live subscriptions, a
+/// caller cannot spend the session-server budget by asking for renewals, and `daemon.status` shows a caller only
+/// what it may see. Real uids and groups, created by the test (CI runs as root).
+@Suite struct HostileCallersTests {
+    @Test func revocationEndsALiveSubscriptionAndStatusShowsOnlyWhatACallerMaySee() async throws {
+        guard getuid() == 0 else {
+            #expect(!Skip.report("revocationEndsALiveSubscription: needs root to create a user (runs in CI)"))
+            return
+        }
+        let user = "bsd-r\(UInt32.random(in: 1_000...9_999))"
+        try Command.check(["useradd", "-M", user])
+        defer { _ = try? Command.run(["userdel", user]) }
+        let running = try await RunningDaemon.start(access: """
+            access:
+              admin: {users: [root]}
+              contexts:
+                ops: {users: [\(user)]}
+            """)
+        defer { running.stop() }
+        chmod(running.dir.url.path, 0o755)
+        chmod(running.socket, 0o666)
+
+        // The user's status counts only ops; root's counts both.
+        let status = """
+            import json,socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])
+            s.sendall(b'{"jsonrpc":"2.0","id":1,"method":"daemon.status"}\\n'); print(s.makefile().readline())
+            """
+        let mine = try Command.check(["setpriv", "--reuid=\(user)", "--regid=\(user)", "--clear-groups", "/usr/bin/python3",
+                                      "-c", status, running.socket]).stdout
+        let contexts = (try JSONSerialization.jsonObject(with: mine) as? [String: Any]).flatMap { result($0) }?["contexts"]
+            as? [String: Any]
+        #expect(contexts?["total"] as? Int == 1 && contexts?["live"] as? Int == 1, "\(String(decoding: mine, as: UTF8.self))")
+        let all = result(try RawSocketClient(running.socket).call(#"{"jsonrpc":"2.0","id":1,"method":"daemon.status"}"#))
+        #expect((all?["contexts"] as? [String: Any])?["total"] as? Int == 2)
+
+        // The user subscribes to ops and keeps reading every line it is sent.
+        let subscriber = """
+            import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])
+            s.sendall(b'{"jsonrpc":"2.0","id":1,"method":"session.subscribe","params":{"context":"ops"}}\\n')
+            f=s.makefile()
+            for line in f: print(line.strip(), flush=True)
+            """
+        let watcher = try ChildProcess("/usr/bin/setpriv", ["--reuid=\(user)", "--regid=\(user)", "--clear-groups",
+                                                            "/usr/bin/python3", "-c", subscriber, running.socket],
+                                       log: running.dir.path("subscriber.log"))
+        defer { _ = watcher.stop(signal: SIGKILL) }
+        #expect(await watcher.waitFor(.seconds(10)) { $0.contains(#""subscribed":["ops"]"#) }, "\(watcher.log)")
+        let admin = try RawSocketClient(running.socket)
+        // A forced renewal (admins only) reaches the subscriber while it is allowed.
+        #expect(result(admin.call(#"{"jsonrpc":"2.0","id":2,"method":"session.renew","params":{"context":"ops","force":true}}"#))?["renewed"]
+                as? Bool == true)
+        #expect(await watcher.waitFor(.seconds(10)) { $0.contains("session.rotated") }, "\(watcher.log)")
+
+        // Revoked by a reload: the subscription ends with `forbidden`, and the next token does not reach it.
+        let config = try String(contentsOfFile: running.config, encoding: .utf8)
+        try Data(config.replacingOccurrences(of: "ops: {users: [\(user)]}", with: "ops: {users: [root]}").utf8)
+            .write(to: URL(fileURLWithPath: running.config))
+        kill(running.daemon.process.processIdentifier, SIGHUP)
+        #expect(await watcher.waitFor(.seconds(10)) { $0.contains(#""state":"forbidden""#) }, "\(watcher.log)")
+        let renewed = result(admin.call(#"{"jsonrpc":"2.0","id":3,"method":"session.renew","params":{"context":"ops","force":true}}"#))
+        #expect(renewed?["renewed"] as? Bool == true)
+        try await Task.sleep(for: .seconds(1))
+        let lines = watcher.log.split(separator: "\n")
+        let forbiddenAt = lines.firstIndex { $0.contains(#""state":"forbidden""#) } ?? lines.count
+        #expect(!lines[forbiddenAt...].contains { $0.contains("session.rotated") }, "no token after the revocation: \(watcher.log)")
+        #expect(lines.filter { $0.contains("session.rotated") }.count == 1)
+    }
+
+    @Test func renewalsOnDemandAreCoalescedAndBounded() async throws {
+        let running = try await RunningDaemon.start(provider: false)
+        defer { running.stop() }
+        // No core file could hold its keys: the daemon set its own core limit to 0.
+        let limits = try String(contentsOfFile: "/proc/\(running.daemon.process.processIdentifier)/limits", encoding: .utf8)
+        let core = limits.split(separator: "\n").first { $0.hasPrefix("Max core file size") }?.split(separator: " ")
+        #expect(core?.contains("0") == true && core?.contains("unlimited") == false, "\(String(describing: core))")
+        let created = try running.sandbox.stat("sessions_created")
+        let client = try RawSocketClient(running.socket)
+        // 100 renewals at once, within a minute of the last: none reaches bunq, each answers the current session.
+        client.send((1...100).map { #"{"jsonrpc":"2.0","id":\#($0),"method":"session.renew","params":{"context":"ops"}}"# }
+            .joined(separator: "\n"))
+        var generations: Set<Int> = [], renewed = 0, answers = 0
+        while answers < 100, let line = client.readLine(timeout: 20),
+              let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] {
+            answers += 1
+            if let result = result(object) {
+                generations.insert(result["generation"] as? Int ?? -1)
+                if result["renewed"] as? Bool == true { renewed += 1 }
+            }
+        }
+        #expect(answers == 100 && renewed == 0 && generations == [1], "\(answers) answers, \(renewed) renewed, \(generations)")
+        #expect(try running.sandbox.stat("sessions_created") == created, "no session was created at bunq")
+        // An admin may force one; it is queued for the session-server budget like any renewal.
+        let forced = result(client.call(#"{"jsonrpc":"2.0","id":101,"method":"session.renew","params":{"context":"ops","force":true}}"#))
+        #expect(forced?["renewed"] as? Bool == true && forced?["generation"] as? Int == 2, "\(String(describing: forced))")
+        #expect(try running.sandbox.stat("sessions_created") == created + 1)
+    }
+}
