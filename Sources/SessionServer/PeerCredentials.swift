@@ -7,11 +7,23 @@ import Synchronization
 import Glibc
 #endif
 
-/// The process on the other end of a connection, from `SO_PEERCRED`: the kernel's word, not the client's.
+/// The process on the other end of a connection, from the kernel at connect time: `SO_PEERCRED` (pid, uid, gid)
+/// and `SO_PEERGROUPS` (its supplementary groups as the process held them, Linux ≥ 4.13): the kernel's word, not
+/// the client's, and not the user database's (a process that dropped a group has dropped it; one given a group by
+/// systemd's `SupplementaryGroups=` or `setpriv --groups` has it).
 public struct PeerCredentials: Sendable, Equatable, CustomStringConvertible {
     public let pid: Int32
     public let uid: UInt32
     public let gid: UInt32
+    /// Supplementary groups; nil when the kernel could not say (then only the primary group counts).
+    public let groups: [UInt32]?
+
+    public init(pid: Int32, uid: UInt32, gid: UInt32, groups: [UInt32]? = nil) {
+        self.pid = pid
+        self.uid = uid
+        self.gid = gid
+        self.groups = groups
+    }
 
     public var description: String { "pid \(pid) uid \(uid) gid \(gid)" }
 
@@ -19,9 +31,13 @@ public struct PeerCredentials: Sendable, Equatable, CustomStringConvertible {
         guard let provider = channel as? any SocketOptionProvider else {
             return channel.eventLoop.makeFailedFuture(ChannelError.operationUnsupported)
         }
-        let future: EventLoopFuture<UCred> = provider.unsafeGetSocketOption(
+        let credentials: EventLoopFuture<UCred> = provider.unsafeGetSocketOption(
             level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(SO_PEERCRED))
-        return future.map { PeerCredentials(pid: $0.pid, uid: $0.uid, gid: $0.gid) }
+        let groups: EventLoopFuture<GroupList> = provider.unsafeGetSocketOption(
+            level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(SO_PEERGROUPS))
+        return credentials.and(groups.map { Optional($0) }.recover { _ in nil }).map { credentials, groups in
+            PeerCredentials(pid: credentials.pid, uid: credentials.uid, gid: credentials.gid, groups: groups?.gids)
+        }
     }
 
     /// `struct ucred` (socket(7)), which Glibc exposes only under _GNU_SOURCE: same layout.
@@ -29,6 +45,22 @@ public struct PeerCredentials: Sendable, Equatable, CustomStringConvertible {
         var pid: Int32 = 0
         var uid: UInt32 = 0
         var gid: UInt32 = 0
+    }
+
+    /// Room for `SO_PEERGROUPS`' answer: 64 groups (a process in more is refused the option, ERANGE, and then
+    /// only its primary group counts). SwiftNIO zero-fills the buffer and does not return the length; the kernel
+    /// keeps a process's groups sorted, so a group 0 can only come first and trailing zeros are the unused room
+    /// (a process whose only supplementary group is 0 is read as having none: its primary group still counts).
+    struct GroupList: Sendable {
+        var storage: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64,
+                      UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64,
+                      UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64)
+
+        var gids: [UInt32] {
+            var gids = withUnsafeBytes(of: storage) { Array($0.bindMemory(to: UInt32.self)) }
+            while gids.last == 0 { gids.removeLast() }
+            return gids
+        }
     }
 
     /// The systemd unit the process runs in, from `/proc/PID/cgroup`, when readable.
@@ -39,73 +71,76 @@ public struct PeerCredentials: Sendable, Equatable, CustomStringConvertible {
     }
 }
 
-/// Decides, per caller, from the configured `access:` rules. A caller's groups are its primary group and the
-/// supplementary groups of its uid's user, resolved through NSS and cached for a minute.
+/// Decides, per caller, from the configured `access:` rules. Names in the rules are resolved to uids and gids
+/// when the rules are set (start, reload: never on an event loop), and a caller's groups are the kernel's view of
+/// its process (`SO_PEERCRED`'s gid and `SO_PEERGROUPS`): no user-database lookup per connection, no cache to go
+/// stale, a group change applies to the next connection.
 public final class AccessControl: Sendable {
-    struct Caller: Sendable {
-        let userName: String?
-        let groupIds: Set<UInt32>
-        let groupNames: Set<String>
-        let resolvedAt: Date
+    /// A rule's principals as numbers.
+    struct Resolved: Sendable {
+        var uids: Set<UInt32> = []
+        var gids: Set<UInt32> = []
+
+        init(_ principals: Principals) {
+            for user in principals.users {
+                if let uid = UInt32(user) { uids.insert(uid) } else if let uid = Self.uid(user) { uids.insert(uid) }
+            }
+            for group in principals.groups {
+                if let gid = UInt32(group) { gids.insert(gid) } else if let gid = Self.gid(group) { gids.insert(gid) }
+            }
+        }
+
+        func matches(_ peer: PeerCredentials) -> Bool {
+            uids.contains(peer.uid) || gids.contains(peer.gid) || (peer.groups?.contains { gids.contains($0) } ?? false)
+        }
+
+        static func uid(_ name: String) -> UInt32? {
+            var buffer = [CChar](repeating: 0, count: 16_384)
+            var passwd = Glibc.passwd()
+            var found: UnsafeMutablePointer<Glibc.passwd>?
+            guard getpwnam_r(name, &passwd, &buffer, buffer.count, &found) == 0, found != nil else { return nil }
+            return passwd.pw_uid
+        }
+
+        static func gid(_ name: String) -> UInt32? {
+            var buffer = [CChar](repeating: 0, count: 16_384)
+            var group = Glibc.group()
+            var found: UnsafeMutablePointer<Glibc.group>?
+            guard getgrnam_r(name, &group, &buffer, buffer.count, &found) == 0, found != nil else { return nil }
+            return group.gr_gid
+        }
     }
 
-    private let rules: Mutex<AccessRules>
-    private let callers = Mutex<[String: Caller]>([:])
+    struct Table: Sendable {
+        var admin: Resolved
+        var contexts: [(rule: AccessRules.Rule, principals: Resolved)]
+
+        init(_ rules: AccessRules) {
+            admin = Resolved(rules.admin)
+            contexts = rules.contexts.map { ($0, Resolved($0.principals)) }
+        }
+    }
+
+    private let table: Mutex<Table>
 
     public init(rules: AccessRules) {
-        self.rules = Mutex(rules)
+        table = Mutex(Table(rules))
     }
 
-    /// New rules (a configuration reload); connections keep going.
+    /// New rules (a configuration reload), resolved now; connections keep going.
     public func update(_ rules: AccessRules) {
-        self.rules.withLock { $0 = rules }
-        callers.withLock { $0.removeAll() }
+        let resolved = Table(rules)
+        table.withLock { $0 = resolved }
     }
 
     public func isAdmin(_ peer: PeerCredentials) -> Bool {
-        matches(rules.withLock { $0.admin }, peer)
+        table.withLock { $0.admin.matches(peer) }
     }
 
     /// Whether the caller may use (get, sign, renew, watch) `context`.
     public func mayUse(_ peer: PeerCredentials, _ context: String) -> Bool {
-        if isAdmin(peer) { return true }
-        let applicable = rules.withLock { $0.contexts.filter { $0.matches(context) } }
-        return applicable.contains { matches($0.principals, peer) }
-    }
-
-    private func matches(_ principals: Principals, _ peer: PeerCredentials) -> Bool {
-        let caller = resolve(peer)
-        if principals.users.contains(where: { $0 == String(peer.uid) || $0 == caller.userName }) { return true }
-        return principals.groups.contains { group in
-            caller.groupNames.contains(group) || UInt32(group).map(caller.groupIds.contains) == true
+        table.withLock { table in
+            table.admin.matches(peer) || table.contexts.contains { $0.rule.matches(context) && $0.principals.matches(peer) }
         }
-    }
-
-    private func resolve(_ peer: PeerCredentials) -> Caller {
-        let key = "\(peer.uid):\(peer.gid)"
-        if let cached = callers.withLock({ $0[key] }), cached.resolvedAt.timeIntervalSinceNow > -60 { return cached }
-        // The reentrant NSS calls: event loops on several threads may resolve at once.
-        var groupIds: Set<UInt32> = [peer.gid]
-        var userName: String?
-        var buffer = [CChar](repeating: 0, count: 16_384)
-        var passwd = Glibc.passwd()
-        var found: UnsafeMutablePointer<Glibc.passwd>?
-        if getpwuid_r(peer.uid, &passwd, &buffer, buffer.count, &found) == 0, found != nil {
-            userName = String(cString: passwd.pw_name)
-            var count: Int32 = 256
-            var groups = [gid_t](repeating: 0, count: Int(count))
-            if getgrouplist(passwd.pw_name, peer.gid, &groups, &count) >= 0 {
-                groupIds.formUnion(groups.prefix(Int(count)))
-            }
-        }
-        let groupNames = Set(groupIds.compactMap { gid -> String? in
-            var group = Glibc.group()
-            var result: UnsafeMutablePointer<Glibc.group>?
-            guard getgrgid_r(gid, &group, &buffer, buffer.count, &result) == 0, result != nil else { return nil }
-            return String(cString: group.gr_name)
-        })
-        let caller = Caller(userName: userName, groupIds: groupIds, groupNames: groupNames, resolvedAt: Date())
-        callers.withLock { $0[key] = caller }
-        return caller
     }
 }

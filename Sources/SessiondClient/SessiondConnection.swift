@@ -7,7 +7,8 @@ import Glibc
 
 /// Why a call to bunq-sessiond failed.
 public enum SessiondClientError: Error, CustomStringConvertible {
-    /// The socket could not be reached (daemon not running, wrong path, no permission).
+    /// The socket could not be reached (daemon not running, wrong path, no permission), or the daemon refused the
+    /// connection because it is at its connection limit ("daemon busy").
     case unreachable(path: String, reason: String)
     /// The daemon answered with a JSON-RPC error.
     case rpc(code: Int, message: String, data: [String: String]?)
@@ -80,6 +81,15 @@ public final class SessiondConnection {
             if message["id"] == nil, let method = message["method"] as? String {
                 queuedNotifications.append((method, message["params"] as? [String: Any] ?? [:]))
                 continue
+            }
+            // An error with a null id answers no request in particular: the connection itself was refused (over
+            // the daemon's connection limit) or a line could not be read. Either way, nothing else will come.
+            if message["id"] is NSNull, let error = message["error"] as? [String: Any] {
+                let text = (error["message"] as? String) ?? ""
+                if text == "Too many connections" {
+                    throw SessiondClientError.unreachable(path: path, reason: "daemon busy (too many connections); retry later")
+                }
+                throw SessiondClientError.rpc(code: (error["code"] as? Int) ?? 0, message: text, data: nil)
             }
             guard (message["id"] as? NSNumber)?.int64Value == id else { continue }
             if let error = message["error"] as? [String: Any] {

@@ -95,6 +95,7 @@ struct BunqSessiondCommand: AsyncParsableCommand {
             ServiceManager.failed(errno: EIO, status: "cannot start: \(error)")
             throw ExitCode(73)
         }
+        Self.raiseDescriptorLimit(needed: settings.maxConnections + 256, logger: logger)
         logger.info("starting", metadata: ["bunq.api": "\(settings.endpoints.apiBaseURL)",
                                            "bunq.state": "\(settings.stateDirectory)"])
         let service = SocketService(keeper: keeper, access: AccessControl(rules: settings.access), logger: logger)
@@ -122,6 +123,23 @@ struct BunqSessiondCommand: AsyncParsableCommand {
             logger.error("cannot run", metadata: ["error": "\(reason)"])
             ServiceManager.failed(errno: EIO, status: "failed: \(reason)")
             throw ExitCode(73)
+        }
+    }
+
+    /// Raises the soft limit on open descriptors to the hard one: every connection is one, and a daemon that runs
+    /// out refuses everyone. Warns when even the hard limit is below `needed` (max_connections plus its own).
+    static func raiseDescriptorLimit(needed: Int, logger: Logger) {
+        var limit = rlimit()
+        guard getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return }
+        if limit.rlim_cur < limit.rlim_max {
+            var raised = limit
+            raised.rlim_cur = limit.rlim_max
+            if setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &raised) == 0 { limit = raised }
+        }
+        if limit.rlim_cur < rlim_t(needed) {
+            logger.warning("open-file limit below what socket.max_connections needs", metadata: [
+                "bunq.limit": "\(limit.rlim_cur)", "bunq.needed": "\(needed)",
+            ])
         }
     }
 

@@ -70,6 +70,46 @@ import TestSupport
         #expect(lines.filter { $0.contains("session.rotated") }.count == 1)
     }
 
+    @Test func groupsAreTheCallingProcesssNotTheUserDatabases() async throws {
+        guard getuid() == 0 else {
+            #expect(!Skip.report("groupsAreTheCallingProcesss: needs root to create users and groups (runs in CI)"))
+            return
+        }
+        let suffix = String(UInt32.random(in: 1_000...9_999))
+        let (group, outsider, member) = ("bsd-g\(suffix)", "bsd-o\(suffix)", "bsd-i\(suffix)")
+        try Command.check(["groupadd", group])
+        try Command.check(["useradd", "-M", outsider])
+        try Command.check(["useradd", "-M", "-G", group, member])
+        defer {
+            for user in [outsider, member] { _ = try? Command.run(["userdel", user]) }
+            _ = try? Command.run(["groupdel", group])
+        }
+        let running = try await RunningDaemon.start(access: """
+            access:
+              admin: {users: [root]}
+              contexts:
+                ops: {groups: [\(group)]}
+            """, provider: false)
+        defer { running.stop() }
+        chmod(running.dir.url.path, 0o755)
+        chmod(running.socket, 0o666)
+        func get(_ user: String, _ groups: [String]) throws -> Int? {
+            let script = "import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); "
+                + #"s.sendall(b'{"jsonrpc":"2.0","id":1,"method":"session.get","params":{"context":"ops"}}\n'); "#
+                + "print(s.makefile().readline())"
+            let output = try Command.check(["setpriv", "--reuid=\(user)", "--regid=\(user)"] + groups
+                                           + ["/usr/bin/python3", "-c", script, running.socket])
+            let answer = try JSONSerialization.jsonObject(with: output.stdout) as? [String: Any]
+            return answer.flatMap { result($0) } != nil ? 0 : answer.flatMap(errorCode)
+        }
+        // Given the group at exec only (as systemd's SupplementaryGroups= does): allowed.
+        #expect(try get(outsider, ["--groups=\(group)"]) == 0)
+        // A member by the user database whose process dropped the group: refused, at once.
+        #expect(try get(member, ["--clear-groups"]) == 1001)
+        #expect(try get(member, ["--init-groups"]) == 0)
+        #expect(try get(outsider, ["--clear-groups"]) == 1001)
+    }
+
     @Test func renewalsOnDemandAreCoalescedAndBounded() async throws {
         let running = try await RunningDaemon.start(provider: false)
         defer { running.stop() }
@@ -77,6 +117,9 @@ import TestSupport
         let limits = try String(contentsOfFile: "/proc/\(running.daemon.process.processIdentifier)/limits", encoding: .utf8)
         let core = limits.split(separator: "\n").first { $0.hasPrefix("Max core file size") }?.split(separator: " ")
         #expect(core?.contains("0") == true && core?.contains("unlimited") == false, "\(String(describing: core))")
+        // Its open-file soft limit is raised to the hard one (every connection is a descriptor).
+        let files = limits.split(separator: "\n").first { $0.hasPrefix("Max open files") }?.split(separator: " ").compactMap { Int($0) }
+        #expect(files?.count == 2 && files?[0] == files?[1], "\(String(describing: files))")
         let created = try running.sandbox.stat("sessions_created")
         let client = try RawSocketClient(running.socket)
         // 100 renewals at once, within a minute of the last: none reaches bunq, each answers the current session.

@@ -42,9 +42,11 @@ import TestSupport
         let sealedToken = try Self.storedHex(database, "SELECT hex(token) FROM session WHERE context = 'alice'")
         #expect(sealedRegistration.count > 64 && sealedToken.count > 64, "alice is stored")
 
-        // A slow session-server (4 s) while alice renews: remove her while the call is under way.
+        // A slow session-server (12 s) while alice renews: remove her while the call is under way. Long, because
+        // this test's own task can wait seconds for the shared cooperative pool on a loaded machine (4 s was too
+        // short once in CI: the removal came after the renewal).
         let before = try running.sandbox.requests("POST /v1/session-server")
-        try running.sandbox.admin("POST", "faults", #"{"endpoint":"POST /v1/session-server","delay_ms":4000,"count":1}"#)
+        try running.sandbox.admin("POST", "faults", #"{"endpoint":"POST /v1/session-server","delay_ms":12000,"count":1}"#)
         let renewing = try RawSocketClient(running.socket)
         renewing.send(#"{"jsonrpc":"2.0","id":1,"method":"session.renew","params":{"context":"\#(name)","force":true}}"#)
         var inFlight = false
@@ -58,7 +60,7 @@ import TestSupport
         // Removal stops handing out the token at once.
         #expect(errorCode(admin.call(#"{"jsonrpc":"2.0","id":3,"method":"session.get","params":{"context":"alice"}}"#)) == 1001)
         // The renewal ends (its session is refused by the owner), and alice is still gone.
-        let renewal = try #require(renewing.readLine(timeout: 20).flatMap {
+        let renewal = try #require(renewing.readLine(timeout: 45).flatMap {
             try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
         })
         #expect(renewal["error"] != nil, "the renewal of a removed context does not succeed: \(renewal)")

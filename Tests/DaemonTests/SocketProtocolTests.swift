@@ -140,6 +140,10 @@ import Glibc
         let extra = try RawSocketClient(running.socket)
         #expect(extra.readLine(timeout: 5).map { $0.contains("Too many connections") } == true)
         #expect(extra.isClosed())
+        // bunq-sessionctl says the daemon is busy and exits 69 (unavailable), not a protocol error.
+        let busy = try Command.run([Binaries.directory.appendingPathComponent("bunq-sessionctl").path, "status",
+                                    "--socket", running.socket])
+        #expect(busy.status == 69 && busy.stderrText.contains("daemon busy"), "\(busy.status): \(busy.stderrText)")
         #expect(clients.allSatisfy { result($0.call(#"{"jsonrpc":"2.0","id":3,"method":"daemon.status"}"#)) != nil })
     }
 
