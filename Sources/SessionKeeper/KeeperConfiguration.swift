@@ -53,6 +53,8 @@ public struct KeeperConfiguration: Sendable {
     public let socketPath: String
     /// Connections served at once; more are answered with an error and closed.
     public let maxConnections: Int
+    /// Connections one uid may hold at once (`socket.max_connections_per_uid`): one caller cannot fill the socket.
+    public let maxConnectionsPerUID: Int
     /// Seconds after which a connection that sent nothing and is not subscribed is closed.
     public let idleTimeout: Int
     public let stateDirectory: String
@@ -73,7 +75,7 @@ public struct KeeperConfiguration: Sendable {
         ["bunq", "environment"], ["bunq", "api_base_url"], ["bunq", "oauth_authorize_url"], ["bunq", "oauth_token_url"],
         ["bunq", "ca_file"], ["bunq", "rate_limits"], ["bunq", "rate_limit_scale"], ["bunq", "psd2_first_session_timeout"],
         ["bunq", "permitted_ips"], ["bunq", "source_address"],
-        ["socket", "path"], ["socket", "max_connections"], ["socket", "idle_timeout"], ["state", "directory"],
+        ["socket", "path"], ["socket", "max_connections"], ["socket", "max_connections_per_uid"], ["socket", "idle_timeout"], ["state", "directory"],
         ["provider", "certificate"], ["provider", "private_key"], ["provider", "certificate_chain"],
         ["provider", "oauth_redirect_uris"],
         ["renewal", "safety_margin"], ["renewal", "backoff_base"], ["renewal", "backoff_max"], ["renewal", "max_concurrent"],
@@ -260,6 +262,7 @@ public struct KeeperConfiguration: Sendable {
                 throw fail("socket.path", "must be an absolute path shorter than 108 bytes")
             }
             let maxConnections = try int(["socket", "max_connections"], default: 4_096, range: 1...1_000_000)
+            let maxPerUID = try int(["socket", "max_connections_per_uid"], default: 64, range: 1...1_000_000)
             let idleTimeout = try int(["socket", "idle_timeout"], default: 300, range: 1...86_400)
 
             var provider: Provider?
@@ -337,7 +340,7 @@ public struct KeeperConfiguration: Sendable {
                 file: file, endpoints: endpoints, environment: bunqEnvironment, rateLimits: rateLimits,
                 rateLimitScale: rateLimitScale,
                 psd2FirstSessionTimeout: firstSession, permittedIPs: permittedIPs, sourceAddress: sourceAddress,
-                socketPath: socketPath, maxConnections: maxConnections,
+                socketPath: socketPath, maxConnections: maxConnections, maxConnectionsPerUID: maxPerUID,
                 idleTimeout: idleTimeout, stateDirectory: stateDirectory,
                 credentialsDirectory: credentials, provider: provider, apiKeys: apiKeys,
                 policy: RenewalPolicy(safetyMargin: TimeInterval(margin), backoffBase: backoffBase,

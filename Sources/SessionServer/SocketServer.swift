@@ -11,7 +11,10 @@ import Synchronization
 /// `SO_PEERCRED`, a bound on connections, idle connections closed.
 public final class SocketServer: Service, Sendable {
     public struct Limits: Sendable {
+        /// Connections admins may open beyond `maxConnections`: whoever fills the socket, root gets in.
+        public static let adminReserve = 16
         public var maxConnections = 4_096
+        public var maxConnectionsPerUID = 64
         public var idleTimeout: Duration = .seconds(300)
         public init() {}
     }
@@ -23,6 +26,8 @@ public final class SocketServer: Service, Sendable {
     let limits: Limits
     let logger: Logger
     private let connections = Atomic<Int>(0)
+    /// Connections held per uid (entries removed at zero).
+    private let perUID = Mutex<[UInt32: Int]>([:])
     /// Fires once the socket accepts connections.
     public let listening = OneShotSignal()
 
@@ -85,7 +90,7 @@ public final class SocketServer: Service, Sendable {
                             for try await connection in accepted {
                                 guard case .connection(let channel, let peer, let flags) = connection else { continue }
                                 group.addTask { [self] in
-                                    defer { _ = connections.wrappingSubtract(1, ordering: .relaxed) }
+                                    defer { release(peer) }
                                     await Connection(channel: channel, peer: peer, flags: flags, service: service).run()
                                 }
                             }
@@ -119,30 +124,54 @@ public final class SocketServer: Service, Sendable {
         }
     }
 
+    /// Admits a connection by who is calling: at most `maxConnectionsPerUID` per uid, `maxConnections` in all, and
+    /// admins `adminReserve` beyond that. A refused one is answered "Too many connections" and closed; the
+    /// credentials are the kernel's, read before anything else.
     private func initialize(_ channel: any Channel) -> EventLoopFuture<Accepted> {
-        let count = connections.wrappingAdd(1, ordering: .relaxed).newValue
-        guard count <= limits.maxConnections else {
-            _ = connections.wrappingSubtract(1, ordering: .relaxed)
-            return channel.eventLoop.makeCompletedFuture {
+        PeerCredentials.read(channel).flatMapThrowing { [self] peer in
+            guard admit(peer) else {
                 try channel.pipeline.syncOperations.addHandler(RejectHandler())
                 return .rejected
             }
-        }
-        return PeerCredentials.read(channel).flatMapThrowing { [self] peer in
             let flags = ConnectionFlags()
-            try channel.pipeline.syncOperations.addHandlers([
-                IdleStateHandler(readTimeout: .milliseconds(Int64(limits.idleTimeout / .milliseconds(1)))),
-                ByteToMessageHandler(LineFrameDecoder()),
-                FastPathHandler(service: service, peer: peer, flags: flags),
-            ])
-            // Outbound half-closure: the connection's last answers are flushed before it closes.
-            let wrapped = try NIOAsyncChannel<SlowRequest, ByteBuffer>(
-                wrappingChannelSynchronously: channel,
-                configuration: .init(isOutboundHalfClosureEnabled: true))
-            return .connection(wrapped, peer, flags)
-        }.flatMapErrorThrowing { [self] error in
-            _ = connections.wrappingSubtract(1, ordering: .relaxed)
-            throw error
+            do {
+                try channel.pipeline.syncOperations.addHandlers([
+                    IdleStateHandler(readTimeout: .milliseconds(Int64(limits.idleTimeout / .milliseconds(1)))),
+                    ByteToMessageHandler(LineFrameDecoder()),
+                    FastPathHandler(service: service, peer: peer, flags: flags),
+                ])
+                // Outbound half-closure: the connection's last answers are flushed before it closes.
+                let wrapped = try NIOAsyncChannel<SlowRequest, ByteBuffer>(
+                    wrappingChannelSynchronously: channel,
+                    configuration: .init(isOutboundHalfClosureEnabled: true))
+                return .connection(wrapped, peer, flags)
+            } catch {
+                release(peer)
+                throw error
+            }
+        }
+    }
+
+    /// Counts the connection in, if the limits allow it.
+    private func admit(_ peer: PeerCredentials) -> Bool {
+        let total = connections.wrappingAdd(1, ordering: .relaxed).newValue
+        let admin = service.access.isAdmin(peer)
+        let allowed = total <= limits.maxConnections + (admin ? Limits.adminReserve : 0)
+            && perUID.withLock { counts in
+                guard admin || counts[peer.uid, default: 0] < limits.maxConnectionsPerUID else { return false }
+                counts[peer.uid, default: 0] += 1
+                return true
+            }
+        if !allowed { _ = connections.wrappingSubtract(1, ordering: .relaxed) }
+        return allowed
+    }
+
+    /// Counts a connection out.
+    func release(_ peer: PeerCredentials) {
+        _ = connections.wrappingSubtract(1, ordering: .relaxed)
+        perUID.withLock { counts in
+            guard let count = counts[peer.uid] else { return }
+            counts[peer.uid] = count > 1 ? count - 1 : nil
         }
     }
 

@@ -95,12 +95,13 @@ struct BunqSessiondCommand: AsyncParsableCommand {
             ServiceManager.failed(errno: EIO, status: "cannot start: \(error)")
             throw ExitCode(73)
         }
-        Self.raiseDescriptorLimit(needed: settings.maxConnections + 256, logger: logger)
+        Self.raiseDescriptorLimit(needed: settings.maxConnections + SocketServer.Limits.adminReserve + 256, logger: logger)
         logger.info("starting", metadata: ["bunq.api": "\(settings.endpoints.apiBaseURL)",
                                            "bunq.state": "\(settings.stateDirectory)"])
         let service = SocketService(keeper: keeper, access: AccessControl(rules: settings.access), logger: logger)
         var limits = SocketServer.Limits()
         limits.maxConnections = settings.maxConnections
+        limits.maxConnectionsPerUID = settings.maxConnectionsPerUID
         limits.idleTimeout = .seconds(settings.idleTimeout)
         // Socket activation: systemd's socket (named "api" in the .socket unit, or the only one passed).
         let inherited = ServiceManager.listeningSockets()

@@ -110,6 +110,43 @@ import TestSupport
         #expect(try get(outsider, ["--clear-groups"]) == 1001)
     }
 
+    @Test func oneUserCannotFillTheSocketAndRootAlwaysGetsIn() async throws {
+        guard getuid() == 0 else {
+            #expect(!Skip.report("oneUserCannotFillTheSocket: needs root to create a user (runs in CI)"))
+            return
+        }
+        let user = "bsd-f\(UInt32.random(in: 1_000...9_999))"
+        try Command.check(["useradd", "-M", user])
+        defer { _ = try? Command.run(["userdel", user]) }
+        let running = try await RunningDaemon.start(access: "socket: {max_connections: 4, max_connections_per_uid: 2}",
+                                                    provider: false, socketInConfig: true)
+        defer { running.stop() }
+        chmod(running.dir.url.path, 0o755)
+        chmod(running.socket, 0o666)
+        // The user opens three connections and holds them: two are served, the third is refused.
+        let flood = """
+            import socket,sys,time
+            held=[]
+            for i in range(3):
+                s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); held.append(s)
+                try: s.sendall(b'{"jsonrpc":"2.0","id":1,"method":"daemon.status"}\\n')
+                except OSError: pass  # a refused connection is answered and closed at once
+                print(s.makefile().readline().strip(), flush=True)
+            time.sleep(60)
+            """
+        let holder = try ChildProcess("/usr/bin/setpriv", ["--reuid=\(user)", "--regid=\(user)", "--clear-groups",
+                                                           "/usr/bin/python3", "-c", flood, running.socket],
+                                      log: running.dir.path("flood.log"))
+        defer { _ = holder.stop(signal: SIGKILL) }
+        #expect(await holder.waitFor(.seconds(10)) { $0.split(separator: "\n").count >= 3 }, "\(holder.log)")
+        let lines = holder.log.split(separator: "\n")
+        #expect(lines.prefix(2).allSatisfy { $0.contains("\"result\"") } && lines.dropFirst(2).first?.contains("Too many connections") == true,
+                "\(holder.log)")
+        // Root (an admin) gets in beyond max_connections: 2 held + 4 > 4.
+        let admins = try (0..<4).map { _ in try RawSocketClient(running.socket) }
+        #expect(admins.allSatisfy { result($0.call(#"{"jsonrpc":"2.0","id":1,"method":"daemon.status"}"#)) != nil })
+    }
+
     @Test func renewalsOnDemandAreCoalescedAndBounded() async throws {
         let running = try await RunningDaemon.start(provider: false)
         defer { running.stop() }

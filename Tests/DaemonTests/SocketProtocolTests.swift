@@ -120,8 +120,13 @@ import Glibc
     }
 
     @Test func idleConnectionsCloseSubscribersStayAndConnectionsAreBounded() async throws {
-        let running = try await RunningDaemon.start(access: "socket: {max_connections: 5, idle_timeout: 1}", provider: false,
-                                                    socketInConfig: true)
+        // root is not an admin here: admins get a reserve beyond max_connections, which this test is not about.
+        let running = try await RunningDaemon.start(access: """
+            socket: {max_connections: 5, max_connections_per_uid: 10, idle_timeout: 1}
+            access:
+              admin: {users: [nobody]}
+              contexts: {"*": {users: [root]}}
+            """, provider: false, socketInConfig: true)
         defer { running.stop() }
         let idle = try RawSocketClient(running.socket)
         let subscriber = try RawSocketClient(running.socket)
