@@ -75,7 +75,14 @@ public final class SessiondConnection {
         nextId += 1
         let id = nextId
         let line = JSONText.encode(["jsonrpc": "2.0", "id": id, "method": method, "params": params]) + "\n"
-        try send(Array(line.utf8))
+        do {
+            try send(Array(line.utf8))
+        } catch {
+            // A daemon at its connection limit answers and closes before our request is read; its answer may be
+            // waiting even though sending failed.
+            if let answer = try? readMessage(), answer["id"] is NSNull, let problem = refusal(answer) { throw problem }
+            throw error
+        }
         while true {
             let message = try readMessage()
             if message["id"] == nil, let method = message["method"] as? String {
@@ -84,13 +91,7 @@ public final class SessiondConnection {
             }
             // An error with a null id answers no request in particular: the connection itself was refused (over
             // the daemon's connection limit) or a line could not be read. Either way, nothing else will come.
-            if message["id"] is NSNull, let error = message["error"] as? [String: Any] {
-                let text = (error["message"] as? String) ?? ""
-                if text == "Too many connections" {
-                    throw SessiondClientError.unreachable(path: path, reason: "daemon busy (too many connections); retry later")
-                }
-                throw SessiondClientError.rpc(code: (error["code"] as? Int) ?? 0, message: text, data: nil)
-            }
+            if message["id"] is NSNull, let problem = refusal(message) { throw problem }
             guard (message["id"] as? NSNumber)?.int64Value == id else { continue }
             if let error = message["error"] as? [String: Any] {
                 throw SessiondClientError.rpc(code: (error["code"] as? Int) ?? 0, message: (error["message"] as? String) ?? "",
@@ -98,6 +99,17 @@ public final class SessiondConnection {
             }
             return message["result"] as? [String: Any] ?? [:]
         }
+    }
+
+    /// What an error answer with a null id means: "daemon busy" when the daemon refused the connection at its
+    /// limit, else the error itself; nil when the message is no error.
+    private func refusal(_ message: [String: Any]) -> SessiondClientError? {
+        guard let error = message["error"] as? [String: Any] else { return nil }
+        let text = (error["message"] as? String) ?? ""
+        if text == "Too many connections" {
+            return .unreachable(path: path, reason: "daemon busy (too many connections); retry later")
+        }
+        return .rpc(code: (error["code"] as? Int) ?? 0, message: text, data: nil)
     }
 
     /// The next server notification (`session.rotated`, `context.state`), blocking until one arrives.
