@@ -9,11 +9,14 @@ import TestSupport
         let running = try await RunningDaemon.start(provider: false)
         defer { running.stop() }
         let second = try ChildProcess(Binaries.daemon, ["--config", running.config], log: running.dir.path("second.log"))
-        let started = ContinuousClock.now
-        #expect(await second.waitFor(.seconds(5)) { $0.contains("in use by another bunq-sessiond") },
+        // Blocking waits on this thread: the daemon's own exit is measured, not how long this test's task waits for
+        // the shared cooperative pool on a loaded machine (10.3 s once in CI, for a daemon that exits at once).
+        #expect(second.waitForBlocking(5) { $0.contains("in use by another bunq-sessiond") },
                 "the second daemon says why: \(second.log)")
+        let deadline = Date().addingTimeInterval(5)
+        while second.process.isRunning, Date() < deadline { usleep(20_000) }
+        #expect(!second.process.isRunning, "it exits by itself, within 5 s")
         #expect(second.stop() != 0, "and exits non-zero")
-        #expect(ContinuousClock.now - started < .seconds(10))
         #expect(second.log.contains("(pid \(running.daemon.process.processIdentifier))"), "naming the holder: \(second.log)")
         // The first daemon still serves on its own socket.
         let status = result(try RawSocketClient(running.socket).call(#"{"jsonrpc":"2.0","id":1,"method":"daemon.status"}"#))
