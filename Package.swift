@@ -194,7 +194,7 @@ let package = Package(
         ),
         .testTarget(
             name: "DaemonTests",
-            dependencies: ["TestSupport"],
+            dependencies: ["TestSupport", "SessionServer"],
             swiftSettings: strictSettings
         ),
         .testTarget(

@@ -55,8 +55,12 @@ public struct KeeperConfiguration: Sendable {
     public let maxConnections: Int
     /// Connections one uid may hold at once (`socket.max_connections_per_uid`): one caller cannot fill the socket.
     public let maxConnectionsPerUID: Int
-    /// Seconds after which a connection that sent nothing and is not subscribed is closed.
+    /// Seconds without a complete request after which a connection (not subscribed, nothing outstanding) is closed.
     public let idleTimeout: Int
+    /// Seconds a request may take from its first byte to its newline (`socket.request_timeout`).
+    public let requestTimeout: Int
+    /// Seconds a connection may leave what it is sent unread before it is closed (`socket.send_timeout`).
+    public let sendTimeout: Int
     public let stateDirectory: String
     public let credentialsDirectory: String?
     public let provider: Provider?
@@ -75,7 +79,8 @@ public struct KeeperConfiguration: Sendable {
         ["bunq", "environment"], ["bunq", "api_base_url"], ["bunq", "oauth_authorize_url"], ["bunq", "oauth_token_url"],
         ["bunq", "ca_file"], ["bunq", "rate_limits"], ["bunq", "rate_limit_scale"], ["bunq", "psd2_first_session_timeout"],
         ["bunq", "permitted_ips"], ["bunq", "source_address"],
-        ["socket", "path"], ["socket", "max_connections"], ["socket", "max_connections_per_uid"], ["socket", "idle_timeout"], ["state", "directory"],
+        ["socket", "path"], ["socket", "max_connections"], ["socket", "max_connections_per_uid"], ["socket", "idle_timeout"],
+        ["socket", "request_timeout"], ["socket", "send_timeout"], ["state", "directory"],
         ["provider", "certificate"], ["provider", "private_key"], ["provider", "certificate_chain"],
         ["provider", "oauth_redirect_uris"],
         ["renewal", "safety_margin"], ["renewal", "backoff_base"], ["renewal", "backoff_max"], ["renewal", "max_concurrent"],
@@ -264,6 +269,8 @@ public struct KeeperConfiguration: Sendable {
             let maxConnections = try int(["socket", "max_connections"], default: 4_096, range: 1...1_000_000)
             let maxPerUID = try int(["socket", "max_connections_per_uid"], default: 64, range: 1...1_000_000)
             let idleTimeout = try int(["socket", "idle_timeout"], default: 300, range: 1...86_400)
+            let requestTimeout = try int(["socket", "request_timeout"], default: 10, range: 1...3_600)
+            let sendTimeout = try int(["socket", "send_timeout"], default: 30, range: 1...3_600)
 
             var provider: Provider?
             if node(["provider"]).map({ !$0.isNull }) == true || environment[Self.environmentName(["provider", "certificate"])] != nil {
@@ -341,7 +348,8 @@ public struct KeeperConfiguration: Sendable {
                 rateLimitScale: rateLimitScale,
                 psd2FirstSessionTimeout: firstSession, permittedIPs: permittedIPs, sourceAddress: sourceAddress,
                 socketPath: socketPath, maxConnections: maxConnections, maxConnectionsPerUID: maxPerUID,
-                idleTimeout: idleTimeout, stateDirectory: stateDirectory,
+                idleTimeout: idleTimeout, requestTimeout: requestTimeout, sendTimeout: sendTimeout,
+                stateDirectory: stateDirectory,
                 credentialsDirectory: credentials, provider: provider, apiKeys: apiKeys,
                 policy: RenewalPolicy(safetyMargin: TimeInterval(margin), backoffBase: backoffBase,
                                       backoffMax: TimeInterval(backoffMax)),

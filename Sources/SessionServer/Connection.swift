@@ -11,10 +11,6 @@ import Synchronization
 struct Connection {
     /// Unanswered requests allowed per connection; beyond it, the connection is not read until answers go out.
     static let maxPending = 64
-    /// Notifications a subscriber that does not read may have waiting; older ones are dropped beyond it (the
-    /// newest `session.rotated` carries the current token, so nothing is lost that a later one does not replace).
-    static let maxQueuedNotifications = 256
-
     let channel: NIOAsyncChannel<SlowRequest, ByteBuffer>
     let peer: PeerCredentials
     let flags: ConnectionFlags
@@ -44,11 +40,12 @@ struct Connection {
                         running -= 1
                     }
                     running += 1
-                    group.addTask { [service, peer] in
+                    group.addTask { [service, peer, flags] in
                         let answer = await service.handle(slow.request, id: slow.id, peer: peer) { contexts in
                             subscription.set(contexts)
                         }
                         try? await outbound.write(ByteBuffer(bytes: answer))
+                        _ = flags.pending.wrappingSubtract(1, ordering: .relaxed)
                     }
                 }
             } catch {
@@ -60,8 +57,8 @@ struct Connection {
     }
 }
 
-/// A connection's `session.subscribe`: the contexts it wants, fed from the keeper's broadcaster into a bounded
-/// queue that the connection's task writes out. Access is decided at delivery: every notification is checked
+/// A connection's `session.subscribe`: the contexts it wants, fed from the keeper's broadcaster into a coalescing
+/// queue (the newest notification per context and kind) that the connection's task writes out. Access is decided at delivery: every notification is checked
 /// against the current rules, and a reload that revokes a context ends that part of the subscription with a
 /// `forbidden` notification (the one a removal sends); the other contexts go on.
 final class Subscription: Sendable {
@@ -72,8 +69,7 @@ final class Subscription: Sendable {
     /// A subscription with no context is none: such a connection is closed when idle like any other.
     private let flags: ConnectionFlags
     private let state = Mutex<(id: Int?, wanted: Set<String>, ended: Bool)>((nil, [], false))
-    private let stream: AsyncStream<[UInt8]>
-    private let continuation: AsyncStream<[UInt8]>.Continuation
+    private let queue = NotificationQueue()
 
     init(events: EventBroadcaster, peer: PeerCredentials, service: SocketService, flags: ConnectionFlags) {
         self.events = events
@@ -81,7 +77,6 @@ final class Subscription: Sendable {
         self.peer = peer
         access = service.access
         registry = service.subscriptions
-        (stream, continuation) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(Connection.maxQueuedNotifications))
     }
 
     /// Replaces what the connection subscribes to.
@@ -112,8 +107,13 @@ final class Subscription: Sendable {
             revoke([context])
             return
         }
-        if case .removed = event { forget(context) }
-        continuation.yield(line)
+        switch event {
+        case .rotated: queue.put(line, context: context, kind: .rotated)
+        case .failed: queue.put(line, context: context, kind: .state)
+        case .removed:
+            forget(context)
+            queue.put(line, context: context, kind: .state, final: true)
+        }
     }
 
     /// Re-decides every context against the current rules (after a reload): the ones no longer allowed are
@@ -125,7 +125,7 @@ final class Subscription: Sendable {
 
     private func revoke(_ contexts: some Collection<String>) {
         for context in contexts.sorted() where forget(context) {
-            continuation.yield(SocketService.forbidden(context))
+            queue.put(SocketService.forbidden(context), context: context, kind: .state, final: true)
         }
     }
 
@@ -139,7 +139,7 @@ final class Subscription: Sendable {
 
     /// Writes notifications until the subscription ends.
     func deliver(to outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>) async {
-        for await line in stream {
+        while let line = await queue.next() {
             do { try await outbound.write(ByteBuffer(bytes: line)) } catch { break }
         }
     }
@@ -155,7 +155,7 @@ final class Subscription: Sendable {
             events.cancel(id)
             registry.remove(id)
         }
-        continuation.finish()
+        queue.finish()
     }
 }
 

@@ -9,10 +9,11 @@ struct SlowRequest: Sendable {
     let id: RPCID
 }
 
-/// What a connection's task and its fast path share: whether it subscribes (subscribers are not closed when
-/// idle).
+/// What a connection's task and its event-loop handlers share: whether it subscribes and how many requests it
+/// has outstanding (neither such connection is idle).
 final class ConnectionFlags: Sendable {
     let subscribed = Atomic<Bool>(false)
+    let pending = Atomic<Int>(0)
 }
 
 /// The inline part of a connection, on its event loop: framed lines in; parse errors, a cached `session.get` and
@@ -67,6 +68,13 @@ final class FastPathHandler: ChannelInboundHandler {
         }
         // A request without an id is a notification: JSON-RPC answers none.
         guard let id = request.id else { return }
+        // While the client leaves its answers unread, everything takes the slow path, whose requests and answers
+        // are bounded per connection (the fast path would buffer answers without limit).
+        guard context.channel.isWritable else {
+            _ = flags.pending.wrappingAdd(1, ordering: .relaxed)
+            context.fireChannelRead(wrapInboundOut(SlowRequest(request: request, id: id)))
+            return
+        }
         if request.method == RPCMethod.sessionGet.rawValue, let answer = service.sessionGetFast(request, id: id, peer: peer) {
             write(context, answer)
             return
@@ -80,21 +88,13 @@ final class FastPathHandler: ChannelInboundHandler {
             context.writeAndFlush(wrapOutboundOut(ByteBuffer(bytes: answer)), promise: nil)
             return
         }
+        _ = flags.pending.wrappingAdd(1, ordering: .relaxed)
         context.fireChannelRead(wrapInboundOut(SlowRequest(request: request, id: id)))
     }
 
     private func write(_ context: ChannelHandlerContext, _ bytes: [UInt8]) {
         context.write(wrapOutboundOut(ByteBuffer(bytes: bytes)), promise: nil)
         needsFlush = true
-    }
-
-    /// Idle connections are closed, except subscribers, who wait for notifications.
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if event is IdleStateHandler.IdleStateEvent, !flags.subscribed.load(ordering: .relaxed) {
-            context.close(promise: nil)
-            return
-        }
-        context.fireUserInboundEventTriggered(event)
     }
 }
 

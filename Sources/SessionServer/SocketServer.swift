@@ -8,14 +8,23 @@ import SessionProtocol
 import Synchronization
 
 /// The Unix-socket JSON-RPC server: newline-delimited JSON-RPC 2.0 on `path` (mode 0660), callers identified by
-/// `SO_PEERCRED`, a bound on connections, idle connections closed.
+/// `SO_PEERCRED`, fair bounds on connections (per uid, in all, a reserve for admins), idle and slow connections
+/// closed, and clients that do not read held back and then disconnected.
 public final class SocketServer: Service, Sendable {
     public struct Limits: Sendable {
         /// Connections admins may open beyond `maxConnections`: whoever fills the socket, root gets in.
         public static let adminReserve = 16
         public var maxConnections = 4_096
         public var maxConnectionsPerUID = 64
+        /// Time without a complete request after which a connection (not subscribed, nothing outstanding) is closed.
         public var idleTimeout: Duration = .seconds(300)
+        /// Time a request may take from its first byte to its newline.
+        public var requestTimeout: Duration = .seconds(10)
+        /// Time a connection may leave what it is sent unread (its unsent output above the high-water mark)
+        /// before it is closed.
+        public var sendTimeout: Duration = .seconds(30)
+        /// Unsent output per connection above which it is not read (and its send timeout runs).
+        public static let writeBufferHighWater = 64 * 1_024
         public init() {}
     }
 
@@ -30,9 +39,13 @@ public final class SocketServer: Service, Sendable {
     private let perUID = Mutex<[UInt32: Int]>([:])
     /// Fires once the socket accepts connections.
     public let listening = OneShotSignal()
+    let memory: ConnectionMemory
 
+    /// `releaseFreeMemory` asks the allocator to return freed memory to the system (glibc's `malloc_trim`); it is
+    /// called, off the event loops, after connections that held a lot of memory have gone.
     public init(path: String, inheritedSocket: Int32? = nil, service: SocketService, limits: Limits = Limits(),
-                logger: Logger) {
+                logger: Logger, releaseFreeMemory: @escaping @Sendable () -> Void = {}) {
+        memory = ConnectionMemory(release: releaseFreeMemory)
         self.path = path
         self.inheritedSocket = inheritedSocket
         self.service = service
@@ -52,9 +65,19 @@ public final class SocketServer: Service, Sendable {
     public func run() async throws {
         let bootstrap = ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.backlog, value: 256)
+            .serverChannelInitializer { [logger] channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(AcceptPauseHandler(logger: logger))
+                }
+            }
             // A client that half-closes (`echo … | socat`) still gets every answer.
             .childChannelOption(.allowRemoteHalfClosure, value: true)
-            .childChannelOption(.writeBufferWaterMark, value: .init(low: 64 * 1024, high: 1024 * 1024))
+            // Reads of at most 16 KiB: a connection's receive buffer (kept between reads) stays small, and a long
+            // partial line lives in the framer's buffer alone rather than in a 64 KiB read buffer as well.
+            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 1_024,
+                                                                                       maximum: 16 * 1_024))
+            .childChannelOption(.writeBufferWaterMark, value: .init(low: Limits.writeBufferHighWater / 4,
+                                                                    high: Limits.writeBufferHighWater))
         let server: NIOAsyncChannel<Accepted, Never>
         var boundInode: ino_t?
         do {
@@ -86,12 +109,14 @@ public final class SocketServer: Service, Sendable {
             try await withGracefulShutdownHandler {
                 try await server.executeThenClose { accepted in
                     await withDiscardingTaskGroup { group in
+                        group.addTask { [memory] in await memory.run() }
                         do {
                             for try await connection in accepted {
                                 guard case .connection(let channel, let peer, let flags) = connection else { continue }
                                 group.addTask { [self] in
-                                    defer { release(peer) }
                                     await Connection(channel: channel, peer: peer, flags: flags, service: service).run()
+                                    release(peer)
+                                    memory.connectionEnded()
                                 }
                             }
                         } catch {
@@ -135,9 +160,11 @@ public final class SocketServer: Service, Sendable {
             }
             let flags = ConnectionFlags()
             do {
+                let timeouts = ConnectionTimeouts(idle: Self.amount(limits.idleTimeout),
+                                                  request: Self.amount(limits.requestTimeout))
                 try channel.pipeline.syncOperations.addHandlers([
-                    IdleStateHandler(readTimeout: .milliseconds(Int64(limits.idleTimeout / .milliseconds(1)))),
-                    ByteToMessageHandler(LineFrameDecoder()),
+                    WriteStallHandler(sendTimeout: Self.amount(limits.sendTimeout), peer: peer, logger: logger),
+                    LineFramer(timeouts: timeouts, flags: flags, memory: memory, peer: peer, logger: logger),
                     FastPathHandler(service: service, peer: peer, flags: flags),
                 ])
                 // Outbound half-closure: the connection's last answers are flushed before it closes.
@@ -151,6 +178,8 @@ public final class SocketServer: Service, Sendable {
             }
         }
     }
+
+    static func amount(_ duration: Duration) -> TimeAmount { .milliseconds(Int64(duration / .milliseconds(1))) }
 
     /// Counts the connection in, if the limits allow it.
     private func admit(_ peer: PeerCredentials) -> Bool {

@@ -90,4 +90,10 @@ public enum ServiceManager {
         let limited = setrlimit(__rlimit_resource_t(RLIMIT_CORE.rawValue), &none) == 0
         return bsc_set_not_dumpable() == 0 && limited
     }
+
+    /// Returns the allocator's free memory to the system (glibc keeps freed memory in its arenas and gives back only
+    /// the top of a heap): a daemon that served thousands of connections at once shrinks again when they leave.
+    @Sendable public static func releaseFreeMemory() {
+        _ = bsc_release_free_memory()
+    }
 }

@@ -103,11 +103,13 @@ struct BunqSessiondCommand: AsyncParsableCommand {
         limits.maxConnections = settings.maxConnections
         limits.maxConnectionsPerUID = settings.maxConnectionsPerUID
         limits.idleTimeout = .seconds(settings.idleTimeout)
+        limits.requestTimeout = .seconds(settings.requestTimeout)
+        limits.sendTimeout = .seconds(settings.sendTimeout)
         // Socket activation: systemd's socket (named "api" in the .socket unit, or the only one passed).
         let inherited = ServiceManager.listeningSockets()
         let socketFD = (inherited.first { $0.name == "api" } ?? (inherited.count == 1 ? inherited.first : nil))?.fd
         let server = SocketServer(path: settings.socketPath, inheritedSocket: socketFD, service: service, limits: limits,
-                                  logger: logger)
+                                  logger: logger, releaseFreeMemory: ServiceManager.releaseFreeMemory)
         var services: [any Service] = [keeper, server, Readiness(keeper: keeper, server: server, service: service, logger: logger),
                                        Reloader(configPath: config, keeper: keeper, service: service, logger: logger)]
         if let interval = ServiceManager.watchdogInterval {

@@ -1,0 +1,62 @@
+import Logging
+import NIOCore
+
+/// Back-pressure towards a client that does not read what it is sent: while the connection's unsent output is
+/// above the write-buffer high-water mark, nothing more is read from it (its requests wait in the kernel, not in
+/// our memory); and a connection that stays that way for the send timeout is closed (a subscriber that never
+/// reads its notifications is disconnected rather than holding memory for ever).
+final class WriteStallHandler: ChannelDuplexHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private let sendTimeout: TimeAmount
+    private let peer: PeerCredentials
+    private let logger: Logger
+    private var readPending = false
+    private var stall: Scheduled<Void>?
+
+    init(sendTimeout: TimeAmount, peer: PeerCredentials, logger: Logger) {
+        self.sendTimeout = sendTimeout
+        self.peer = peer
+        self.logger = logger
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if context.channel.isWritable {
+            context.read()
+        } else {
+            readPending = true
+        }
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable {
+            stall?.cancel()
+            stall = nil
+            if readPending {
+                readPending = false
+                context.read()
+            }
+        } else if stall == nil {
+            let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+            stall = context.eventLoop.scheduleTask(in: sendTimeout) {
+                let (handler, context) = loopBound.value
+                handler.stall = nil
+                guard !context.channel.isWritable else { return }
+                handler.logger.notice("closing a connection that does not read what it is sent", metadata: [
+                    "bunq.peer_pid": "\(handler.peer.pid)", "bunq.peer_uid": "\(handler.peer.uid)",
+                ])
+                context.close(promise: nil)
+            }
+        }
+        context.fireChannelWritabilityChanged()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        stall?.cancel()
+        stall = nil
+        context.fireChannelInactive()
+    }
+}
