@@ -3,7 +3,8 @@
 # the units and binaries installed with `make install-files`, bunq-sandbox running inside as a transient unit.
 # Checks: active (running) only after READY with the STATUS line; reload applies a changed access rule; a frozen
 # daemon is killed by the watchdog and restarted with its sessions restored and nothing registered again; socket
-# activation restarts a stopped service; the journal holds BUNQ_* fields and MESSAGE_IDs and no secret.
+# activation restarts a stopped service; the journal holds BUNQ_* fields, MESSAGE_IDs and the caller's unit for
+# a grant, and no secret.
 # Prints SKIPPED: ... where it cannot run (not root, no nspawn, no Debian mirror).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -75,6 +76,11 @@ rpc() {  # rpc JSON: one request on the daemon's socket, as root inside the cont
 s=socket.socket(socket.AF_UNIX); s.settimeout(10); s.connect("/run/bunq-sessiond/socket")
 s.sendall(sys.argv[1].encode()+b"\n"); print(s.makefile().readline().strip())' "$1"
 }
+rpc_unit() {  # rpc_unit UNIT JSON: as rpc, from a transient service UNIT, so the daemon can name its caller's unit
+  inside systemd-run --quiet --wait --pipe --collect --unit="$1" python3 -c 'import socket,sys
+s=socket.socket(socket.AF_UNIX); s.settimeout(10); s.connect("/run/bunq-sessiond/socket")
+s.sendall(sys.argv[1].encode()+b"\n"); print(s.makefile().readline().strip())' "$2"
+}
 json() { python3 -c "import json,sys; d=json.loads(sys.stdin.read() or '{}'); print($1)"; }
 
 # bunq-sandbox inside, as a transient unit.
@@ -104,7 +110,7 @@ check "active (running) after READY" test "$(inside systemctl show -p SubState -
 check "systemctl status shows the STATUS line" sh -c "nsenter -t $CPID -a systemctl status bunq-sessiond --no-pager | grep -q 'Status: \".* live'"
 TOKEN=""
 for _ in $(seq 100); do  # READY precedes the first registration; the token comes once ops is live
-  TOKEN="$(rpc '{"jsonrpc":"2.0","id":1,"method":"session.get","params":{"context":"ops"}}' | json 'd.get("result",{}).get("token","")')"
+  TOKEN="$(rpc_unit token-probe '{"jsonrpc":"2.0","id":1,"method":"session.get","params":{"context":"ops"}}' | json 'd.get("result",{}).get("token","")')"
   [ -n "$TOKEN" ] && break
   sleep 0.2
 done
@@ -147,6 +153,7 @@ check "socket activation starts it again" sh -c "grep -q '\"version\"' $WORK/act
 inside journalctl -u bunq-sessiond -o json --no-pager > "$WORK/journal.json"
 check "the journal has BUNQ_* fields" grep -q '"BUNQ_CONTEXT"' "$WORK/journal.json"
 check "the journal has MESSAGE_IDs" grep -q '"MESSAGE_ID":"5f3e9b1a7c2d4e8f9a0b6c3d1e7f4a25"' "$WORK/journal.json"
+check "a grant names the caller's systemd unit" grep -q '"BUNQ_PEER_UNIT":"token-probe.service"' "$WORK/journal.json"
 check "no API key in the journal" sh -c "! grep -q '$API_KEY' $WORK/journal.json"
 check "no session token in the journal" sh -c "[ -n '$TOKEN' ] && ! grep -q '$TOKEN' $WORK/journal.json"
 
