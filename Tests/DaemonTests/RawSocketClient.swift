@@ -88,12 +88,15 @@ struct RunningDaemon {
     var socket: String { dir.path("socket") }
 
     /// `access` is extra configuration appended to the file; with `socketInConfig` it may carry its own `socket:`
-    /// section (the default one is then left out).
+    /// section (the default one is then left out). `wrapper` runs the daemon through a command that execs it (e.g.
+    /// `prlimit --nofile=…`).
     static func start(sessionTimeout: Int = 600, access: String = "", provider: Bool = true,
-                      socketInConfig: Bool = false) async throws -> RunningDaemon {
+                      socketInConfig: Bool = false, limits: Limits = .scaled(0.1),
+                      wrapper: [String] = []) async throws -> RunningDaemon {
         let dir = try TemporaryDirectory()
         let sandbox = try await Sandbox.start(in: dir, ["--session-timeout", "\(sessionTimeout)",
-                                                        "--psd2-first-session-timeout", "\(sessionTimeout)"])
+                                                        "--psd2-first-session-timeout", "\(sessionTimeout)"],
+                                              limits: limits)
         let apiKey = try sandbox.newAPIKey()
         let extra = socketInConfig
             ? access.replacingOccurrences(of: "socket: {", with: "socket: {path: \(dir.path("socket")), ") : access
@@ -105,7 +108,8 @@ struct RunningDaemon {
                 .replacingOccurrences(of: "socket:\n  path: \(dir.path("socket"))\n", with: "")
             config = try dir.write("config.yaml", text)
         }
-        let daemon = try ChildProcess(Binaries.daemon, ["--config", config], log: dir.path("daemon.log"))
+        let command = wrapper + [Binaries.daemon, "--config", config]
+        let daemon = try ChildProcess(command[0], Array(command.dropFirst()), log: dir.path("daemon.log"))
         guard await daemon.waitFor(.seconds(60), { $0.contains("[bunq_sessiond] ready") }) else {
             _ = daemon.stop()
             _ = sandbox.child.stop()
