@@ -32,6 +32,8 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.2"),
+        .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
     ],
     targets: [
         // MARK: C libraries of the system (pkg-config + apt providers; shims only where Swift cannot import)
@@ -91,6 +93,18 @@ let package = Package(
             swiftSettings: strictSettings
         ),
         .target(
+            name: "PostgresState",
+            dependencies: [
+                "SessionKeeper", "BunqAPI", "BunqCrypto",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        .target(
             name: "SessionServer",
             dependencies: [
                 "SessionKeeper", "SessionProtocol", "BunqAPI",
@@ -141,6 +155,7 @@ let package = Package(
             dependencies: [
                 "SessionKeeper",
                 "SessionServer",
+                "PostgresState",
                 "SystemdSupport",
                 "BunqAPI",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -177,6 +192,14 @@ let package = Package(
         .testTarget(
             name: "BunqAPITests",
             dependencies: ["BunqAPI", "BunqSandbox", "BunqCrypto", "CurlHTTP", "TestSupport"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "StateBackendTests",
+            dependencies: [
+                "SessionKeeper", "PostgresState", "BunqAPI", "BunqCrypto", "TestSupport",
+                .product(name: "Logging", package: "swift-log"),
+            ],
             swiftSettings: strictSettings
         ),
         .testTarget(

@@ -10,7 +10,7 @@ import Synchronization
 /// removed meanwhile stays removed.
 struct BunqRenewer: SessionRenewer {
     let client: BunqClient
-    let store: StateStore
+    let store: any StateBackend
     let ownerSlot: OwnerSlot
     private var owner: ContextOwner { ownerSlot.owner }
     let psd2: PSD2Material?

@@ -19,11 +19,11 @@ actor ContextOwner {
 
     private var contexts: [String: Owned] = [:]
     private var lastIncarnation: UInt64 = 0
-    private let store: StateStore
+    private let store: any StateBackend
     private let leases: LeaseTable
     private let scheduler: SessionScheduler<ContinuousClock>
 
-    init(store: StateStore, leases: LeaseTable, scheduler: SessionScheduler<ContinuousClock>) {
+    init(store: any StateBackend, leases: LeaseTable, scheduler: SessionScheduler<ContinuousClock>) {
         self.store = store
         self.leases = leases
         self.scheduler = scheduler

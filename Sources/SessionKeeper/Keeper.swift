@@ -11,7 +11,7 @@ import Synchronization
 public final class Keeper: Service, Sendable {
     public let configuration: KeeperConfiguration
     public let scheduler: SessionScheduler<ContinuousClock>
-    let store: StateStore
+    let store: any StateBackend
     /// Held for the life of the daemon: one daemon per state directory.
     let stateLock: StateLock
     let client: BunqClient
@@ -43,8 +43,12 @@ public final class Keeper: Service, Sendable {
     /// The provider's certificate, re-checked daily for expiry.
     let certificate: Certificate?
 
+    /// Opens a backend other than the embedded SQLite store, given the master key and where it came from (the
+    /// daemon supplies PostgreSQL's, which this module does not link).
+    public typealias StoreOpener = @Sendable (_ key: SymmetricKey, _ keySource: String) throws -> any StateBackend
+
     public init(configuration: KeeperConfiguration, psd2: PSD2Material?, logger: Logger,
-                restoreDelay: Duration = .zero) throws {
+                restoreDelay: Duration = .zero, openStore: StoreOpener? = nil) throws {
         self.configuration = configuration
         self.restoreDelay = restoreDelay
         certificate = psd2?.certificate
@@ -52,10 +56,17 @@ public final class Keeper: Service, Sendable {
         // The lock first: a second daemon must not touch the key, the database or the socket.
         stateLock = try StateLock(directory: configuration.stateDirectory)
         let key = try MasterKey.load(credentialsDirectory: configuration.credentialsDirectory,
-                                     stateDirectory: configuration.stateDirectory)
-        store = try StateStore(directory: configuration.stateDirectory, masterKey: key,
-                               keySource: MasterKey.source(credentialsDirectory: configuration.credentialsDirectory,
-                                                           stateDirectory: configuration.stateDirectory))
+                                     stateDirectory: configuration.stateDirectory, file: configuration.masterKeyFile)
+        let keySource = MasterKey.source(credentialsDirectory: configuration.credentialsDirectory,
+                                         stateDirectory: configuration.stateDirectory, file: configuration.masterKeyFile)
+        switch (configuration.backend, openStore) {
+        case (.sqlite, _):
+            store = try StateStore(directory: configuration.stateDirectory, masterKey: key, keySource: keySource)
+        case (.postgresql, let openStore?):
+            store = try openStore(key, keySource)
+        case (.postgresql, nil):
+            throw StoreError(.database, "state.backend postgresql: this program has no PostgreSQL support linked")
+        }
         // The scheduler grants the session-server budget itself, by urgency: the client's limiter leaves it alone,
         // so no session-server call is ever charged twice.
         let limiter = BunqRateLimiter(mode: configuration.rateLimits, scale: configuration.rateLimitScale,

@@ -62,6 +62,12 @@ public struct KeeperConfiguration: Sendable {
     /// Seconds a connection may leave what it is sent unread before it is closed (`socket.send_timeout`).
     public let sendTimeout: Int
     public let stateDirectory: String
+    /// Which engine holds the state (`state.backend`).
+    public let backend: StateBackendKind
+    /// The PostgreSQL store (`state.postgresql`), with `backend: postgresql`.
+    public let postgres: PostgresSettings?
+    /// The master key's file (`state.master_key_file`), when configured: then it must exist, never generated.
+    public let masterKeyFile: String?
     public let credentialsDirectory: String?
     public let provider: Provider?
     public let apiKeys: [APIKeyIdentity]
@@ -81,6 +87,7 @@ public struct KeeperConfiguration: Sendable {
         ["bunq", "permitted_ips"], ["bunq", "source_address"],
         ["socket", "path"], ["socket", "max_connections"], ["socket", "max_connections_per_uid"], ["socket", "idle_timeout"],
         ["socket", "request_timeout"], ["socket", "send_timeout"], ["state", "directory"],
+        ["state", "backend"], ["state", "master_key_file"], ["state", "postgresql"],
         ["provider", "certificate"], ["provider", "private_key"], ["provider", "certificate_chain"],
         ["provider", "oauth_redirect_uris"],
         ["renewal", "safety_margin"], ["renewal", "backoff_base"], ["renewal", "backoff_max"], ["renewal", "max_concurrent"],
@@ -198,6 +205,12 @@ public struct KeeperConfiguration: Sendable {
                     throw fail("\(name).\(subkey.string ?? "?")", "is not a known key")
                 }
             }
+            if let postgresql = node(["state", "postgresql"]), !postgresql.isNull {
+                guard let section = postgresql.mapping else { throw fail("state.postgresql", "must be a mapping") }
+                for (subkey, _) in section where !["url", "password_credential", "password_file"].contains(subkey.string ?? "?") {
+                    throw fail("state.postgresql.\(subkey.string ?? "?")", "is not a known key")
+                }
+            }
         }
 
         func readSecret(_ key: String, path: String) throws(ConfigurationError) -> String {
@@ -262,6 +275,43 @@ public struct KeeperConfiguration: Sendable {
             let credentials = environment["CREDENTIALS_DIRECTORY"].flatMap { $0.isEmpty ? nil : $0 }
             let stateDirectory = try string(["state", "directory"]) ?? environment["STATE_DIRECTORY"]?
                 .split(separator: ":").first.map(String.init) ?? "/var/lib/bunq-sessiond"
+            let backendName = try string(["state", "backend"]) ?? "sqlite"
+            guard let backend = StateBackendKind(rawValue: backendName) else {
+                throw fail("state.backend", "must be sqlite or postgresql, not '\(backendName)'")
+            }
+            let masterKeyFile = try string(["state", "master_key_file"])
+            if let masterKeyFile, !masterKeyFile.hasPrefix("/") {
+                throw fail("state.master_key_file", "must be an absolute path")
+            }
+            var postgres: PostgresSettings?
+            if backend == .postgresql {
+                guard let url = try string(["state", "postgresql", "url"]) else {
+                    throw fail("state.postgresql.url", "is required with state.backend: postgresql")
+                }
+                // Several daemons share the store, so they must share the key: one generated here could never be
+                // theirs.
+                guard masterKeyFile != nil || credentials.map({ FileManager.default.fileExists(atPath: $0 + "/master-key") }) == true else {
+                    throw fail("state.master_key_file", "is required with state.backend: postgresql (or the master-key "
+                        + "credential): every daemon on the store needs the same key, so none may generate its own")
+                }
+                var password: String?
+                if let name = try string(["state", "postgresql", "password_credential"]) {
+                    guard let credentials else {
+                        throw fail("state.postgresql.password_credential", "names a credential, but $CREDENTIALS_DIRECTORY is not set")
+                    }
+                    password = try readSecret("state.postgresql.password_credential", path: credentials + "/" + name)
+                } else if let path = try string(["state", "postgresql", "password_file"]) {
+                    password = try readSecret("state.postgresql.password_file", path: path)
+                }
+                password = password?.trimmingCharacters(in: .newlines)
+                do {
+                    postgres = try PostgresSettings.parse(url: url, password: password)
+                } catch {
+                    throw fail("state.postgresql.url", error.description)
+                }
+            } else if node(["state", "postgresql"]).map({ !$0.isNull }) == true {
+                throw fail("state.postgresql", "is only read with state.backend: postgresql")
+            }
             let socketPath = try string(["socket", "path"]) ?? "/run/bunq-sessiond/socket"
             guard socketPath.hasPrefix("/"), socketPath.utf8.count < 108 else {
                 throw fail("socket.path", "must be an absolute path shorter than 108 bytes")
@@ -349,7 +399,7 @@ public struct KeeperConfiguration: Sendable {
                 psd2FirstSessionTimeout: firstSession, permittedIPs: permittedIPs, sourceAddress: sourceAddress,
                 socketPath: socketPath, maxConnections: maxConnections, maxConnectionsPerUID: maxPerUID,
                 idleTimeout: idleTimeout, requestTimeout: requestTimeout, sendTimeout: sendTimeout,
-                stateDirectory: stateDirectory,
+                stateDirectory: stateDirectory, backend: backend, postgres: postgres, masterKeyFile: masterKeyFile,
                 credentialsDirectory: credentials, provider: provider, apiKeys: apiKeys,
                 policy: RenewalPolicy(safetyMargin: TimeInterval(margin), backoffBase: backoffBase,
                                       backoffMax: TimeInterval(backoffMax)),

@@ -4,22 +4,32 @@ import Foundation
 /// The key that seals every secret at rest.
 public enum MasterKey {
     /// Where `load` takes the key from, for messages: the credential's path or the key file's.
-    public static func source(credentialsDirectory: String?, stateDirectory: String) -> String {
+    public static func source(credentialsDirectory: String?, stateDirectory: String, file: String? = nil) -> String {
         if let credentialsDirectory, FileManager.default.fileExists(atPath: credentialsDirectory + "/master-key") {
             return credentialsDirectory + "/master-key"
         }
-        return stateDirectory + "/master.key"
+        return file ?? stateDirectory + "/master.key"
     }
 
     /// The key from the systemd credential `master-key` (32 raw bytes or 64 hex characters) when
     /// `$CREDENTIALS_DIRECTORY` has one; else `master.key` in the state directory, generated (0600, fsync'd with
-    /// its directory) on first use. A missing key beside an existing state is an error, never a new key.
-    public static func load(credentialsDirectory: String?, stateDirectory: String) throws -> SymmetricKey {
+    /// its directory) on first use. A missing key beside an existing state is an error, never a new key. A
+    /// configured `file` (`state.master_key_file`) is read and never generated: a key shared by several daemons
+    /// must come from the operator.
+    public static func load(credentialsDirectory: String?, stateDirectory: String, file: String? = nil) throws -> SymmetricKey {
         if let credentialsDirectory {
             let path = credentialsDirectory + "/master-key"
             if FileManager.default.fileExists(atPath: path) {
                 return try parse(try read(path), source: path)
             }
+        }
+        if let file {
+            guard FileManager.default.fileExists(atPath: file) else {
+                throw StoreError(.masterKey, "the master key \(file) (state.master_key_file) does not exist: create it "
+                    + "(32 random bytes, or 64 hex characters, mode 0600), the same on every daemon of the store")
+            }
+            try requirePrivate(file)
+            return try parse(try read(file), source: file)
         }
         try StateStore.prepareDirectory(stateDirectory)
         let path = stateDirectory + "/master.key"

@@ -55,11 +55,12 @@ extension StoredContext {
 /// The daemon's durable state: SQLite (WAL) through GRDB in the state directory, every secret sealed with
 /// AES-256-GCM under the master key, bound to its row and column by the associated data. Every write is a
 /// transaction, committed before the value it records is used.
-public final class StateStore: Sendable {
+public final class StateStore: StateBackend {
     public static let fileName = "bunq-sessiond.sqlite"
     private let pool: DatabasePool
-    private let key: SymmetricKey
+    private let sealer: StateSealer
     public let path: String
+    public var location: String { path }
 
     /// Opens (creating when needed) the store in `directory` (created 0700) with files 0600, migrates it, and
     /// checks that `masterKey` (read from `keySource`) is the key that sealed it: a wrong key is an error here,
@@ -67,7 +68,7 @@ public final class StateStore: Sendable {
     public init(directory: String, masterKey: SymmetricKey, keySource: String = "the master key") throws {
         try Self.prepareDirectory(directory)
         path = directory + "/" + Self.fileName
-        key = masterKey
+        sealer = StateSealer(key: masterKey)
         do {
             var configuration = Configuration()
             configuration.busyMode = .timeout(10)
@@ -98,16 +99,15 @@ public final class StateStore: Sendable {
                  try Row.fetchOne(db, sql: "SELECT name, registration FROM context ORDER BY name LIMIT 1"))
             }
         }
-        let wrongKey = StoreError(.masterKey, "\(source) is not the key that sealed the state \(path): "
-            + "restore the right key file (or master-key credential); the state cannot be opened with this one")
+        let wrongKey = StateSealer.wrongKey(source, path)
         if let check {
-            guard (try? open(check, "meta", "key_check")) != nil else { throw wrongKey }
+            guard (try? sealer.open(check, "meta", "key_check")) != nil else { throw wrongKey }
             return
         }
         if let sample {
-            guard (try? open(sample["registration"], sample["name"], "registration")) != nil else { throw wrongKey }
+            guard (try? sealer.open(sample["registration"], sample["name"], "registration")) != nil else { throw wrongKey }
         }
-        let sealed = try seal(Data("bunq-sessiond".utf8), "meta", "key_check")
+        let sealed = try sealer.seal(StateSealer.keyCheckPlaintext, "meta", "key_check")
         try wrap("write the key check") {
             try pool.write { db in
                 try db.execute(sql: "INSERT OR IGNORE INTO meta (key, value) VALUES ('key_check', ?)", arguments: [sealed])
@@ -226,7 +226,7 @@ public final class StateStore: Sendable {
 
     private func decodeSession(_ row: Row, _ name: String) throws -> SessionInfo? {
         guard let sessionId: Int = row["session_id"] else { return nil }
-        let token = String(decoding: try open(row["token"], name, "session"), as: UTF8.self)
+        let token = try sealer.openToken(row["token"], name)
         return SessionInfo(id: sessionId, token: token, userId: row["user_id"],
                            created: Date(timeIntervalSince1970: row["created"]),
                            expiresAt: Date(timeIntervalSince1970: row["expires_at"]))
@@ -237,8 +237,7 @@ public final class StateStore: Sendable {
         guard let kind = StoredContext.Kind(rawValue: row["kind"]) else {
             throw StoreError(.corrupt, "context \(name) has an unknown kind")
         }
-        let registrationJSON = try open(row["registration"], name, "registration")
-        let registration = try JSONDecoder().decode(IdentityRegistration.self, from: Data(registrationJSON))
+        let registration = try sealer.openRegistration(row["registration"], name)
         let session = try decodeSession(row, name)
         return StoredContext(name: name, kind: kind, registration: registration, session: session,
                              generation: row["generation"])
@@ -248,7 +247,7 @@ public final class StateStore: Sendable {
 
     /// Stores a context's registration, creating the context when new.
     public func saveRegistration(_ name: String, kind: StoredContext.Kind, _ registration: IdentityRegistration) throws {
-        let sealed = try seal(JSONEncoder().encode(registration), name, "registration")
+        let sealed = try sealer.sealRegistration(registration, name)
         try wrap("save the registration of \(name)") {
             try pool.write { db in
                 let now = Date().timeIntervalSince1970
@@ -265,7 +264,7 @@ public final class StateStore: Sendable {
     /// Stores a bootstrap step's registration of an existing context; a context removed meanwhile is not
     /// re-created (`missing`).
     public func updateRegistration(_ name: String, _ registration: IdentityRegistration) throws {
-        let sealed = try seal(JSONEncoder().encode(registration), name, "registration")
+        let sealed = try sealer.sealRegistration(registration, name)
         try wrap("save the registration of \(name)") {
             try pool.write { db in
                 try db.execute(sql: """
@@ -279,8 +278,8 @@ public final class StateStore: Sendable {
     /// Stores a new session together with the registration that opened it and the new generation.
     public func saveSession(_ name: String, _ session: SessionInfo, generation: Int,
                             registration: IdentityRegistration) throws {
-        let sealedToken = try seal(Data(session.token.utf8), name, "session")
-        let sealedRegistration = try seal(JSONEncoder().encode(registration), name, "registration")
+        let sealedToken = try sealer.sealToken(session, name)
+        let sealedRegistration = try sealer.sealRegistration(registration, name)
         try wrap("save the session of \(name)") {
             try pool.write { db in
                 try db.execute(sql: """
@@ -300,8 +299,8 @@ public final class StateStore: Sendable {
     /// Stores many contexts in one transaction (imports, benchmarks); existing names are replaced.
     public func importContexts(_ contexts: [StoredContext]) throws {
         let sealed = try contexts.map { context in
-            (context, try seal(JSONEncoder().encode(context.registration), context.name, "registration"),
-             try context.session.map { try seal(Data($0.token.utf8), context.name, "session") })
+            (context, try sealer.sealRegistration(context.registration, context.name),
+             try context.session.map { try sealer.sealToken($0, context.name) })
         }
         try wrap("import \(contexts.count) contexts") {
             try pool.write { db in
@@ -337,20 +336,6 @@ public final class StateStore: Sendable {
         // Best effort: a reader in progress can keep the log from being truncated now; the next removal or
         // checkpoint does it.
         _ = try? pool.writeWithoutTransaction { db in try db.checkpoint(.truncate) }
-    }
-
-    // MARK: Sealing
-
-    private func seal(_ plaintext: Data, _ name: String, _ column: String) throws -> Data {
-        Data(try AESGCM.seal(plaintext, using: key, authenticating: Array("\(name)/\(column)".utf8)))
-    }
-
-    private func open(_ sealed: Data, _ name: String, _ column: String) throws -> [UInt8] {
-        do {
-            return try AESGCM.open(sealed, using: key, authenticating: Array("\(name)/\(column)".utf8))
-        } catch {
-            throw StoreError(.corrupt, "the \(column) of context \(name) cannot be decrypted (wrong master key?)", cause: error)
-        }
     }
 
     private func wrap<T>(_ what: String, _ body: () throws -> T) throws -> T {

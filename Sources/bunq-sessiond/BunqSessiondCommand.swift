@@ -2,6 +2,7 @@ import ArgumentParser
 import BunqAPI
 import Foundation
 import Logging
+import PostgresState
 import ServiceLifecycle
 import SessionKeeper
 import SessionServer
@@ -88,8 +89,15 @@ struct BunqSessiondCommand: AsyncParsableCommand {
         // The certificate's expiry is logged by the keeper: at start, then daily.
         let keeper: Keeper
         do {
+            var openStore: Keeper.StoreOpener?
+            if let postgres = settings.postgres {
+                let storeLogger = logger
+                openStore = { key, source in
+                    try PostgresState(settings: postgres, masterKey: key, keySource: source, logger: storeLogger)
+                }
+            }
             keeper = try Keeper(configuration: settings, psd2: psd2, logger: logger,
-                                restoreDelay: Self.testRestoreDelay)
+                                restoreDelay: Self.testRestoreDelay, openStore: openStore)
         } catch {
             logger.error("cannot start", metadata: ["error": "\(error)"])
             ServiceManager.failed(errno: EIO, status: "cannot start: \(error)")

@@ -53,6 +53,19 @@ import TestSupport
              "provider.private_key: \(dir.path("k2.pem")) does not belong to the certificate"),
             ("bunq: {environment: sandbox}\n", ["BUNQ_SESSIOND_BUNQ_ENVIRONMENT": "moon"], "bunq.environment: must be sandbox or production, not 'moon'"),
             ("bunq: [1, 2\n", [:], "(syntax): is not valid YAML"),
+            // PostgreSQL: a URL, a shared key (never one a daemon generates), no password in the URL, TLS off loopback.
+            ("api_keys: []\nstate: {backend: mysql}\n", [:], "state.backend: must be sqlite or postgresql, not 'mysql'"),
+            ("api_keys: []\nstate: {backend: postgresql}\n", [:], "state.postgresql.url: is required with state.backend: postgresql"),
+            ("api_keys: []\nstate: {backend: postgresql, postgresql: {url: 'postgresql://u@127.0.0.1/db'}}\n", [:],
+             "state.master_key_file: is required with state.backend: postgresql"),
+            ("api_keys: []\nstate: {backend: postgresql, master_key_file: /k, postgresql: {url: 'postgresql://u:SECRET-abc@127.0.0.1/db'}}\n",
+             [:], "state.postgresql.url: must not hold a password"),
+            ("api_keys: []\nstate: {backend: postgresql, master_key_file: /k, postgresql: {url: 'postgresql://u@db.example/db?sslmode=disable'}}\n",
+             [:], "state.postgresql.url: sslmode=disable is only for a loopback host"),
+            ("api_keys: []\nstate: {backend: postgresql, master_key_file: /k, postgresql: {url: 'postgresql://u@127.0.0.1/db', port: 1}}\n",
+             [:], "state.postgresql.port: is not a known key"),
+            ("api_keys: []\nstate: {postgresql: {url: 'postgresql://u@127.0.0.1/db'}}\n", [:],
+             "state.postgresql: is only read with state.backend: postgresql"),
             // Where, by line and column, and never the file's bytes (a secret pasted in the wrong place).
             ("api_keys: []\nbunq:\n  environment: sandbox\n  ca_file: \"SECRET-abc\n", [:], "(syntax): is not valid YAML: line "),
         ]

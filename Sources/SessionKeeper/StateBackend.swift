@@ -1,0 +1,88 @@
+import BunqAPI
+import BunqCrypto
+import Foundation
+
+/// The daemon's durable state, whichever engine holds it: the embedded SQLite file (`StateStore`, one host) or
+/// PostgreSQL (`PostgresState`, several daemons on one store). Both keep the same rows with the same secrets
+/// sealed the same way (`StateSealer`), so a state moves between them unchanged, and both pass one conformance
+/// suite. Every write is a transaction, durable before it returns; a write for a context that does not exist
+/// (removed meanwhile) is refused with `StoreError.missing`, never an upsert that brings it back.
+///
+/// The calls block the calling thread until the engine answers (SQLite's fsync, PostgreSQL's round trip); they are
+/// never made on an event loop.
+public protocol StateBackend: Sendable {
+    /// Where the state is, for messages (a path, or a PostgreSQL URL without its password).
+    var location: String { get }
+    /// Every context with its decrypted registration and session.
+    func contexts() throws -> [StoredContext]
+    func context(_ name: String) throws -> StoredContext?
+    /// What start-up needs of every context, without decrypting registrations.
+    func records() throws -> [ContextRecord]
+    /// Stores a context's registration, creating the context when new.
+    func saveRegistration(_ name: String, kind: StoredContext.Kind, _ registration: IdentityRegistration) throws
+    /// Stores a bootstrap step's registration of an existing context (`missing` when it is gone).
+    func updateRegistration(_ name: String, _ registration: IdentityRegistration) throws
+    /// Stores a new session with the registration that opened it and the new generation (`missing` when gone).
+    func saveSession(_ name: String, _ session: SessionInfo, generation: Int, registration: IdentityRegistration) throws
+    /// Stores many contexts in one transaction; existing names are replaced.
+    func importContexts(_ contexts: [StoredContext]) throws
+    /// Forgets a context and its secrets.
+    func removeContext(_ name: String) throws
+    /// The schema migrations applied, in order.
+    func appliedMigrations() throws -> [String]
+}
+
+/// The engines a state can live in (`state.backend`).
+public enum StateBackendKind: String, Sendable {
+    case sqlite
+    case postgresql
+}
+
+/// Seals every secret at rest with AES-256-GCM under the master key, bound by the associated data to its context
+/// and column (`NAME/registration`, `NAME/session`, `meta/key_check`): a sealed value copied to another row or
+/// column does not open. Shared by every backend, so their rows are interchangeable.
+public struct StateSealer: Sendable {
+    let key: SymmetricKey
+
+    public init(key: SymmetricKey) {
+        self.key = key
+    }
+
+    public func seal(_ plaintext: Data, _ name: String, _ column: String) throws -> Data {
+        Data(try AESGCM.seal(plaintext, using: key, authenticating: Array("\(name)/\(column)".utf8)))
+    }
+
+    public func open(_ sealed: Data, _ name: String, _ column: String) throws -> [UInt8] {
+        do {
+            return try AESGCM.open(sealed, using: key, authenticating: Array("\(name)/\(column)".utf8))
+        } catch {
+            throw StoreError(.corrupt, "the \(column) of context \(name) cannot be decrypted (wrong master key?)", cause: error)
+        }
+    }
+
+    public func sealRegistration(_ registration: IdentityRegistration, _ name: String) throws -> Data {
+        try seal(JSONEncoder().encode(registration), name, "registration")
+    }
+
+    public func openRegistration(_ sealed: Data, _ name: String) throws -> IdentityRegistration {
+        try JSONDecoder().decode(IdentityRegistration.self, from: Data(try open(sealed, name, "registration")))
+    }
+
+    public func sealToken(_ session: SessionInfo, _ name: String) throws -> Data {
+        try seal(Data(session.token.utf8), name, "session")
+    }
+
+    public func openToken(_ sealed: Data, _ name: String) throws -> String {
+        String(decoding: try open(sealed, name, "session"), as: UTF8.self)
+    }
+
+    /// The value the key check holds: sealed under the key when a state is made, so a wrong key is refused at
+    /// start rather than found context by context.
+    public static let keyCheckPlaintext = Data("bunq-sessiond".utf8)
+
+    /// The error for a state sealed by another key.
+    public static func wrongKey(_ source: String, _ location: String) -> StoreError {
+        StoreError(.masterKey, "\(source) is not the key that sealed the state \(location): "
+            + "restore the right key file (or master-key credential); the state cannot be opened with this one")
+    }
+}

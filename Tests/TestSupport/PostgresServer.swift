@@ -1,0 +1,115 @@
+import Foundation
+
+/// A PostgreSQL server of the test's own, from Debian's `postgresql` package: `initdb` into a temporary directory
+/// as the `postgres` user, `pg_ctl` on a free loopback port with password (SCRAM) authentication over TCP, and one
+/// database owned by a login role. Stopped (and its files removed) by `stop()`. Needs root, to run as `postgres`.
+public final class PostgresServer: Sendable {
+    public let directory: TemporaryDirectory
+    public let port: Int
+    public let database = "bunq_sessiond"
+    public let user = "bunq_sessiond"
+    /// The role's password (in `passwordFile` as well, mode 0600).
+    public let password: String
+    public let passwordFile: String
+    let binaries: String
+
+    /// Why a server cannot be started here, or nil.
+    public static var unavailable: String? {
+        if getuid() != 0 { return "needs root to run PostgreSQL as the postgres user (runs in CI)" }
+        if binaryDirectory == nil { return "PostgreSQL is not installed (make deps installs Debian's postgresql)" }
+        return nil
+    }
+
+    static var binaryDirectory: String? {
+        let root = "/usr/lib/postgresql"
+        let versions = ((try? FileManager.default.contentsOfDirectory(atPath: root)) ?? []).compactMap(Int.init).sorted()
+        return versions.last.map { "\(root)/\($0)/bin" }.flatMap { FileManager.default.fileExists(atPath: $0 + "/initdb") ? $0 : nil }
+    }
+
+    public init() throws {
+        guard let binaries = Self.binaryDirectory else { throw Failure("PostgreSQL is not installed") }
+        self.binaries = binaries
+        directory = try TemporaryDirectory("pg")
+        chmod(directory.url.path, 0o755)
+        password = UUID().uuidString
+        passwordFile = try directory.write("role-password", password)
+        chmod(passwordFile, 0o600)
+        let superuserPassword = try directory.write("superuser-password", UUID().uuidString)
+        try Command.check(["chown", "postgres", superuserPassword])
+        let data = directory.path("data")
+        try FileManager.default.createDirectory(atPath: data, withIntermediateDirectories: false,
+                                                attributes: [.posixPermissions: 0o700])
+        try Command.check(["chown", "postgres", data, directory.url.path])
+        try Command.check(["runuser", "-u", "postgres", "--", binaries + "/initdb", "-D", data, "-U", "postgres",
+                           "--pwfile=\(superuserPassword)", "--auth-host=scram-sha-256", "--auth-local=trust", "-E", "UTF8",
+                           "--no-sync"])
+        port = try Self.freePort()
+        try start()
+        try psql("CREATE ROLE \(user) LOGIN PASSWORD '\(password)'")
+        try psql("CREATE DATABASE \(database) OWNER \(user)")
+    }
+
+    /// The URL a daemon is configured with (its password from `passwordFile`).
+    public var url: String { "postgresql://\(user)@127.0.0.1:\(port)/\(database)" }
+
+    /// Runs SQL as the superuser over the server's Unix socket.
+    @discardableResult
+    public func psql(_ sql: String, database: String = "postgres") throws -> String {
+        try Command.check(["runuser", "-u", "postgres", "--", binaries + "/psql", "-h", directory.url.path, "-p", "\(port)",
+                           "-d", database, "-v", "ON_ERROR_STOP=1", "-At", "-c", sql]).stdoutText
+    }
+
+    /// Stops the server (`immediate`: like a crash, or `fast`).
+    public func halt(_ mode: String = "fast") {
+        _ = try? Command.run(["runuser", "-u", "postgres", "--", binaries + "/pg_ctl", "-D", directory.path("data"), "-m", mode,
+                              "-w", "stop"])
+    }
+
+    /// Starts it again on the same port.
+    public func restart() throws { try start() }
+
+    /// `pg_ctl start` through Python's `subprocess` (which closes every other descriptor): the server pg_ctl
+    /// leaves running inherits its descriptors, and Foundation's `Process` leaks its pipes into the child, so a
+    /// pipe held by the server would keep this process waiting for an end of file that never comes.
+    private func start() throws {
+        let launcher = """
+            import subprocess,sys
+            with open(sys.argv[1],'w') as log:
+                sys.exit(subprocess.call(sys.argv[2:],stdin=subprocess.DEVNULL,stdout=log,stderr=subprocess.STDOUT,close_fds=True))
+            """
+        let status = try Command.run(["/usr/bin/python3", "-c", launcher, directory.path("pg_ctl.log"), "runuser", "-u", "postgres",
+                                      "--", binaries + "/pg_ctl", "-D", directory.path("data"), "-l", directory.path("server.log"), "-w",
+                                      "-o", "-p \(port) -k \(directory.url.path) -c listen_addresses=127.0.0.1 -c fsync=off",
+                                      "start"]).status
+        guard status == 0 else {
+            throw Failure("pg_ctl start exited \(status): \((try? directory.read("pg_ctl.log")) ?? "")")
+        }
+    }
+
+    public func stop() {
+        halt("immediate")
+        directory.remove()
+    }
+
+    static func freePort() throws -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = 0
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0
+            }
+        }
+        guard bound else { throw Failure("no free port") }
+        return Int(UInt16(bigEndian: address.sin_port))
+    }
+
+    struct Failure: Error, CustomStringConvertible {
+        let description: String
+        init(_ description: String) { self.description = description }
+    }
+}
