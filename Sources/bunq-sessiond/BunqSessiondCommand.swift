@@ -22,6 +22,10 @@ struct BunqSessiondCommand: AsyncParsableCommand {
     @Flag(name: .customLong("check-config"), help: "Validate the configuration (and PSD2 material), then exit: 0 ok, 78 error.")
     var checkConfig = false
 
+    @Option(name: .customLong("import-state"),
+            help: "Copy the SQLite state in this directory into the configured PostgreSQL store, then exit (idempotent).")
+    var importState: String?
+
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "info"
 
@@ -43,6 +47,47 @@ struct BunqSessiondCommand: AsyncParsableCommand {
     static var testRestoreDelay: Duration {
         let text = ProcessInfo.processInfo.environment["SESSIOND_TEST_RESTORE_DELAY_MS"] ?? ""
         return .milliseconds(min(Int(text) ?? 0, 60_000))
+    }
+
+    /// `--import-state DIR`: the SQLite state in DIR (locked, so no daemon writes it meanwhile; opened with its own
+    /// key: DIR/master.key, else the configured one) into the configured PostgreSQL store (with the store's key).
+    static func importState(from directory: String, settings: KeeperConfiguration) throws {
+        guard let postgres = settings.postgres else {
+            let message = "bunq-sessiond: configuration error: state.backend: --import-state copies into PostgreSQL; "
+                + "this configuration's backend is \(settings.backend.rawValue)\n"
+            FileHandle.standardError.write(Data(message.utf8))
+            throw ExitCode(configurationErrorExit)
+        }
+        do {
+            let database = directory + "/" + StateStore.fileName
+            guard FileManager.default.fileExists(atPath: database) else {
+                throw StoreError(.database, "\(directory) holds no state (\(StateStore.fileName) is missing)")
+            }
+            let lock = try StateLock(directory: directory)
+            defer { withExtendedLifetime(lock) {} }
+            let ownKey = FileManager.default.fileExists(atPath: directory + "/master.key")
+            let sourceKey = ownKey
+                ? try MasterKey.load(credentialsDirectory: nil, stateDirectory: directory)
+                : try MasterKey.load(credentialsDirectory: settings.credentialsDirectory, stateDirectory: directory,
+                                     file: settings.masterKeyFile)
+            let source = try StateStore(directory: directory, masterKey: sourceKey, keySource: ownKey ? directory + "/master.key"
+                : MasterKey.source(credentialsDirectory: settings.credentialsDirectory, stateDirectory: directory,
+                                   file: settings.masterKeyFile))
+            let targetKey = try MasterKey.load(credentialsDirectory: settings.credentialsDirectory,
+                                               stateDirectory: settings.stateDirectory, file: settings.masterKeyFile)
+            let target = try PostgresState(settings: postgres, masterKey: targetKey,
+                                           keySource: MasterKey.source(credentialsDirectory: settings.credentialsDirectory,
+                                                                       stateDirectory: settings.stateDirectory,
+                                                                       file: settings.masterKeyFile),
+                                           logger: Logger(label: "bunq-sessiond"))
+            let outcome = try StateImport.run(from: source, into: target)
+            print("bunq-sessiond: imported \(outcome.imported.count) contexts from \(database) into \(target.location)"
+                + (outcome.imported.isEmpty ? "" : " (\(outcome.imported.joined(separator: ", ")))")
+                + "; kept \(outcome.kept.count) the store already had at the same or a newer generation")
+        } catch {
+            FileHandle.standardError.write(Data("bunq-sessiond: cannot import \(directory): \(error)\n".utf8))
+            throw ExitCode(73)
+        }
     }
 
     /// sysexits.h EX_CONFIG.
@@ -70,6 +115,11 @@ struct BunqSessiondCommand: AsyncParsableCommand {
             let identities = (settings.provider == nil ? 0 : 1) + settings.apiKeys.count
             print("bunq-sessiond: \(config) is valid (\(identities) configured identities, \(settings.environment.rawValue))")
             for warning in psd2?.warnings ?? [] { print("warning: \(warning)") }
+            return
+        }
+
+        if let importState {
+            try Self.importState(from: importState, settings: settings)
             return
         }
 

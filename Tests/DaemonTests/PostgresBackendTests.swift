@@ -66,4 +66,55 @@ import TestSupport
         #expect(try sandbox.stat("installations") == installations, "nothing registered again")
         #expect(second.log.contains("identity restored"), "\(second.log)")
     }
+
+    @Test func anSQLiteStateMovesInWithoutRegisteringAgainAndTheImportIsIdempotent() async throws {
+        if let reason = PostgresServer.unavailable {
+            #expect(!Skip.report("--import-state: \(reason)"))
+            return
+        }
+        let server = try PostgresServer()
+        defer { server.stop() }
+        // A daemon on SQLite first (its own generated master.key), under bunq's limits (scaled).
+        let running = try await RunningDaemon.start(provider: false)
+        let token = { (socket: String) -> String? in
+            result(try RawSocketClient(socket).call(#"{"jsonrpc":"2.0","id":1,"method":"session.get","params":{"context":"ops"}}"#))?["token"]
+                as? String
+        }
+        let issued = try token(running.socket)
+        #expect(issued != nil)
+        _ = running.daemon.stop()
+        let installations = try running.sandbox.stat("installations")
+        defer { running.stop() }
+
+        // The same identities on PostgreSQL, with the store's own key and another state directory.
+        let keyFile = try running.dir.write("shared.key", (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined())
+        chmod(keyFile, 0o600)
+        let sqliteState = running.dir.path("state")
+        let config = try String(contentsOfFile: running.config, encoding: .utf8).replacingOccurrences(
+            of: "state:\n  directory: \(sqliteState)\n", with: """
+            state:
+              directory: \(running.dir.path("pg-state"))
+              backend: postgresql
+              master_key_file: \(keyFile)
+              postgresql: {url: '\(server.url)', password_file: \(server.passwordFile)}
+
+            """)
+        let path = try running.dir.write("pg.yaml", config)
+        let first = try Command.run([Binaries.daemon, "--config", path, "--import-state", sqliteState])
+        #expect(first.status == 0 && first.stdoutText.contains("imported 1 contexts") && first.stdoutText.contains("(ops)"),
+                "\(first.stdoutText)\(first.stderrText)")
+        let again = try Command.run([Binaries.daemon, "--config", path, "--import-state", sqliteState])
+        #expect(again.status == 0 && again.stdoutText.contains("imported 0 contexts") && again.stdoutText.contains("kept 1"),
+                "\(again.stdoutText)\(again.stderrText)")
+        // Into SQLite is no import; a directory without a state is named.
+        #expect(try Command.run([Binaries.daemon, "--config", running.config, "--import-state", sqliteState]).status == 78)
+        let empty = try Command.run([Binaries.daemon, "--config", path, "--import-state", running.dir.path("nothing")])
+        #expect(empty.status == 73 && empty.stderrText.contains("holds no state"), "\(empty.stderrText)")
+
+        let daemon = try ChildProcess(Binaries.daemon, ["--config", path], log: running.dir.path("pg-daemon.log"))
+        defer { _ = daemon.stop() }
+        #expect(await daemon.waitFor(.seconds(60)) { $0.contains("[bunq_sessiond] ready") }, "\(daemon.log)")
+        #expect(try token(running.socket) == issued, "the session moved in, re-sealed under the store's key")
+        #expect(try running.sandbox.stat("installations") == installations, "nothing registered again")
+    }
 }
