@@ -44,6 +44,7 @@ public final class PostgresState: StateBackend {
             """,
             "CREATE TABLE meta (key text PRIMARY KEY, value bytea NOT NULL)",
         ]),
+        ("v2", ["CREATE TABLE oauth_state (digest text PRIMARY KEY, redirect_uri text NOT NULL, expires_at double precision NOT NULL)"]),
     ]
     /// The advisory lock that serializes migrations and the key check across daemons.
     static let migrationLock = 0x6275_6e71_7364 // "bunqsd"
@@ -146,6 +147,29 @@ public final class PostgresState: StateBackend {
                              registration: try sealer.openRegistration(try columns["registration"].decode(Data.self), name),
                              session: try decodeSession(columns, name),
                              generation: Int(try columns["generation"].decode(Int64.self)))
+    }
+
+    // MARK: OAuth states
+
+    public func saveOAuthState(_ state: String, redirectURI: String, expiresAt: Date) throws {
+        let digest = StateSealer.stateDigest(state)
+        try transaction("save an OAuth state") { connection in
+            _ = try run(connection, "DELETE FROM oauth_state WHERE expires_at <= \(Date().timeIntervalSince1970)")
+            _ = try run(connection, """
+                INSERT INTO oauth_state (digest, redirect_uri, expires_at) VALUES (\(digest), \(redirectURI), \(expiresAt.timeIntervalSince1970))
+                ON CONFLICT (digest) DO UPDATE SET redirect_uri = excluded.redirect_uri, expires_at = excluded.expires_at
+                """)
+        }
+    }
+
+    public func takeOAuthState(_ state: String, now: Date) throws -> String? {
+        let digest = StateSealer.stateDigest(state)
+        return try call("take an OAuth state") { connection in
+            let rows = try run(connection, "DELETE FROM oauth_state WHERE digest = \(digest) RETURNING redirect_uri, expires_at").rows
+            guard let row = rows.first else { return nil }
+            let (redirect, expiresAt) = try row.decode((String, Double).self)
+            return expiresAt > now.timeIntervalSince1970 ? redirect : nil
+        }
     }
 
     // MARK: Writes (each a transaction, committed before it returns)

@@ -11,24 +11,12 @@ public struct OAuthAuthorization: Sendable, Equatable {
     public let expiresAt: Date
 }
 
-/// Pending OAuth `state`s: single-use, valid for 10 minutes.
+/// The provider's OAuth client as this daemon last saw it. Pending `state`s (single-use, valid for 10 minutes)
+/// live in the store, so a restart or another daemon on the store completes what this one issued; the client is
+/// fetched from bunq again by a daemon that does not know it.
 actor OAuthStates {
     static let lifetime: TimeInterval = 600
-    private var pending: [String: (redirectURI: String, expiresAt: Date)] = [:]
     private(set) var client: OAuthClientInfo?
-
-    func remember(_ state: String, redirectURI: String, now: Date) -> Date {
-        pending = pending.filter { $0.value.expiresAt > now }
-        let expiresAt = now.addingTimeInterval(Self.lifetime)
-        pending[state] = (redirectURI, expiresAt)
-        return expiresAt
-    }
-
-    /// The redirect URI the state was issued for; the state is consumed either way.
-    func take(_ state: String, now: Date) -> String? {
-        guard let entry = pending.removeValue(forKey: state), entry.expiresAt > now else { return nil }
-        return entry.redirectURI
-    }
 
     func setClient(_ client: OAuthClientInfo) { self.client = client }
 }
@@ -54,35 +42,40 @@ extension Keeper {
         guard let redirect = redirectURI ?? allowed.first, allowed.contains(redirect) else {
             throw KeeperError(.invalidRedirectURI, "the redirect URI must be one of provider.oauth_redirect_uris")
         }
-        let client: OAuthClientInfo
-        if let known = await oauthStates.client, Set(allowed).isSubset(of: known.callbackURLs) {
-            client = known
-        } else {
-            do {
-                client = try await self.client.ensureOAuthClient(installation, sessionToken: token, userId: userId,
-                                                                 callbackURLs: allowed)
-            } catch {
-                throw KeeperError(.upstream, "setting up the OAuth client failed: \(error)")
-            }
-            await oauthStates.setClient(client)
-        }
+        let client = try await oauthClient(installation, token: token, userId: userId)
         let (url, state) = try self.client.authorizeURL(clientId: client.clientId, redirectURI: redirect)
-        let expiresAt = await oauthStates.remember(state, redirectURI: redirect, now: Date())
+        let expiresAt = Date().addingTimeInterval(OAuthStates.lifetime)
+        try store.saveOAuthState(state, redirectURI: redirect, expiresAt: expiresAt)
         return OAuthAuthorization(url: url, state: state, redirectURI: redirect, expiresAt: expiresAt)
+    }
+
+    /// The provider's OAuth client, made (or fetched) at bunq when this daemon does not know one with every
+    /// configured redirect URI.
+    private func oauthClient(_ installation: InstallationContext, token: String, userId: Int) async throws -> OAuthClientInfo {
+        let allowed = configuration.provider?.oauthRedirectURIs ?? []
+        if let known = await oauthStates.client, Set(allowed).isSubset(of: known.callbackURLs) { return known }
+        let client: OAuthClientInfo
+        do {
+            client = try await self.client.ensureOAuthClient(installation, sessionToken: token, userId: userId, callbackURLs: allowed)
+        } catch {
+            throw KeeperError(.upstream, "setting up the OAuth client failed: \(error)")
+        }
+        await oauthStates.setClient(client)
+        return client
     }
 
     /// Completes an authorization: checks the single-use `state`, exchanges the code, registers the user's own
     /// identity and brings it live. Returns its context name (`name`, else `user-<bunq user id>`).
     public func completeOAuth(code: String, state: String, name: String? = nil) async throws -> String {
-        guard let redirect = await oauthStates.take(state, now: Date()) else {
+        guard let redirect = try store.takeOAuthState(state, now: Date()) else {
             throw KeeperError(.invalidOAuthState, "the OAuth state is unknown, already used, or older than 10 minutes")
         }
         if let name, !KeeperConfiguration.Reader.isValidName(name) || configuredNames.contains(name) {
             throw KeeperError(.unknownContext, "'\(name)' is not a usable context name")
         }
-        guard let oauthClient = await oauthStates.client else {
-            throw KeeperError(.invalidOAuthState, "no OAuth client is set up")
-        }
+        // A state issued by another daemon (or before a restart): this one fetches the client from bunq.
+        let (installation, token, userId) = try await providerSession()
+        let oauthClient = try await self.oauthClient(installation, token: token, userId: userId)
         let accessToken: String
         do {
             accessToken = try await client.exchangeCode(code, redirectURI: redirect, client: oauthClient)

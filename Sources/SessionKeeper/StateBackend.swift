@@ -30,6 +30,12 @@ public protocol StateBackend: Sendable {
     func removeContext(_ name: String) throws
     /// The schema migrations applied, in order.
     func appliedMigrations() throws -> [String]
+    /// Remembers an OAuth `state` issued for `redirectURI` until `expiresAt` (kept as its SHA-256 digest, never
+    /// in the clear), and forgets expired ones: a state issued through one daemon completes through any other.
+    func saveOAuthState(_ state: String, redirectURI: String, expiresAt: Date) throws
+    /// Consumes a state: the redirect URI it was issued for, or nil when it is unknown, used or expired. Atomic:
+    /// two daemons completing one state at once get it once.
+    func takeOAuthState(_ state: String, now: Date) throws -> String?
 }
 
 /// The engines a state can live in (`state.backend`).
@@ -75,6 +81,9 @@ public struct StateSealer: Sendable {
     public func openToken(_ sealed: Data, _ name: String) throws -> String {
         String(decoding: try open(sealed, name, "session"), as: UTF8.self)
     }
+
+    /// How a store keys an OAuth `state`.
+    public static func stateDigest(_ state: String) -> String { Digest.sha256Hex(Array(state.utf8)) }
 
     /// The value the key check holds: sealed under the key when a state is made, so a wrong key is refused at
     /// start rather than found context by context.

@@ -165,6 +165,14 @@ public final class StateStore: StateBackend {
                 table.column("value", .blob).notNull()
             }
         }
+        // v4: pending OAuth states (by digest), so a restart or another daemon can complete what one issued.
+        migrator.registerMigration("v4") { db in
+            try db.create(table: "oauth_state") { table in
+                table.primaryKey("digest", .text)
+                table.column("redirect_uri", .text).notNull()
+                table.column("expires_at", .double).notNull()
+            }
+        }
         return migrator
     }
 
@@ -241,6 +249,29 @@ public final class StateStore: StateBackend {
         let session = try decodeSession(row, name)
         return StoredContext(name: name, kind: kind, registration: registration, session: session,
                              generation: row["generation"])
+    }
+
+    // MARK: OAuth states
+
+    public func saveOAuthState(_ state: String, redirectURI: String, expiresAt: Date) throws {
+        try wrap("save an OAuth state") {
+            try pool.write { db in
+                try db.execute(sql: "DELETE FROM oauth_state WHERE expires_at <= ?", arguments: [Date().timeIntervalSince1970])
+                try db.execute(sql: "INSERT OR REPLACE INTO oauth_state (digest, redirect_uri, expires_at) VALUES (?, ?, ?)",
+                               arguments: [StateSealer.stateDigest(state), redirectURI, expiresAt.timeIntervalSince1970])
+            }
+        }
+    }
+
+    public func takeOAuthState(_ state: String, now: Date) throws -> String? {
+        try wrap("take an OAuth state") {
+            try pool.write { db in
+                let row = try Row.fetchOne(db, sql: "DELETE FROM oauth_state WHERE digest = ? RETURNING redirect_uri, expires_at",
+                                           arguments: [StateSealer.stateDigest(state)])
+                guard let row, (row["expires_at"] as Double) > now.timeIntervalSince1970 else { return nil }
+                return row["redirect_uri"]
+            }
+        }
     }
 
     // MARK: Writes (each a transaction, durable before the caller goes on)

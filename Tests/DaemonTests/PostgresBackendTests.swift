@@ -117,4 +117,62 @@ import TestSupport
         #expect(try token(running.socket) == issued, "the session moved in, re-sealed under the store's key")
         #expect(try running.sandbox.stat("installations") == installations, "nothing registered again")
     }
+
+    @Test func anOAuthStateIssuedBeforeARestartCompletesAfterIt() async throws {
+        if let reason = PostgresServer.unavailable {
+            #expect(!Skip.report("OAuth states in PostgreSQL: \(reason)"))
+            return
+        }
+        let server = try PostgresServer()
+        defer { server.stop() }
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let sandbox = try await Sandbox.start(in: dir, ["--session-timeout", "600", "--psd2-first-session-timeout", "600"])
+        defer { _ = sandbox.child.stop() }
+        let keyFile = try dir.write("master.key", (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined())
+        chmod(keyFile, 0o600)
+        let config = try String(contentsOfFile: try writeConfig(dir, sandbox: sandbox, apiKey: try sandbox.newAPIKey(), provider: true,
+                                                                firstSession: 600), encoding: .utf8)
+            .replacingOccurrences(of: "state:\n  directory: \(dir.path("state"))\n", with: """
+            state:
+              directory: \(dir.path("state"))
+              backend: postgresql
+              master_key_file: \(keyFile)
+              postgresql: {url: '\(server.url)', password_file: \(server.passwordFile)}
+
+            """)
+        let path = try dir.write("config.yaml", config)
+        func start(_ name: String) async throws -> ChildProcess {
+            let daemon = try ChildProcess(Binaries.daemon, ["--config", path], log: dir.path(name))
+            #expect(await daemon.waitFor(.seconds(60)) { $0.contains("[bunq_sessiond] ready") }, "\(daemon.log)")
+            return daemon
+        }
+        func call(_ method: String, _ params: String) async throws -> [String: Any] {
+            var answer: [String: Any] = [:]
+            for _ in 0..<150 {
+                answer = try RawSocketClient(dir.path("socket")).call(#"{"jsonrpc":"2.0","id":1,"method":"\#(method)","params":\#(params)}"#)
+                // The provider goes live a few session-server slots after start (bunq's limits, scaled).
+                guard errorCode(answer) == 1003 || errorCode(answer) == 1005 else { break }
+                try await Task.sleep(for: .milliseconds(200))
+            }
+            return answer
+        }
+
+        let first = try await start("daemon-1.log")
+        let authorization = try #require(result(try await call("oauth.authorize_url", "{}")), "\(first.log)")
+        let url = try #require(authorization["url"] as? String), state = try #require(authorization["state"] as? String)
+        let location = try Command.check(["curl", "-s", "-o", "/dev/null", "-w", "%{redirect_url}", url]).stdoutText
+        let code = try #require(URLComponents(string: location)?.queryItems?.first { $0.name == "code" }?.value, "\(location)")
+        #expect(first.stop() == 0)
+
+        // Another daemon (here: the next start) completes what the first issued: the state is in the store.
+        let second = try await start("daemon-2.log")
+        defer { _ = second.stop() }
+        let completed = try await call("oauth.complete", #"{"code":"\#(code)","state":"\#(state)"}"#)
+        let context = try #require(result(completed)?["context"] as? String, "\(completed) \(second.log)")
+        #expect(context.hasPrefix("user-"))
+        #expect(result(try await call("session.get", #"{"context":"\#(context)"}"#))?["token"] is String)
+        let again = try await call("oauth.complete", #"{"code":"\#(code)","state":"\#(state)"}"#)
+        #expect(errorCode(again) == 1006, "a state completes once")
+    }
 }

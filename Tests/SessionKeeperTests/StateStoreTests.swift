@@ -32,7 +32,7 @@ import TestSupport
             try store.saveRegistration("ops", kind: .apiKey, registration)
             try store.saveSession("ops", session, generation: 3, registration: registration)
             try store.saveRegistration("provider", kind: .provider, IdentityRegistration(kind: .psd2Provider))
-            #expect(try store.appliedMigrations() == ["v1", "v2", "v3"])
+            #expect(try store.appliedMigrations() == ["v1", "v2", "v3", "v4"])
         }
         let reopened = try StateStore(directory: stateDir, masterKey: try MasterKey.load(credentialsDirectory: nil, stateDirectory: stateDir))
         let contexts = try reopened.contexts()

@@ -151,6 +151,32 @@ final class Engine: Sendable {
     }
 }
 
+extension StateBackendConformanceTests {
+    @Test(arguments: Engine.Kind.allCases)
+    func anOAuthStateIsSingleUseExpiresAndIsSharedByEveryOpener(_ kind: Engine.Kind) async throws {
+        guard let engine = try Engine.start(kind) else { return }
+        defer { engine.stop() }
+        let key = try SymmetricKey.generate()
+        let issuer = try engine.open(key)
+        let now = Date()
+        try issuer.saveOAuthState("STATE-live-0123456789", redirectURI: "https://example.com/cb", expiresAt: now.addingTimeInterval(600))
+        try issuer.saveOAuthState("STATE-old-0123456789", redirectURI: "https://example.com/cb", expiresAt: now.addingTimeInterval(1))
+        // Another opener of the store (another daemon, or this one after a restart) completes it, once.
+        let completer = try engine.open(key)
+        #expect(try completer.takeOAuthState("STATE-live-0123456789", now: now) == "https://example.com/cb")
+        #expect(try issuer.takeOAuthState("STATE-live-0123456789", now: now) == nil, "single use")
+        #expect(try completer.takeOAuthState("STATE-old-0123456789", now: now.addingTimeInterval(2)) == nil, "expired")
+        #expect(try completer.takeOAuthState("never-issued", now: now) == nil)
+        // Kept as a digest only.
+        try issuer.saveOAuthState("STATE-secret-abcdef", redirectURI: "https://example.com/cb", expiresAt: now.addingTimeInterval(600))
+        if kind == .postgresql, let server = engine.server {
+            #expect(!(try server.psql("SELECT digest FROM oauth_state", database: server.database)).contains("STATE-secret"))
+        } else {
+            #expect(!(try engine.everything()).contains("STATE-secret"))
+        }
+    }
+}
+
 /// What only the shared engine must do: many daemons opening it at once, and a server that goes away and returns.
 @Suite struct PostgresStateTests {
     @Test func daemonsStartingTogetherMigrateOnceAndShareTheKey() async throws {
