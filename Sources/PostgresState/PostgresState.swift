@@ -17,11 +17,11 @@ import Synchronization
 /// One connection, used by one call at a time (the calls block their thread, as SQLite's do; never on an event
 /// loop); a connection that broke is replaced by the next call, so a PostgreSQL restart costs the calls made while
 /// it is down, not the daemon.
-public final class PostgresState: StateBackend {
+public final class PostgresState: ClusterStore {
     public let settings: PostgresSettings
     public var location: String { settings.location }
-    private let sealer: StateSealer
-    private let logger: Logger
+    let sealer: StateSealer
+    let logger: Logger
     private let connection = Mutex<PostgresConnection?>(nil)
     private let nextID = Atomic<Int>(1)
     /// How long a call waits to connect before it fails.
@@ -45,6 +45,18 @@ public final class PostgresState: StateBackend {
             "CREATE TABLE meta (key text PRIMARY KEY, value bytea NOT NULL)",
         ]),
         ("v2", ["CREATE TABLE oauth_state (digest text PRIMARY KEY, redirect_uri text NOT NULL, expires_at double precision NOT NULL)"]),
+        // A cluster: who is alive, who renews which context (fenced), each egress group's session-server slot.
+        // Times are the server's (timestamptz, now()), so the daemons' clocks never have to agree.
+        ("v3", [
+            "CREATE TABLE cluster_member (instance text PRIMARY KEY, egress_group text NOT NULL, heartbeat_at timestamptz NOT NULL)",
+            """
+            CREATE TABLE lease (
+                context text PRIMARY KEY REFERENCES context(name) ON DELETE CASCADE, holder text NOT NULL,
+                fence bigint NOT NULL, expires_at timestamptz NOT NULL)
+            """,
+            "CREATE INDEX lease_holder ON lease (holder)",
+            "CREATE TABLE session_server_slot (egress_group text PRIMARY KEY, holder text NOT NULL, opens_at timestamptz NOT NULL)",
+        ]),
     ]
     /// The advisory lock that serializes migrations and the key check across daemons.
     static let migrationLock = 0x6275_6e71_7364 // "bunqsd"
@@ -211,7 +223,7 @@ public final class PostgresState: StateBackend {
         }
     }
 
-    private func upsertSession(_ name: String, _ session: SessionInfo, _ token: Data) throws -> PostgresQuery {
+    func upsertSession(_ name: String, _ session: SessionInfo, _ token: Data) throws -> PostgresQuery {
         try """
         INSERT INTO session (context, session_id, token, user_id, created, expires_at)
         VALUES (\(name), \(session.id), \(token), \(session.userId), \(session.created.timeIntervalSince1970),
@@ -257,12 +269,12 @@ public final class PostgresState: StateBackend {
 
     // MARK: The connection
 
-    private func run(_ connection: PostgresConnection, _ query: PostgresQuery) throws -> PostgresQueryResult {
+    func run(_ connection: PostgresConnection, _ query: PostgresQuery) throws -> PostgresQueryResult {
         try connection.query(query, logger: logger).wait()
     }
 
     /// `body` inside BEGIN … COMMIT (ROLLBACK when it throws).
-    private func transaction<T>(_ what: String, _ body: (PostgresConnection) throws -> T) throws -> T {
+    func transaction<T>(_ what: String, _ body: (PostgresConnection) throws -> T) throws -> T {
         try call(what) { connection in
             _ = try run(connection, "BEGIN")
             do {
@@ -277,7 +289,7 @@ public final class PostgresState: StateBackend {
     }
 
     /// Runs `body` on the connection (made, or made again, when needed), one call at a time.
-    private func call<T>(_ what: String, _ body: (PostgresConnection) throws -> T) throws -> T {
+    func call<T>(_ what: String, _ body: (PostgresConnection) throws -> T) throws -> T {
         try connection.withLock { current in
             do {
                 if current == nil || current!.isClosed {
@@ -293,7 +305,20 @@ public final class PostgresState: StateBackend {
         }
     }
 
-    private func connect() throws -> PostgresConnection {
+    func connect() throws -> PostgresConnection {
+        let id = nextID.wrappingAdd(1, ordering: .relaxed).oldValue
+        return try PostgresConnection.connect(on: MultiThreadedEventLoopGroup.singleton.next(), configuration: try configuration(),
+                                              id: id, logger: logger).wait()
+    }
+
+    /// A new connection, made asynchronously (the notification listener's own).
+    func connectAsync() async throws -> PostgresConnection {
+        let id = nextID.wrappingAdd(1, ordering: .relaxed).oldValue
+        return try await PostgresConnection.connect(on: MultiThreadedEventLoopGroup.singleton.next(),
+                                                    configuration: try configuration(), id: id, logger: logger)
+    }
+
+    private func configuration() throws -> PostgresConnection.Configuration {
         let tls: PostgresConnection.Configuration.TLS
         switch settings.tls {
         case .disable:
@@ -309,9 +334,7 @@ public final class PostgresState: StateBackend {
                                                              username: settings.username, password: settings.password,
                                                              database: settings.database, tls: tls)
         configuration.options.connectTimeout = Self.connectTimeout
-        let id = nextID.wrappingAdd(1, ordering: .relaxed).oldValue
-        return try PostgresConnection.connect(on: MultiThreadedEventLoopGroup.singleton.next(), configuration: configuration,
-                                              id: id, logger: logger).wait()
+        return configuration
     }
 
     /// A PostgreSQL error as its server message and code (PSQLError's description hides them by design), never

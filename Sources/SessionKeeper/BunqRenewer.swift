@@ -16,6 +16,9 @@ struct BunqRenewer: SessionRenewer {
     let psd2: PSD2Material?
     let deviceDescription: String
     let logger: Logger
+    /// In a cluster: renewals only under the context's lease, session-server calls within the egress group's
+    /// shared budget.
+    var cluster: Cluster? = nil
 
     /// bunq's `created` and our clock at the request may differ by this much before it is worth a warning.
     static let clockSkewWarning: TimeInterval = 60
@@ -29,6 +32,8 @@ struct BunqRenewer: SessionRenewer {
 
     func prepare(_ name: String) async -> Result<Void, RenewalError> {
         do {
+            // A bootstrap is itself under the lease: one daemon registers an identity, once.
+            if let cluster, cluster.book.fence(name) == nil { throw RenewalError.lostLease(name) }
             var (context, incarnation, logger) = try await load(name)
             while Self.isPreparation(context.registration.nextStep) {
                 _ = try await advance(name, incarnation, &context, logger: logger)
@@ -41,11 +46,14 @@ struct BunqRenewer: SessionRenewer {
 
     func openSession(_ name: String) async -> Result<SessionInfo, RenewalError> {
         do {
+            if let cluster, cluster.book.fence(name) == nil { throw RenewalError.lostLease(name) }
             var (context, incarnation, logger) = try await load(name)
             // A context that lost its registration steps would otherwise never get there: finish them first.
             while Self.isPreparation(context.registration.nextStep) {
                 _ = try await advance(name, incarnation, &context, logger: logger)
             }
+            if let cluster { try await cluster.beginSessionCall(name) }
+            defer { cluster?.endSessionCall() }
             guard let session = try await advance(name, incarnation, &context, logger: logger) else {
                 // confirm_device found the interrupted device-server call never bound the device: it is
                 // registered at the next attempt.

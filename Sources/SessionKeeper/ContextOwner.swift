@@ -22,12 +22,37 @@ actor ContextOwner {
     private let store: any StateBackend
     private let leases: LeaseTable
     private let scheduler: SessionScheduler<ContinuousClock>
+    /// In a cluster: the shared store, the leases held here and this daemon's name. Sessions and bootstrap steps
+    /// are then written only under the context's lease, and contexts come and go through the store.
+    private let fencing: Fencing?
 
-    init(store: any StateBackend, leases: LeaseTable, scheduler: SessionScheduler<ContinuousClock>) {
+    struct Fencing: Sendable {
+        let store: any ClusterStore
+        let book: LeaseBook
+        let instance: String
+        /// The cluster's lease: in the store, and here (shorter).
+        let leaseDuration: Double
+        let localDuration: Double
+
+        /// Creates the context's row with its lease to this daemon; false when another daemon created it first.
+        func insert(_ name: String, _ kind: StoredContext.Kind, _ registration: IdentityRegistration) throws -> LeaseGrant? {
+            let started = ContinuousClock.now
+            guard let grant = try store.insertRegistration(name, kind: kind, registration, by: instance,
+                                                           leaseSeconds: leaseDuration) else { return nil }
+            book.grant(grant, until: started + .seconds(localDuration))
+            return grant
+        }
+    }
+
+    init(store: any StateBackend, leases: LeaseTable, scheduler: SessionScheduler<ContinuousClock>, fencing: Fencing? = nil) {
         self.store = store
         self.leases = leases
         self.scheduler = scheduler
+        self.fencing = fencing
     }
+
+    /// Whether this daemon renews a context it has just taken on: always alone, under its lease in a cluster.
+    private func holds(_ name: String) -> Bool { fencing.map { $0.book.fence(name) != nil } ?? true }
 
     /// A write presented by a renewal of a context that is no longer the one it started for.
     static func gone(_ name: String) -> RenewalError {
@@ -50,7 +75,8 @@ actor ContextOwner {
     /// Takes over restored records (start-up) and schedules them; publishes their snapshots.
     func restore(_ records: [ContextRecord]) async {
         for record in records { contexts[record.name] = Owned(record: record, incarnation: next()) }
-        let schedules = await scheduler.addMany(records.map { ($0.name, $0.session, $0.generation) })
+        // In a cluster the lease rounds decide which of them this daemon renews; until then it follows them all.
+        let schedules = await scheduler.addMany(records.map { ($0.name, $0.session, $0.generation) }, held: fencing == nil)
         for record in records {
             if let schedule = schedules[record.name] { leases.set(Self.entry(record, schedule)) }
         }
@@ -64,12 +90,24 @@ actor ContextOwner {
         guard contexts[name] == nil else {
             throw KeeperError(.store, "context \(name) exists already")
         }
-        try store.saveRegistration(name, kind: kind, registration)
+        if let fencing {
+            // Several daemons may start with one new identity at once: the first creates it, the others follow it,
+            // and whoever takes its lease registers it, once.
+            if try fencing.insert(name, kind, registration) == nil {
+                guard let stored = try store.context(name) else { throw StoreError(.missing, "context \(name) vanished") }
+                follow(stored.record)
+                await scheduler.add(name, session: stored.session, generation: stored.generation, held: holds(name))
+                await publish(name)
+                return contexts[name]!.incarnation
+            }
+        } else {
+            try store.saveRegistration(name, kind: kind, registration)
+        }
         let owned = Owned(record: StoredContext(name: name, kind: kind, registration: registration).record,
                           incarnation: next())
         contexts[name] = owned
         if schedule {
-            await scheduler.add(name, session: nil)
+            await scheduler.add(name, session: nil, held: holds(name))
             await publish(name)
         }
         return owned.incarnation
@@ -79,11 +117,20 @@ actor ContextOwner {
     func createLive(_ name: String, kind: StoredContext.Kind, _ registration: IdentityRegistration,
                     session: SessionInfo) async throws {
         guard contexts[name] == nil else { throw KeeperError(.store, "context \(name) exists already") }
-        try store.saveRegistration(name, kind: kind, registration)
-        try store.saveSession(name, session, generation: 1, registration: registration)
+        if let fencing {
+            // Created with its lease to this daemon, which renews it until a lease round gives it to another.
+            guard let grant = try fencing.insert(name, kind, registration) else {
+                throw KeeperError(.store, "context \(name) exists already")
+            }
+            try fencing.store.saveSession(name, session, generation: 1, registration: registration, fence: grant.fence,
+                                          by: fencing.instance)
+        } else {
+            try store.saveRegistration(name, kind: kind, registration)
+            try store.saveSession(name, session, generation: 1, registration: registration)
+        }
         contexts[name] = Owned(record: StoredContext(name: name, kind: kind, registration: registration, session: session,
                                                      generation: 1).record, incarnation: next())
-        await scheduler.add(name, session: session, generation: 1)
+        await scheduler.add(name, session: session, generation: 1, held: holds(name))
         await publish(name)
     }
 
@@ -107,15 +154,61 @@ actor ContextOwner {
             throw error
         }
         await scheduler.remove(name)
+        if let fencing { try? fencing.store.announce(.removed(context: name, by: fencing.instance)) }
         return stored
     }
+
+    // MARK: What other daemons did (a cluster)
+
+    /// Owns a context another daemon created; scheduled as followed (renewed here only under its lease).
+    private func follow(_ record: ContextRecord) {
+        contexts[record.name] = Owned(record: record, incarnation: next())
+    }
+
+    /// A context that appeared in the store through another daemon: followed and published.
+    func adoptNew(_ record: ContextRecord) async {
+        guard contexts[record.name] == nil else { return }
+        follow(record)
+        await scheduler.add(record.name, session: record.session, generation: record.generation, held: holds(record.name))
+        await publish(record.name)
+    }
+
+    /// A newer session another daemon committed for a known context: served from now on. Returns the published
+    /// entry when it was newer.
+    func adopt(_ record: ContextRecord) async -> LeaseEntry? {
+        guard var owned = contexts[record.name], record.generation > owned.record.generation, let session = record.session
+        else { return nil }
+        owned.record.session = session
+        owned.record.generation = record.generation
+        owned.record.serverPublicKeyPEM = record.serverPublicKeyPEM
+        contexts[record.name] = owned
+        guard await scheduler.adopt(record.name, session: session, generation: record.generation) else { return nil }
+        return await publish(record.name)
+    }
+
+    /// A context another daemon removed: no longer served or scheduled here (the store has no row left to delete).
+    func forget(_ name: String) async {
+        guard contexts[name] != nil else { return }
+        leases.remove(name)
+        contexts[name] = nil
+        await scheduler.remove(name)
+    }
+
+    /// The generation this daemon serves for each context.
+    var generations: [String: Int] { contexts.mapValues(\.record.generation) }
 
     // MARK: Writes by a renewal (conditioned on its incarnation)
 
     /// A bootstrap step's result. Refused (`gone`) when the context is no longer `incarnation`.
     func saveRegistration(_ name: String, incarnation: UInt64, _ registration: IdentityRegistration) throws {
         guard var owned = contexts[name], owned.incarnation == incarnation else { throw Self.gone(name) }
-        try store.updateRegistration(name, registration)
+        if let fencing {
+            try fenced(name, fencing) { fence in
+                try fencing.store.updateRegistration(name, registration, fence: fence, by: fencing.instance)
+            }
+        } else {
+            try store.updateRegistration(name, registration)
+        }
         owned.record.serverPublicKeyPEM = registration.serverPublicKeyPEM
         contexts[name] = owned
     }
@@ -125,11 +218,30 @@ actor ContextOwner {
     func commitSession(_ name: String, incarnation: UInt64, _ session: SessionInfo, generation: Int,
                        registration: IdentityRegistration) throws {
         guard var owned = contexts[name], owned.incarnation == incarnation else { throw Self.gone(name) }
-        try store.saveSession(name, session, generation: generation, registration: registration)
+        if let fencing {
+            try fenced(name, fencing) { fence in
+                try fencing.store.saveSession(name, session, generation: generation, registration: registration,
+                                              fence: fence, by: fencing.instance)
+            }
+        } else {
+            try store.saveSession(name, session, generation: generation, registration: registration)
+        }
         owned.record.session = session
         owned.record.generation = generation
         owned.record.serverPublicKeyPEM = registration.serverPublicKeyPEM
         contexts[name] = owned
+    }
+
+    /// A write under the context's lease: refused here once the lease ran out on this daemon's clock, and by the
+    /// store once another daemon holds it (its fence moved on). Either way the renewal ends as `lease_lost`.
+    private func fenced(_ name: String, _ fencing: Fencing, _ write: (Int64) throws -> Void) throws {
+        guard let fence = fencing.book.fence(name) else { throw RenewalError.lostLease(name) }
+        do {
+            try write(fence)
+        } catch let error as StoreError where error.code == .fenced {
+            fencing.book.remove([name])
+            throw RenewalError.lostLease(name)
+        }
     }
 
     // MARK: Snapshots

@@ -80,6 +80,14 @@ public struct RenewalError: Error, Sendable, Equatable {
         self.code = code ?? (kind == .needsAttention ? "needs_attention" : "transient")
     }
 
+    /// The code of a renewal refused because this daemon no longer holds the context's lease (a cluster): not a
+    /// failure of the context, which another daemon now renews.
+    public static let leaseLost = "lease_lost"
+
+    static func lostLease(_ name: String) -> RenewalError {
+        RenewalError(.retryable, "this daemon no longer holds the lease of \(name)", code: leaseLost)
+    }
+
     /// bunq's rate limit answered: the session-server window is pushed back.
     public var isRateLimited: Bool { code == "rate_limited" }
 }

@@ -42,6 +42,8 @@ public final class Keeper: Service, Sendable {
     let restoreDelay: Duration
     /// The provider's certificate, re-checked daily for expiry.
     let certificate: Certificate?
+    /// With several daemons on one store: leases, the shared budget and the other daemons' changes.
+    let cluster: Cluster?
 
     /// Opens a backend other than the embedded SQLite store, given the master key and where it came from (the
     /// daemon supplies PostgreSQL's, which this module does not link).
@@ -76,12 +78,27 @@ public final class Keeper: Service, Sendable {
                                 permittedIPs: configuration.permittedIPs, sourceAddress: configuration.sourceAddress)
         apiKeys = Mutex(configuration.apiKeys)
         minManualRenewal = Mutex(configuration.minManualRenewalInterval)
+        if let settings = configuration.cluster {
+            guard let shared = store as? any ClusterStore else {
+                throw StoreError(.database, "the store \(store.location) cannot be shared by a cluster")
+            }
+            var clusterLogger = logger
+            clusterLogger[metadataKey: "bunq.instance"] = "\(settings.instance)"
+            cluster = Cluster(settings: settings, store: shared, book: LeaseBook(),
+                              spacing: configuration.sessionServerBudget.spacing, logger: clusterLogger)
+        } else {
+            cluster = nil
+        }
         let slot = OwnerSlot()
-        let renewer = BunqRenewer(client: client, store: store, ownerSlot: slot, psd2: psd2,
+        var renewer = BunqRenewer(client: client, store: store, ownerSlot: slot, psd2: psd2,
                                   deviceDescription: configuration.deviceDescription, logger: logger)
+        renewer.cluster = cluster
         scheduler = SessionScheduler(policy: configuration.policy, budget: configuration.sessionServerBudget,
                                      renewer: renewer, maxConcurrent: configuration.maxConcurrentRenewals)
-        owner = ContextOwner(store: store, leases: leases, scheduler: scheduler)
+        owner = ContextOwner(store: store, leases: leases, scheduler: scheduler, fencing: cluster.map {
+            ContextOwner.Fencing(store: $0.store, book: $0.book, instance: $0.settings.instance,
+                                 leaseDuration: $0.settings.leaseDuration, localDuration: $0.settings.localDuration)
+        })
         slot.set(owner)
     }
 
@@ -181,6 +198,12 @@ public final class Keeper: Service, Sendable {
             group.addTask { [scheduler] in await cancelWhenGracefulShutdown { await scheduler.run() } }
             group.addTask { [self] in await logEvents() }
             group.addTask { [self] in await cancelWhenGracefulShutdown { await self.watchBudget() } }
+            if let cluster {
+                group.addTask { [self] in
+                    await cancelWhenGracefulShutdown { await cluster.run(owner: self.owner, scheduler: self.scheduler,
+                                                                         events: self.events) }
+                }
+            }
         }
         await client.shutdown()
         logger.info("stopped")
@@ -292,7 +315,16 @@ public final class Keeper: Service, Sendable {
            [.live, .renewing, .retrying].contains(schedule.state), let expiresAt = schedule.expiresAt {
             return .success((schedule.generation, expiresAt, false))
         }
-        switch await scheduler.renewNow(context) {
+        let outcome: Result<SessionInfo, RenewalError>?
+        if let cluster, !cluster.holds(context) {
+            // Another daemon renews it: asked to, this one waits for the session it commits.
+            outcome = await awaitingHolder(context) { [scheduler] in await scheduler.renewNow(context) } ask: {
+                cluster.askHolder(context)
+            }
+        } else {
+            outcome = await scheduler.renewNow(context)
+        }
+        switch outcome {
         case .success(let session)?:
             return .success((await scheduler.schedule(context)?.generation ?? 0, session.expiresAt, true))
         case .failure(let error)?:
@@ -338,7 +370,15 @@ public final class Keeper: Service, Sendable {
         case .alreadyReplaced?:
             break
         }
-        switch await scheduler.renewal(of: context, after: generation) {
+        let outcome: Result<SessionInfo, RenewalError>?
+        if let cluster, !cluster.holds(context) {
+            outcome = await awaitingHolder(context) { [scheduler] in await scheduler.renewal(of: context, after: generation) } ask: {
+                cluster.askHolder(context, invalid: generation)
+            }
+        } else {
+            outcome = await scheduler.renewal(of: context, after: generation)
+        }
+        switch outcome {
         case .success?:
             guard let schedule = await scheduler.schedule(context), let expiresAt = schedule.expiresAt else {
                 throw KeeperError(.upstream, "the renewal of \(context) produced no session")
@@ -352,6 +392,32 @@ public final class Keeper: Service, Sendable {
         }
     }
 
+    /// A renewal that the context's lease holder (another daemon) makes: `wait` for its outcome here, once the
+    /// holder was asked; a holder that does not answer within two lease periods (none alive, or the store
+    /// unreachable) ends the wait with a retryable failure.
+    private func awaitingHolder(_ context: String, _ wait: @escaping @Sendable () async -> Result<SessionInfo, RenewalError>?,
+                                ask: @Sendable () -> Bool) async -> Result<SessionInfo, RenewalError>? {
+        let patience = (configuration.cluster?.leaseSeconds ?? 30) * 2 + 30
+        return await withTaskGroup(of: Result<SessionInfo, RenewalError>??.self) { group in
+            group.addTask { await wait() }
+            guard ask() else {
+                group.cancelAll()
+                return .failure(RenewalError(.retryable, "the state store is unreachable: the holder of \(context) cannot be asked",
+                                             code: "store_unreachable"))
+            }
+            group.addTask {
+                try? await Task.sleep(for: .seconds(patience))
+                return .some(.failure(RenewalError(.retryable, "the daemon holding \(context) did not renew it", code: "holder_silent")))
+            }
+            let first = await group.next() ?? nil
+            group.cancelAll()
+            return first ?? nil
+        }
+    }
+
+    /// `daemon.status.cluster`: nil alone on a store.
+    public var clusterStatus: ClusterStatus? { cluster?.status }
+
     /// The budget's state as last checked (utilisation, and who will run late above 100%).
     public var budget: BudgetStatus { budgetState.withLock { $0 } }
 
@@ -363,7 +429,9 @@ public final class Keeper: Service, Sendable {
         var round = 0
         while !Task.isCancelled {
             // The forecast (above 100%) walks every renewal due within a day: once a minute is enough.
-            let status = await scheduler.budgetStatus(forecast: level < 2 || round % 6 == 0)
+            var status = await scheduler.budgetStatus(forecast: level < 2 || round % 6 == 0)
+            // A cluster's renewals are spread over its egress groups: each brings one IP's budget.
+            if let cluster { status.availablePerDay *= Double(cluster.egressGroups) }
             round += 1
             budgetState.withLock { $0 = status }
             guard status.availablePerDay.isFinite else {  // `rate_limits: unlimited`: nothing to warn about
@@ -405,6 +473,11 @@ public final class Keeper: Service, Sendable {
         if budget.availablePerDay.isFinite {
             line += "; session-server budget \(Int((budget.utilisation * 100).rounded()))%"
             if !budget.late.isEmpty { line += ", \(budget.late.count) will run late" }
+        }
+        if let cluster {
+            let status = cluster.status
+            line += status.storeReachable ? "; \(status.leasesHeld) leases, \(status.members.count) daemons"
+                : "; STATE STORE UNREACHABLE, serving held sessions"
         }
         if let (name, at) = await scheduler.nextDue() {
             let seconds = max(0, Int(at.timeIntervalSinceNow))

@@ -68,6 +68,8 @@ public struct KeeperConfiguration: Sendable {
     public let postgres: PostgresSettings?
     /// The master key's file (`state.master_key_file`), when configured: then it must exist, never generated.
     public let masterKeyFile: String?
+    /// This daemon's place in the cluster of daemons on the store (`cluster:`); with PostgreSQL only.
+    public let cluster: ClusterSettings?
     public let credentialsDirectory: String?
     public let provider: Provider?
     public let apiKeys: [APIKeyIdentity]
@@ -88,6 +90,7 @@ public struct KeeperConfiguration: Sendable {
         ["socket", "path"], ["socket", "max_connections"], ["socket", "max_connections_per_uid"], ["socket", "idle_timeout"],
         ["socket", "request_timeout"], ["socket", "send_timeout"], ["state", "directory"],
         ["state", "backend"], ["state", "master_key_file"], ["state", "postgresql"],
+        ["cluster", "instance"], ["cluster", "egress_group"], ["cluster", "lease_seconds"],
         ["provider", "certificate"], ["provider", "private_key"], ["provider", "certificate_chain"],
         ["provider", "oauth_redirect_uris"],
         ["renewal", "safety_margin"], ["renewal", "backoff_base"], ["renewal", "backoff_max"], ["renewal", "max_concurrent"],
@@ -95,7 +98,7 @@ public struct KeeperConfiguration: Sendable {
         ["device_description"],
     ]
     static let sections: Set<String> = ["bunq", "socket", "state", "provider", "api_keys", "access", "renewal",
-                                        "device_description"]
+                                        "device_description", "cluster"]
 
     /// Reads, overrides from `environment`, and validates `file`.
     public static func load(file: String, environment: [String: String] = ProcessInfo.processInfo.environment) throws(ConfigurationError) -> KeeperConfiguration {
@@ -312,6 +315,21 @@ public struct KeeperConfiguration: Sendable {
             } else if node(["state", "postgresql"]).map({ !$0.isNull }) == true {
                 throw fail("state.postgresql", "is only read with state.backend: postgresql")
             }
+            var cluster: ClusterSettings?
+            if backend == .postgresql {
+                let instance = try string(["cluster", "instance"]) ?? ProcessInfo.processInfo.hostName
+                guard KeeperConfiguration.isClusterName(instance) else {
+                    throw fail("cluster.instance", "must be 1 to 64 letters, digits, '.', '_' or '-', not '\(instance)'")
+                }
+                let egressGroup = try string(["cluster", "egress_group"]) ?? instance
+                guard KeeperConfiguration.isClusterName(egressGroup) else {
+                    throw fail("cluster.egress_group", "must be 1 to 64 letters, digits, '.', '_' or '-', not '\(egressGroup)'")
+                }
+                let leaseSeconds = try int(["cluster", "lease_seconds"], default: 30, range: 3...3_600)
+                cluster = ClusterSettings(instance: instance, egressGroup: egressGroup, leaseSeconds: Double(leaseSeconds))
+            } else if node(["cluster"]).map({ !$0.isNull }) == true {
+                throw fail("cluster", "is only read with state.backend: postgresql (one daemon owns an SQLite state)")
+            }
             let socketPath = try string(["socket", "path"]) ?? "/run/bunq-sessiond/socket"
             guard socketPath.hasPrefix("/"), socketPath.utf8.count < 108 else {
                 throw fail("socket.path", "must be an absolute path shorter than 108 bytes")
@@ -400,7 +418,7 @@ public struct KeeperConfiguration: Sendable {
                 socketPath: socketPath, maxConnections: maxConnections, maxConnectionsPerUID: maxPerUID,
                 idleTimeout: idleTimeout, requestTimeout: requestTimeout, sendTimeout: sendTimeout,
                 stateDirectory: stateDirectory, backend: backend, postgres: postgres, masterKeyFile: masterKeyFile,
-                credentialsDirectory: credentials, provider: provider, apiKeys: apiKeys,
+                cluster: cluster, credentialsDirectory: credentials, provider: provider, apiKeys: apiKeys,
                 policy: RenewalPolicy(safetyMargin: TimeInterval(margin), backoffBase: backoffBase,
                                       backoffMax: TimeInterval(backoffMax)),
                 maxConcurrentRenewals: concurrency, minManualRenewalInterval: TimeInterval(minManual),
@@ -453,6 +471,13 @@ public struct KeeperConfiguration: Sendable {
 
 extension KeeperConfiguration {
     /// The session-server budget our side grants: bunq's (scaled), or none with `rate_limits: unlimited`.
+    /// A cluster member's or egress group's name: plain, so it can never smuggle anything into a log or a query.
+    static func isClusterName(_ name: String) -> Bool {
+        (1...64).contains(name.utf8.count) && name.unicodeScalars.allSatisfy {
+            ("a"..."z").contains($0) || ("A"..."Z").contains($0) || ("0"..."9").contains($0) || "._-".unicodeScalars.contains($0)
+        }
+    }
+
     public var sessionServerBudget: SessionServerBudget {
         rateLimits == .unlimited ? .unlimited : SessionServerBudget(scale: rateLimitScale, renewFraction: policy.renewFraction)
     }

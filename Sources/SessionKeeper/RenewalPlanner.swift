@@ -37,6 +37,9 @@ public struct RenewalPlanner<Random: RandomNumberGenerator & Sendable>: Sendable
         var generation = 0
         var phase = Phase.idle
         var needsAttention = false
+        /// Whether this daemon renews the context. Always, alone on a store; in a cluster, only while it holds the
+        /// context's lease: the others follow the holder's sessions (`adopt`) and never renew it.
+        var held = true
         /// The generation whose token was reported invalid: one renewal per reported generation.
         var invalidatedGeneration: Int?
         /// The heap or queue element that is current for this context; older ones are skipped when met.
@@ -98,9 +101,10 @@ public struct RenewalPlanner<Random: RandomNumberGenerator & Sendable>: Sendable
 
     /// Adds a context, with its restored session if it has one. A session that is missing, expired or within
     /// the renewal window is renewed at once; a healthy one at its renewal time.
-    public mutating func add(_ name: String, session: SessionInfo?, generation: Int = 0, now: Date) {
+    public mutating func add(_ name: String, session: SessionInfo?, generation: Int = 0, held: Bool = true, now: Date) {
         remove(name)
         var entry = Entry()
+        entry.held = held
         entry.session = session
         entry.hadSession = session != nil || generation > 0
         entry.generation = generation
@@ -130,7 +134,8 @@ public struct RenewalPlanner<Random: RandomNumberGenerator & Sendable>: Sendable
     public mutating func collectDue(now: Date) {
         while let first = deadlines.min, first.at <= now {
             deadlines.removeMin()
-            guard var entry = entries[first.name], entry.sequence == first.sequence, entry.phase == .idle else { continue }
+            guard var entry = entries[first.name], entry.sequence == first.sequence, entry.phase == .idle,
+                  entry.held else { continue }
             entry.dueAt = nil
             entry.phase = .waitingToPrepare
             inFlightCount += 1
@@ -245,6 +250,12 @@ public struct RenewalPlanner<Random: RandomNumberGenerator & Sendable>: Sendable
     public mutating func failed(_ name: String, error: RenewalError, now: Date) -> Bool {
         guard !endOrphanedCall(name, now: now), var entry = entries[name] else { return false }
         finish(name, &entry, now: now, rateLimited: error.isRateLimited)
+        if error.code == RenewalError.leaseLost {
+            // Not a failure of the context: another daemon renews it now, and this one follows.
+            entry.held = false
+            entries[name] = entry
+            return false
+        }
         entry.failures += 1
         entry.lastError = error.message
         entry.lastErrorCode = error.code
@@ -322,6 +333,55 @@ public struct RenewalPlanner<Random: RandomNumberGenerator & Sendable>: Sendable
         default:
             break  // a renewal is already under way
         }
+        return true
+    }
+
+    // MARK: Following another daemon (a cluster)
+
+    /// Whether this daemon renews the context (it holds its lease). Gaining it schedules the renewal at its time
+    /// (at once when due); losing it takes a queued renewal out of the queue. A renewal already under way ends by
+    /// itself: its commit is refused without the lease, and `failed` with `leaseLost` closes it.
+    public mutating func setHeld(_ name: String, _ held: Bool, now: Date) {
+        guard var entry = entries[name], entry.held != held else { return }
+        entry.held = held
+        entries[name] = entry
+        if held {
+            if entry.phase == .idle, !entry.needsAttention { schedule(name, at: max(now, entry.nextRetryAt ?? entry.renewAt ?? now)) }
+        } else if entry.phase == .queued || entry.phase == .waitingToPrepare {
+            inFlightCount -= 1
+            nextSequence += 1
+            entries[name]?.sequence = nextSequence  // drops its queue entry
+            entries[name]?.phase = .idle
+        }
+    }
+
+    public func isHeld(_ name: String) -> Bool { entries[name]?.held ?? false }
+
+    /// The contexts this daemon renews.
+    public var heldNames: [String] { entries.compactMap { $0.value.held ? $0.key : nil } }
+
+    /// Whether a renewal of the context is under way here (a lease is not given up during one).
+    public func isBusy(_ name: String) -> Bool { (entries[name]?.phase ?? .idle) != .idle }
+
+    /// A session another daemon committed (generation `generation`): taken over when newer than this daemon's,
+    /// which also clears a failure or `needs_attention` the holder has since healed. Returns whether it was newer.
+    @discardableResult
+    public mutating func adopt(_ name: String, session: SessionInfo, generation: Int, now: Date) -> Bool {
+        guard var entry = entries[name], generation > entry.generation else { return false }
+        entry.session = session
+        entry.hadSession = true
+        entry.generation = generation
+        entry.lastRenewedAt = now
+        entry.failures = 0
+        entry.nextRetryAt = nil
+        entry.lastError = nil
+        entry.lastErrorCode = nil
+        entry.needsAttention = false
+        entry.invalidatedGeneration = nil
+        entry.renewAt = policy.renewAt(created: session.created, expiresAt: session.expiresAt, using: &random)
+        entries[name] = entry
+        setLifetime(name, session.expiresAt.timeIntervalSince(session.created))
+        if entry.phase == .idle { schedule(name, at: max(now, entry.renewAt!)) }
         return true
     }
 

@@ -147,6 +147,8 @@ public actor SessionScheduler<C: Clock> where C.Duration == Duration {
     private func fail(_ name: String, _ error: RenewalError) {
         let at = now
         let entered = planner.failed(name, error: error, now: at)
+        // Another daemon holds the context now: nothing failed; whoever waits hears of its next session.
+        if error.code == RenewalError.leaseLost { return }
         let schedule = planner.schedule(name, now: at)
         eventContinuation.yield(.failed(context: name, error: error,
                                         consecutiveFailures: schedule?.consecutiveFailures ?? 0,
@@ -157,8 +159,8 @@ public actor SessionScheduler<C: Clock> where C.Duration == Duration {
     // MARK: The core's API
 
     /// Adds a context with its restored session (nil: bootstrap it now).
-    public func add(_ name: String, session: SessionInfo?, generation: Int = 0) {
-        planner.add(name, session: session?.shifted(by: skew), generation: generation, now: now)
+    public func add(_ name: String, session: SessionInfo?, generation: Int = 0, held: Bool = true) {
+        planner.add(name, session: session?.shifted(by: skew), generation: generation, held: held, now: now)
         wake.signal()
     }
 
@@ -171,12 +173,14 @@ public actor SessionScheduler<C: Clock> where C.Duration == Duration {
     }
 
     /// Adds many contexts at once (start-up); returns their schedules.
-    public func addMany(_ contexts: [(name: String, session: SessionInfo?, generation: Int)]) -> [String: ContextSchedule] {
+    public func addMany(_ contexts: [(name: String, session: SessionInfo?, generation: Int)],
+                        held: Bool = true) -> [String: ContextSchedule] {
         let at = now, skew = skew
         var schedules: [String: ContextSchedule] = [:]
         schedules.reserveCapacity(contexts.count)
         for context in contexts {
-            planner.add(context.name, session: context.session?.shifted(by: skew), generation: context.generation, now: at)
+            planner.add(context.name, session: context.session?.shifted(by: skew), generation: context.generation,
+                        held: held, now: at)
             schedules[context.name] = planner.schedule(context.name, now: at).map { $0.shifted(by: -skew) }
         }
         wake.signal()
@@ -190,6 +194,31 @@ public actor SessionScheduler<C: Clock> where C.Duration == Duration {
     }
 
     public var contextNames: [String] { planner.contextNames.sorted() }
+
+    // MARK: A cluster's leases
+
+    /// Whether this daemon renews the context (it holds the context's lease).
+    public func setHeld(_ name: String, _ held: Bool) {
+        planner.setHeld(name, held, now: now)
+        wake.signal()
+    }
+
+    /// The contexts this daemon renews.
+    public var heldNames: [String] { planner.heldNames }
+
+    /// Whether a renewal of the context is under way here.
+    public func isBusy(_ name: String) -> Bool { planner.isBusy(name) }
+
+    /// A newer session another daemon committed: served from now on; true when it was newer.
+    @discardableResult
+    public func adopt(_ name: String, session: SessionInfo, generation: Int) -> Bool {
+        let adopted = planner.adopt(name, session: session.shifted(by: skew), generation: generation, now: now)
+        if adopted {
+            waiters.resume(name, with: .success(session))
+            wake.signal()
+        }
+        return adopted
+    }
 
     /// The token rule: a token valid beyond the safety margin, or the state and when to retry.
     public func lease(_ name: String) -> LeaseResult? {

@@ -9,6 +9,8 @@ public struct StoreError: Error, Sendable, CustomStringConvertible {
         case locked
         /// A write for a context that no longer exists (removed meanwhile): refused, never re-created.
         case missing
+        /// A write under a lease this daemon no longer holds (another daemon took it over): refused.
+        case fenced
     }
 
     public let code: Code

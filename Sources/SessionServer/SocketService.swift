@@ -275,7 +275,7 @@ public final class SocketService: Sendable {
             var contexts: [String: Any] = Dictionary(uniqueKeysWithValues: ContextState.allCases.filter { $0 != .removed }
                 .map { ($0.rawValue, published[$0] ?? 0) })
             contexts["total"] = admin ? keeper.leases.count : published.values.reduce(0, +)
-            return JSONText.encode([
+            var status: [String: Any] = [
                 "version": BunqSessiondVersion.current,
                 "uptime_seconds": Int(Date().timeIntervalSince(keeper.startedAt)),
                 "ready": ready.load(ordering: .acquiring),
@@ -284,8 +284,21 @@ public final class SocketService: Sendable {
                 "next_renewal_at": await keeper.scheduler.nextDeadline().map(JSONText.timestamp) ?? NSNull(),
                 // As last checked (every 10 s): a caller cannot make the daemon run the forecast.
                 "budget": ["session_server": Self.budgetJSON(keeper.budget)],
-            ])
+            ]
+            if let cluster = keeper.clusterStatus { status["cluster"] = Self.clusterJSON(cluster) }
+            return JSONText.encode(status)
         }
+    }
+
+    /// `daemon.status.cluster`: this daemon, its leases and the members the last lease round saw.
+    static func clusterJSON(_ cluster: ClusterStatus) -> [String: Any] {
+        [
+            "instance": cluster.instance,
+            "egress_group": cluster.egressGroup,
+            "leases_held": cluster.leasesHeld,
+            "store_reachable": cluster.storeReachable,
+            "members": cluster.members.map { ["instance": $0.instance, "egress_group": $0.egressGroup, "leases": $0.leases] },
+        ]
     }
 
     /// `daemon.status.budget.session_server`: demand, supply and utilisation; `late` (the count) above 100%.

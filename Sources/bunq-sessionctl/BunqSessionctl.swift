@@ -104,6 +104,15 @@ extension BunqSessionctl {
                 if let late = budget["will_run_late"] as? Int { line += ", \(late) will run late" }
                 print(line)
             }
+            if let cluster = daemon["cluster"] as? [String: Any] {
+                let members = cluster["members"] as? [[String: Any]] ?? []
+                print("cluster: instance \(cluster["instance"] ?? "?") (egress group \(cluster["egress_group"] ?? "?")), "
+                    + "\(cluster["leases_held"] ?? 0) leases held; state store "
+                    + "\(cluster["store_reachable"] as? Bool == false ? "UNREACHABLE" : "reachable")")
+                print("  members: " + members.map { member in
+                    "\(member["instance"] ?? "?")[\(member["egress_group"] ?? "?")] \(member["leases"] ?? 0)"
+                }.joined(separator: ", "))
+            }
             print("")
             print(table(["CONTEXT", "KIND", "STATE", "EXPIRES", "RENEWS", "FAILURES", "LAST ERROR"], statuses.map { status in
                 [status["context"] as? String ?? "?", status["kind"] as? String ?? "?", status["state"] as? String ?? "?",

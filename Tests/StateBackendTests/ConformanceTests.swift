@@ -4,6 +4,7 @@ import Foundation
 import Logging
 import PostgresState
 import SessionKeeper
+import Synchronization
 import Testing
 import TestSupport
 
@@ -196,6 +197,71 @@ extension StateBackendConformanceTests {
         #expect(try server.psql("SELECT count(*) FROM meta", database: server.database).trimmingCharacters(in: .whitespacesAndNewlines) == "1")
     }
 
+    /// Leases and fencing as the store enforces them: one holder at a time, a new fence at each takeover, a
+    /// late write under the old fence refused (and no generation ever goes back), the shared session-server slot
+    /// granted to one daemon of a group at a time, and changes notified to the others.
+    @Test func leasesAreFencedAndTheSessionServerSlotIsShared() async throws {
+        guard let engine = try Engine.start(.postgresql) else { return }
+        defer { engine.stop() }
+        let key = try SymmetricKey.generate()
+        let a = try #require(try engine.open(key) as? PostgresState), b = try #require(try engine.open(key) as? PostgresState)
+        let registration = IdentityRegistration(kind: .apiKey, secret: "sandbox_SECRETAPIKEY0123456789abcdef")
+        let first = try #require(try a.insertRegistration("ops", kind: .apiKey, registration, by: "a", leaseSeconds: 0.5))
+        #expect(first.fence == 1)
+        #expect(try b.insertRegistration("ops", kind: .apiKey, registration, by: "b", leaseSeconds: 0.5) == nil,
+                "created once, however many daemons try")
+        #expect(try b.acquireLeases(instance: "b", seconds: 5, limit: 10).isEmpty, "held by a")
+        let session = SessionInfo(id: 1, token: "SESSIONTOKEN-one", userId: 5, created: Date(), expiresAt: Date() + 600)
+        try a.saveSession("ops", session, generation: 1, registration: registration, fence: first.fence, by: "a")
+
+        // a stops renewing (paused): its lease runs out and b takes it, under a higher fence.
+        try await Task.sleep(for: .milliseconds(700))
+        #expect(try a.renewLeases(instance: "a", seconds: 5).isEmpty, "an expired lease is not extended")
+        let taken = try b.acquireLeases(instance: "b", seconds: 5, limit: 10)
+        #expect(taken == [LeaseGrant(context: "ops", fence: 2)])
+        let late = SessionInfo(id: 2, token: "SESSIONTOKEN-late", userId: 5, created: Date(), expiresAt: Date() + 600)
+        #expect { try a.saveSession("ops", late, generation: 2, registration: registration, fence: first.fence, by: "a") }
+            throws: { ($0 as? StoreError)?.code == .fenced }
+        #expect { try a.updateRegistration("ops", registration, fence: first.fence, by: "a") }
+            throws: { ($0 as? StoreError)?.code == .fenced }
+        try b.saveSession("ops", session, generation: 2, registration: registration, fence: 2, by: "b")
+        #expect { try b.saveSession("ops", session, generation: 2, registration: registration, fence: 2, by: "b") }
+            throws: { ($0 as? StoreError)?.code == .fenced }
+        #expect(try a.context("ops")?.generation == 2 && a.context("ops")?.session?.token == session.token)
+
+        // Membership and the fair share's inputs.
+        _ = try a.heartbeat(instance: "a", egressGroup: "g1", window: 5)
+        let (members, contexts) = try b.heartbeat(instance: "b", egressGroup: "g1", window: 5)
+        #expect(members.map(\.instance) == ["a", "b"] && members.map(\.leases) == [0, 1] && contexts == 1)
+        try b.releaseLeases(instance: "b", ["ops"])
+        #expect(try a.acquireLeases(instance: "a", seconds: 5, limit: 1) == [LeaseGrant(context: "ops", fence: 3)])
+
+        // One session-server call per group at a time, spaced from the end of the last.
+        #expect(try a.claimSessionServer(egressGroup: "g1", instance: "a", hold: 30) == nil)
+        let wait = try #require(try b.claimSessionServer(egressGroup: "g1", instance: "b", hold: 30))
+        #expect(wait > 25, "held while a calls")
+        #expect(try b.claimSessionServer(egressGroup: "g2", instance: "b", hold: 30) == nil, "another group, another IP")
+        try a.releaseSessionServer(egressGroup: "g1", instance: "a", spacing: 0.3)
+        let spaced = try #require(try b.claimSessionServer(egressGroup: "g1", instance: "b", hold: 30))
+        #expect(spaced > 0 && spaced <= 0.3)
+        try await Task.sleep(for: .milliseconds(350))
+        #expect(try b.claimSessionServer(egressGroup: "g1", instance: "b", hold: 30) == nil)
+
+        // A change committed by one daemon reaches the other's listener.
+        let heard = Heard()
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { await b.listen { change in heard.changes.withLock { $0.append(change) } } }
+            for _ in 0..<100 where !heard.changes.withLock({ $0.contains(.resync) }) { try await Task.sleep(for: .milliseconds(50)) }
+            try a.saveSession("ops", late, generation: 3, registration: registration, fence: 3, by: "a")
+            for _ in 0..<100 where heard.changes.withLock({ $0.count < 2 }) { try await Task.sleep(for: .milliseconds(50)) }
+            group.cancelAll()
+        }
+        #expect(heard.changes.withLock { $0 } == [.resync, .changed(context: "ops", generation: 3, by: "a")])
+        try a.leave(instance: "a", spacing: 0.3)
+        #expect(try b.acquireLeases(instance: "b", seconds: 5, limit: 1) == [LeaseGrant(context: "ops", fence: 4)],
+                "a daemon that leaves frees its leases at once")
+    }
+
     @Test func aRestartedServerCostsTheCallsMadeWhileItWasDownNotTheStore() async throws {
         guard let engine = try Engine.start(.postgresql) else { return }
         defer { engine.stop() }
@@ -210,4 +276,9 @@ extension StateBackendConformanceTests {
         try server.restart()
         #expect(try store.contexts().map(\.name) == ["ops"], "the next call connects again")
     }
+}
+
+/// Changes a listener heard, shared with the test's task.
+final class Heard: Sendable {
+    let changes = Mutex<[StoreChange]>([])
 }

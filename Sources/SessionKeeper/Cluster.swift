@@ -1,0 +1,315 @@
+import BunqAPI
+import Foundation
+import Logging
+import Synchronization
+
+/// `cluster:` — this daemon's place among several on one PostgreSQL store.
+public struct ClusterSettings: Sendable, Equatable {
+    /// This daemon's name among its peers (`cluster.instance`; default: the hostname).
+    public let instance: String
+    /// The egress IP its bunq calls leave from (`cluster.egress_group`; default: the instance). Daemons of one
+    /// group share that IP's bunq budget; each further group adds one.
+    public let egressGroup: String
+    /// `cluster.lease_seconds`: a dead daemon's identities are taken over within this long.
+    public let leaseSeconds: Double
+
+    public init(instance: String, egressGroup: String, leaseSeconds: Double) {
+        self.instance = instance
+        self.egressGroup = egressGroup
+        self.leaseSeconds = leaseSeconds
+    }
+
+    /// A lease lasts two thirds of the period in the store and is extended every third: it always has a third
+    /// left while its holder lives, and a dead holder's lease is free at most two thirds after its last round,
+    /// taken at the next round of another: within one period.
+    var leaseDuration: Double { leaseSeconds * 2 / 3 }
+    var roundInterval: Double { leaseSeconds / 3 }
+    /// Here a lease stops counting a tenth before the store lets it go, so this daemon stops before anyone else
+    /// may start.
+    var localDuration: Double { leaseDuration * 0.9 }
+}
+
+/// What `daemon.status.cluster` reports.
+public struct ClusterStatus: Sendable, Equatable {
+    public var instance: String
+    public var egressGroup: String
+    public var leasesHeld: Int
+    /// As the last lease round saw them.
+    public var members: [ClusterMember]
+    /// False while the store does not answer (tokens are served from memory; nothing is renewed).
+    public var storeReachable: Bool
+}
+
+/// Keeps this daemon's part of the cluster: a lease round every third of the lease period (membership, the
+/// leases held extended, a fair share taken or given back), the other daemons' changes followed as they are
+/// notified, and a full resync each lease period. It also guards each session-server call: under the context's
+/// lease only, within the egress group's shared budget, and never while the store is unreachable (a session
+/// that cannot be saved would spend bunq's budget for nothing).
+final class Cluster: Sendable {
+    let settings: ClusterSettings
+    let store: any ClusterStore
+    let book: LeaseBook
+    /// The session-server spacing of one egress IP (0: unlimited, no shared slot is claimed).
+    let spacing: Double
+    private let state: Mutex<ClusterStatus>
+    private let wake = WakeSignal()
+    private let logger: Logger
+
+    init(settings: ClusterSettings, store: any ClusterStore, book: LeaseBook, spacing: Double, logger: Logger) {
+        self.settings = settings
+        self.store = store
+        self.book = book
+        self.spacing = spacing
+        self.logger = logger
+        state = Mutex(ClusterStatus(instance: settings.instance, egressGroup: settings.egressGroup, leasesHeld: 0,
+                                    members: [], storeReachable: true))
+    }
+
+    var status: ClusterStatus {
+        var status = state.withLock { $0 }
+        status.leasesHeld = book.count
+        return status
+    }
+
+    /// Distinct egress groups alive: each brings one IP's session-server budget.
+    var egressGroups: Int { max(1, Set(state.withLock { $0.members.map(\.egressGroup) }).count) }
+
+    /// Asks for a lease round now (a new identity to assign).
+    func poke() { wake.signal() }
+
+    /// The share of `contexts` leases one member should hold: the contexts spread evenly over the egress groups
+    /// alive, each group's share evenly over its members (rounded up at each step, so the shares cover all).
+    static func target(contexts: Int, members: [ClusterMember], instance: String, egressGroup: String) -> Int {
+        var groups = Dictionary(grouping: members, by: \.egressGroup).mapValues { Set($0.map(\.instance)) }
+        groups[egressGroup, default: []].insert(instance)
+        let perGroup = (contexts + groups.count - 1) / groups.count
+        let inGroup = groups[egressGroup]!.count
+        return (perGroup + inGroup - 1) / inGroup
+    }
+
+    // MARK: The loops
+
+    func run(owner: ContextOwner, scheduler: SessionScheduler<ContinuousClock>, events: EventBroadcaster) async {
+        await withDiscardingTaskGroup { group in
+            group.addTask { await self.leaseLoop(owner, scheduler, events) }
+            group.addTask {
+                await self.store.listen { change in await self.follow(change, owner, scheduler, events) }
+            }
+        }
+        // Leaving: every lease released, so the others take over at their next round rather than a period later.
+        do {
+            try store.leave(instance: settings.instance, spacing: spacing)
+        } catch {
+            logger.warning("could not leave the cluster; its leases run out by themselves", metadata: ["bunq.error": "\(error)"])
+        }
+        book.replace([], until: .now)
+    }
+
+    private func leaseLoop(_ owner: ContextOwner, _ scheduler: SessionScheduler<ContinuousClock>, _ events: EventBroadcaster) async {
+        var failures = 0
+        var rounds = 0
+        while !Task.isCancelled {
+            var delay = settings.roundInterval
+            do {
+                // The first round only announces this daemon: daemons starting together see each other before
+                // anyone takes a share, so the first shares are already even.
+                try await round(owner, scheduler, acquire: rounds > 0)
+                if failures > 0 {
+                    logger.notice("state store reachable again", metadata: ["bunq.store": "\(store.location)"])
+                    state.withLock { $0.storeReachable = true }
+                }
+                if failures > 0 || rounds % 3 == 1 { try await resync(owner, scheduler, events) }
+                if rounds == 0 { delay = min(delay, 1) }
+                failures = 0
+                rounds += 1
+            } catch {
+                failures += 1
+                if failures == 1 {
+                    logger.warning("state store unreachable: serving the sessions held, renewing nothing until it answers",
+                                   metadata: ["bunq.store": "\(store.location)", "bunq.error": "\(error)"])
+                    state.withLock { $0.storeReachable = false }
+                }
+                // Reconnect with backoff: 0.5 s, 1 s, 2 s … up to a round.
+                delay = min(settings.roundInterval, 0.25 * Double(1 << min(failures, 8)))
+            }
+            // Leases that ran out here while no round succeeded are no longer renewed here.
+            let lapsed = await lapsedLeases(scheduler)
+            if !lapsed.isEmpty, failures > 0 {
+                logger.notice("leases lapsed while the store was unreachable", metadata: ["bunq.count": "\(lapsed.count)"])
+            }
+            await sleep(seconds: delay)
+        }
+    }
+
+    /// The contexts the scheduler still renews whose lease has run out on this daemon's clock: released to nobody.
+    private func lapsedLeases(_ scheduler: SessionScheduler<ContinuousClock>) async -> [String] {
+        let held = book.names
+        var lapsed: [String] = []
+        for name in await scheduler.heldNames where !held.contains(name) {
+            await scheduler.setHeld(name, false)
+            lapsed.append(name)
+        }
+        return lapsed
+    }
+
+    private func sleep(seconds: Double) async {
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { try? await Task.sleep(for: .seconds(seconds)) }
+            group.addTask { [wake] in await wake.wait() }
+            await group.next()
+            group.cancelAll()
+        }
+    }
+
+    /// One lease round: heartbeat, extend what is held, take or give back towards the fair share.
+    private func round(_ owner: ContextOwner, _ scheduler: SessionScheduler<ContinuousClock>, acquire: Bool) async throws {
+        let started = ContinuousClock.now
+        let instance = settings.instance
+        let (members, contexts) = try store.heartbeat(instance: instance, egressGroup: settings.egressGroup,
+                                                      window: settings.leaseDuration)
+        var held = try store.renewLeases(instance: instance, seconds: settings.leaseDuration)
+        let target = Self.target(contexts: contexts, members: members, instance: instance, egressGroup: settings.egressGroup)
+        if acquire, held.count < target {
+            held += try store.acquireLeases(instance: instance, seconds: settings.leaseDuration, limit: target - held.count)
+        }
+        if held.count > target {
+            // Give back the surplus that is idle here (a renewal under way keeps its lease to the end).
+            var surplus: [String] = []
+            for grant in held where surplus.count < held.count - target {
+                if await !scheduler.isBusy(grant.context) { surplus.append(grant.context) }
+            }
+            if !surplus.isEmpty {
+                try store.releaseLeases(instance: instance, surplus)
+                held.removeAll { surplus.contains($0.context) }
+            }
+        }
+        let before = book.names
+        book.replace(held, until: started + .seconds(settings.localDuration))
+        state.withLock { $0.members = members }
+        let now = Set(held.map(\.context))
+        for name in now.subtracting(before).sorted() {
+            // Taken over: first what the store has (a rotation this daemon may not have heard of), then renewed here.
+            try await refresh(name, owner)
+            await scheduler.setHeld(name, true)
+        }
+        for name in before.subtracting(now) { await scheduler.setHeld(name, false) }
+        if now != before {
+            logger.debug("leases", metadata: ["bunq.leases_held": "\(now.count)", "bunq.target": "\(target)",
+                                              "bunq.members": "\(members.count)"])
+        }
+    }
+
+    /// Reads one context from the store: adopted when newer, followed when new here, forgotten when gone.
+    @discardableResult
+    private func refresh(_ name: String, _ owner: ContextOwner, _ events: EventBroadcaster? = nil) async throws -> Bool {
+        guard let stored = try store.context(name) else {
+            await owner.forget(name)
+            return false
+        }
+        let known = await owner.generations[name]
+        if known == nil {
+            await owner.adoptNew(stored.record)
+            return true
+        }
+        guard let entry = await owner.adopt(stored.record), let session = stored.session else { return false }
+        events?.publish(.rotated(context: name, generation: stored.generation, expiresAt: session.expiresAt), entry)
+        logger.debug("session adopted", metadata: ["bunq.context": "\(name)", "bunq.generation": "\(stored.generation)"])
+        return true
+    }
+
+    /// Everything again: new contexts followed, newer sessions adopted, removed ones forgotten.
+    private func resync(_ owner: ContextOwner, _ scheduler: SessionScheduler<ContinuousClock>, _ events: EventBroadcaster) async throws {
+        let known = await owner.generations  // before the read: a context created here meanwhile is not "removed"
+        let records = try store.records()
+        let stored = Set(records.map(\.name))
+        for record in records {
+            if let generation = known[record.name] {
+                guard record.generation > generation, let session = record.session,
+                      let entry = await owner.adopt(record) else { continue }
+                events.publish(.rotated(context: record.name, generation: record.generation, expiresAt: session.expiresAt), entry)
+            } else {
+                await owner.adoptNew(record)
+            }
+        }
+        for name in known.keys where !stored.contains(name) { await owner.forget(name) }
+    }
+
+    /// One notified change of another daemon's.
+    private func follow(_ change: StoreChange, _ owner: ContextOwner, _ scheduler: SessionScheduler<ContinuousClock>,
+                        _ events: EventBroadcaster) async {
+        do {
+            switch change {
+            case .changed(let name, let generation, let by) where by != settings.instance:
+                if let known = await owner.generations[name], known >= generation { return }
+                try await refresh(name, owner, events)
+                poke()  // a new context needs a holder
+            case .removed(let name, let by) where by != settings.instance:
+                await owner.forget(name)
+            case .renewalRequested(let name, let invalid, let by) where by != settings.instance && book.fence(name) != nil:
+                if let invalid {
+                    _ = await scheduler.sessionInvalid(name, generation: invalid)
+                } else {
+                    await scheduler.requestRenewal(name)
+                }
+            case .resync:
+                try await resync(owner, scheduler, events)
+            default:
+                break
+            }
+        } catch {
+            // The next round's resync catches up.
+            logger.debug("could not follow a change", metadata: ["bunq.error": "\(error)"])
+        }
+    }
+
+    /// Whether this daemon renews the context (holds its lease) now.
+    func holds(_ name: String) -> Bool { book.fence(name) != nil }
+
+    /// Asks whichever daemon holds the context's lease to renew it; false when the store cannot be told.
+    @discardableResult
+    func askHolder(_ name: String, invalid: Int? = nil) -> Bool {
+        do {
+            try store.announce(.renewalRequested(context: name, invalid: invalid, by: settings.instance))
+            return true
+        } catch {
+            logger.warning("cannot ask the lease holder to renew", metadata: ["bunq.context": "\(name)", "bunq.error": "\(error)"])
+            return false
+        }
+    }
+
+    // MARK: The session-server call
+
+    /// Before a session-server call of `name`: the lease must be held, the store reachable, and the egress
+    /// group's slot free (waited for, as the group's other daemons use it).
+    func beginSessionCall(_ name: String) async throws {
+        let deadline = ContinuousClock.now + .seconds(max(120, spacing * 20))
+        while true {
+            guard book.fence(name) != nil else { throw RenewalError.lostLease(name) }
+            guard spacing > 0 else { return }
+            let wait: Double?
+            do {
+                wait = try store.claimSessionServer(egressGroup: settings.egressGroup, instance: settings.instance,
+                                                    hold: 30 + spacing)
+            } catch {
+                throw RenewalError(.retryable, "the state store is unreachable: no session is opened that could not be saved",
+                                   code: "store_unreachable")
+            }
+            guard let wait else { return }
+            guard ContinuousClock.now < deadline else {
+                throw RenewalError(.retryable, "the egress group's session-server slot stayed taken", code: "rate_limited")
+            }
+            try? await Task.sleep(for: .seconds(min(max(wait, 0.05), 5)))
+        }
+    }
+
+    /// After the call: the group's next one may start one spacing from now.
+    func endSessionCall() {
+        guard spacing > 0 else { return }
+        do {
+            try store.releaseSessionServer(egressGroup: settings.egressGroup, instance: settings.instance, spacing: spacing)
+        } catch {
+            // The claim's hold runs out by itself.
+            logger.debug("could not release the session-server slot", metadata: ["bunq.error": "\(error)"])
+        }
+    }
+}
