@@ -168,7 +168,8 @@ let package = Package(
 
         .executableTarget(
             name: "bunq-sessiond-bench",
-            dependencies: ["SessionKeeper", "BunqAPI", "BunqCrypto"],
+            // TestSupport: the bench starts a PostgreSQL of its own for the cluster rows, as the tests do.
+            dependencies: ["SessionKeeper", "BunqAPI", "BunqCrypto", "TestSupport"],
             swiftSettings: strictSettings
         ),
 

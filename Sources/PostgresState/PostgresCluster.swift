@@ -32,6 +32,17 @@ extension PostgresState {
         }
     }
 
+    public func generations() throws -> [String: Int] {
+        try call("read the generations") { connection in
+            var generations: [String: Int] = [:]
+            for row in try run(connection, "SELECT name, generation FROM context").rows {
+                let (name, generation) = try row.decode((String, Int64).self)
+                generations[name] = Int(generation)
+            }
+            return generations
+        }
+    }
+
     public func renewLeases(instance: String, seconds: Double) throws -> [LeaseGrant] {
         try call("extend this daemon's leases") { connection in
             try grants(try run(connection, """

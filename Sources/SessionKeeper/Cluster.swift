@@ -27,6 +27,16 @@ public struct ClusterSettings: Sendable, Equatable {
     /// Here a lease stops counting a tenth before the store lets it go, so this daemon stops before anyone else
     /// may start.
     var localDuration: Double { leaseDuration * 0.9 }
+
+    /// The share of `contexts` leases one member should hold: the contexts spread evenly over the egress groups
+    /// alive, each group's share evenly over its members (rounded up at each step, so the shares cover all).
+    public static func fairShare(contexts: Int, members: [ClusterMember], instance: String, egressGroup: String) -> Int {
+        var groups = Dictionary(grouping: members, by: \.egressGroup).mapValues { Set($0.map(\.instance)) }
+        groups[egressGroup, default: []].insert(instance)
+        let perGroup = (contexts + groups.count - 1) / groups.count
+        let inGroup = groups[egressGroup]!.count
+        return (perGroup + inGroup - 1) / inGroup
+    }
 }
 
 /// What `daemon.status.cluster` reports.
@@ -77,16 +87,6 @@ final class Cluster: Sendable {
     /// Asks for a lease round now (a new identity to assign).
     func poke() { wake.signal() }
 
-    /// The share of `contexts` leases one member should hold: the contexts spread evenly over the egress groups
-    /// alive, each group's share evenly over its members (rounded up at each step, so the shares cover all).
-    static func target(contexts: Int, members: [ClusterMember], instance: String, egressGroup: String) -> Int {
-        var groups = Dictionary(grouping: members, by: \.egressGroup).mapValues { Set($0.map(\.instance)) }
-        groups[egressGroup, default: []].insert(instance)
-        let perGroup = (contexts + groups.count - 1) / groups.count
-        let inGroup = groups[egressGroup]!.count
-        return (perGroup + inGroup - 1) / inGroup
-    }
-
     // MARK: The loops
 
     func run(owner: ContextOwner, scheduler: SessionScheduler<ContinuousClock>, events: EventBroadcaster) async {
@@ -102,7 +102,7 @@ final class Cluster: Sendable {
         } catch {
             logger.warning("could not leave the cluster; its leases run out by themselves", metadata: ["bunq.error": "\(error)"])
         }
-        book.replace([], until: .now)
+        book.removeAll()
     }
 
     private func leaseLoop(_ owner: ContextOwner, _ scheduler: SessionScheduler<ContinuousClock>, _ events: EventBroadcaster) async {
@@ -168,7 +168,8 @@ final class Cluster: Sendable {
         let (members, contexts) = try store.heartbeat(instance: instance, egressGroup: settings.egressGroup,
                                                       window: settings.leaseDuration)
         var held = try store.renewLeases(instance: instance, seconds: settings.leaseDuration)
-        let target = Self.target(contexts: contexts, members: members, instance: instance, egressGroup: settings.egressGroup)
+        let target = ClusterSettings.fairShare(contexts: contexts, members: members, instance: instance,
+                                               egressGroup: settings.egressGroup)
         if acquire, held.count < target {
             held += try store.acquireLeases(instance: instance, seconds: settings.leaseDuration, limit: target - held.count)
         }
@@ -184,9 +185,9 @@ final class Cluster: Sendable {
             }
         }
         let before = book.names
-        book.replace(held, until: started + .seconds(settings.localDuration))
+        book.replace(held, until: started + .seconds(settings.localDuration), roundStarted: started)
         state.withLock { $0.members = members }
-        let now = Set(held.map(\.context))
+        let now = book.names
         for name in now.subtracting(before).sorted() {
             // Taken over: first what the store has (a rotation this daemon may not have heard of), then renewed here.
             try await refresh(name, owner)
@@ -217,21 +218,15 @@ final class Cluster: Sendable {
         return true
     }
 
-    /// Everything again: new contexts followed, newer sessions adopted, removed ones forgotten.
+    /// Everything again: new contexts followed, newer sessions adopted, removed ones forgotten. Reads the
+    /// generations only, then each context that changed (no token is decrypted for one that did not).
     private func resync(_ owner: ContextOwner, _ scheduler: SessionScheduler<ContinuousClock>, _ events: EventBroadcaster) async throws {
         let known = await owner.generations  // before the read: a context created here meanwhile is not "removed"
-        let records = try store.records()
-        let stored = Set(records.map(\.name))
-        for record in records {
-            if let generation = known[record.name] {
-                guard record.generation > generation, let session = record.session,
-                      let entry = await owner.adopt(record) else { continue }
-                events.publish(.rotated(context: record.name, generation: record.generation, expiresAt: session.expiresAt), entry)
-            } else {
-                await owner.adoptNew(record)
-            }
+        let stored = try store.generations()
+        for (name, generation) in stored where known[name].map({ generation > $0 }) ?? true {
+            try await refresh(name, owner, events)
         }
-        for name in known.keys where !stored.contains(name) { await owner.forget(name) }
+        for name in known.keys where stored[name] == nil { await owner.forget(name) }
     }
 
     /// One notified change of another daemon's.

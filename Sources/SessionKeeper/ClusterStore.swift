@@ -47,6 +47,8 @@ public protocol ClusterStore: StateBackend {
     /// Records `instance` alive now; returns the members alive within the last `window` seconds (with the
     /// unexpired leases each holds) and how many contexts the store has.
     func heartbeat(instance: String, egressGroup: String, window: Double) throws -> (members: [ClusterMember], contexts: Int)
+    /// Every context's generation (a resync's first, cheap read).
+    func generations() throws -> [String: Int]
     /// Extends, by `seconds` from now, every unexpired lease `instance` holds; returns them.
     func renewLeases(instance: String, seconds: Double) throws -> [LeaseGrant]
     /// Takes up to `limit` leases that nobody holds (never granted, expired or released) for `seconds`, each with a

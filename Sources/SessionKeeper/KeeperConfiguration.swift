@@ -317,7 +317,7 @@ public struct KeeperConfiguration: Sendable {
             }
             var cluster: ClusterSettings?
             if backend == .postgresql {
-                let instance = try string(["cluster", "instance"]) ?? ProcessInfo.processInfo.hostName
+                let instance = try string(["cluster", "instance"]) ?? KeeperConfiguration.hostname
                 guard KeeperConfiguration.isClusterName(instance) else {
                     throw fail("cluster.instance", "must be 1 to 64 letters, digits, '.', '_' or '-', not '\(instance)'")
                 }
@@ -471,6 +471,13 @@ public struct KeeperConfiguration: Sendable {
 
 extension KeeperConfiguration {
     /// The session-server budget our side grants: bunq's (scaled), or none with `rate_limits: unlimited`.
+    /// The kernel's hostname (no resolver involved: a start must not wait for DNS).
+    static var hostname: String {
+        var buffer = [CChar](repeating: 0, count: 256)
+        guard gethostname(&buffer, buffer.count - 1) == 0 else { return "localhost" }
+        return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
     /// A cluster member's or egress group's name: plain, so it can never smuggle anything into a log or a query.
     static func isClusterName(_ name: String) -> Bool {
         (1...64).contains(name.utf8.count) && name.unicodeScalars.allSatisfy {

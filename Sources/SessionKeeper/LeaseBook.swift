@@ -6,7 +6,14 @@ import Synchronization
 /// (SIGSTOP, a VM freeze) or cut off finds its leases gone when it resumes, before it calls bunq, whatever its wall
 /// clock says; the store's fencing refuses whatever write still slips through.
 public final class LeaseBook: Sendable {
-    private let held = Mutex<[String: (fence: Int64, until: ContinuousClock.Instant)]>([:])
+    private struct Held {
+        let fence: Int64
+        let until: ContinuousClock.Instant
+        /// When it was granted outside a round (a context created here), so a round already under way keeps it.
+        let grantedAt: ContinuousClock.Instant?
+    }
+
+    private let held = Mutex<[String: Held]>([:])
 
     public init() {}
 
@@ -25,19 +32,27 @@ public final class LeaseBook: Sendable {
         return held.withLock { Set($0.compactMap { $0.value.until > now ? $0.key : nil }) }
     }
 
-    /// Replaces the book by the leases of one round, each valid here until `until`.
-    func replace(_ grants: [LeaseGrant], until: ContinuousClock.Instant) {
+    /// Replaces the book by the leases of a round that started at `roundStarted`, each valid here until `until`.
+    /// A lease granted since the round started (a context created meanwhile) stays: the round could not see it.
+    func replace(_ grants: [LeaseGrant], until: ContinuousClock.Instant, roundStarted: ContinuousClock.Instant) {
         held.withLock { held in
-            held = Dictionary(grants.map { ($0.context, (fence: $0.fence, until: until)) }, uniquingKeysWith: { a, _ in a })
+            var next = Dictionary(grants.map { ($0.context, Held(fence: $0.fence, until: until, grantedAt: nil)) },
+                                  uniquingKeysWith: { a, _ in a })
+            for (name, lease) in held where next[name] == nil {
+                if let grantedAt = lease.grantedAt, grantedAt >= roundStarted { next[name] = lease }
+            }
+            held = next
         }
     }
 
     /// Adds one lease (a context this daemon just created).
     func grant(_ grant: LeaseGrant, until: ContinuousClock.Instant) {
-        held.withLock { $0[grant.context] = (fence: grant.fence, until: until) }
+        held.withLock { $0[grant.context] = Held(fence: grant.fence, until: until, grantedAt: .now) }
     }
 
     func remove(_ contexts: some Sequence<String>) {
         held.withLock { held in for context in contexts { held[context] = nil } }
     }
+
+    func removeAll() { held.withLock { $0 = [:] } }
 }

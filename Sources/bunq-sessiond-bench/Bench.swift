@@ -34,6 +34,10 @@ struct Bench {
         try apiKey.write(toFile: work + "/ops.key", atomically: true, encoding: .utf8)
 
         emit("bunq-sessiond benchmark: \(ProcessInfo.processInfo.activeProcessorCount) cores, \(seconds) s per run")
+        if ProcessInfo.processInfo.environment["BENCH_ONLY"] == "cluster" {
+            _ = try clusterRows(bin: bin, work: work, base: base, seconds: seconds)  // each row is emitted as measured
+            return
+        }
         if ProcessInfo.processInfo.environment["BENCH_ONLY"] == "budget" {
             emit(try budgetRow(bin: bin, work: work, seconds: max(20, seconds * 4)))
             return
@@ -116,7 +120,10 @@ struct Bench {
         rows.append(bigRow)
         big.stop()
 
-        // 3. The session-server budget under saturation: bunq's limits on both sides, scaled to a hundredth (one
+        // 3. A cluster on PostgreSQL: rotation propagation and the token path.
+        rows += try clusterRows(bin: bin, work: work, base: base, seconds: seconds)  // emitted as measured
+
+        // 4. The session-server budget under saturation: bunq's limits on both sides, scaled to a hundredth (one
         // call per 0.3 s) so a minute stands for 100; 120 new identities queue for their first sessions.
         rows.append(try budgetRow(bin: bin, work: work, seconds: max(20, seconds * 4)))
         emit(rows.last!)

@@ -66,6 +66,15 @@ import TestSupport
              [:], "state.postgresql.port: is not a known key"),
             ("api_keys: []\nstate: {postgresql: {url: 'postgresql://u@127.0.0.1/db'}}\n", [:],
              "state.postgresql: is only read with state.backend: postgresql"),
+            ("api_keys: []\ncluster: {instance: a}\n", [:], "cluster: is only read with state.backend: postgresql"),
+            ("api_keys: []\nstate: {backend: postgresql, master_key_file: /k, postgresql: {url: 'postgresql://u@127.0.0.1/db'}}\n"
+                + "cluster: {instance: 'a b'}\n", [:], "cluster.instance: must be 1 to 64 letters"),
+            ("api_keys: []\nstate: {backend: postgresql, master_key_file: /k, postgresql: {url: 'postgresql://u@127.0.0.1/db'}}\n"
+                + "cluster: {egress_group: \"x;y\"}\n", [:], "cluster.egress_group: must be 1 to 64 letters"),
+            ("api_keys: []\nstate: {backend: postgresql, master_key_file: /k, postgresql: {url: 'postgresql://u@127.0.0.1/db'}}\n"
+                + "cluster: {lease_seconds: 1}\n", [:], "cluster.lease_seconds"),
+            ("api_keys: []\nstate: {backend: postgresql, master_key_file: /k, postgresql: {url: 'postgresql://u@127.0.0.1/db'}}\n"
+                + "cluster: {leases: 3}\n", [:], "cluster.leases: is not a known key"),
             // Where, by line and column, and never the file's bytes (a secret pasted in the wrong place).
             ("api_keys: []\nbunq:\n  environment: sandbox\n  ca_file: \"SECRET-abc\n", [:], "(syntax): is not valid YAML: line "),
         ]
