@@ -11,12 +11,23 @@ extension PostgresState {
     /// numbers, never a secret.
     static let channel = "bunq_sessiond"
 
-    public func heartbeat(instance: String, egressGroup: String, window: Double) throws -> (members: [ClusterMember], contexts: Int) {
+    public func heartbeat(instance: String, process: String, egressGroup: String,
+                          window: Double) throws -> (members: [ClusterMember], contexts: Int) {
         try transaction("record this daemon's heartbeat") { connection in
-            _ = try run(connection, """
-                INSERT INTO cluster_member (instance, egress_group, heartbeat_at) VALUES (\(instance), \(egressGroup), now())
-                ON CONFLICT (instance) DO UPDATE SET egress_group = excluded.egress_group, heartbeat_at = excluded.heartbeat_at
+            // An instance name is one process's: another live process under it (a cloned host, a copied
+            // configuration) would hold the same leases, and fencing could not tell the two apart.
+            let recorded = try run(connection, """
+                INSERT INTO cluster_member (instance, process, egress_group, heartbeat_at)
+                VALUES (\(instance), \(process), \(egressGroup), now())
+                ON CONFLICT (instance) DO UPDATE SET process = excluded.process, egress_group = excluded.egress_group,
+                    heartbeat_at = excluded.heartbeat_at
+                WHERE cluster_member.process = excluded.process
+                   OR cluster_member.heartbeat_at <= now() - make_interval(secs => \(window))
                 """)
+            guard recorded.metadata.rows == 1 else {
+                throw StoreError(.locked, "another daemon is running as cluster.instance \(instance) on \(settings.location): "
+                    + "give each daemon its own instance name")
+            }
             // Members gone for a day are forgotten: an instance renamed must not linger.
             _ = try run(connection, "DELETE FROM cluster_member WHERE heartbeat_at < now() - interval '1 day'")
             let members = try run(connection, """

@@ -48,7 +48,11 @@ public final class PostgresState: ClusterStore {
         // A cluster: who is alive, who renews which context (fenced), each egress group's session-server slot.
         // Times are the server's (timestamptz, now()), so the daemons' clocks never have to agree.
         ("v3", [
-            "CREATE TABLE cluster_member (instance text PRIMARY KEY, egress_group text NOT NULL, heartbeat_at timestamptz NOT NULL)",
+            """
+            CREATE TABLE cluster_member (
+                instance text PRIMARY KEY, process text NOT NULL, egress_group text NOT NULL,
+                heartbeat_at timestamptz NOT NULL)
+            """,
             """
             CREATE TABLE lease (
                 context text PRIMARY KEY REFERENCES context(name) ON DELETE CASCADE, holder text NOT NULL,

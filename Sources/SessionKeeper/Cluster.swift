@@ -64,6 +64,8 @@ final class Cluster: Sendable {
     private let state: Mutex<ClusterStatus>
     private let wake = WakeSignal()
     private let logger: Logger
+    /// This run of the daemon, so a second process under the same instance name is noticed.
+    private let process = UUID().uuidString
 
     init(settings: ClusterSettings, store: any ClusterStore, book: LeaseBook, spacing: Double, logger: Logger) {
         self.settings = settings
@@ -124,7 +126,10 @@ final class Cluster: Sendable {
                 rounds += 1
             } catch {
                 failures += 1
-                if failures == 1 {
+                if let error = error as? StoreError, error.code == .locked {
+                    // Reachable, but this daemon must not take part: it renews nothing until the other one goes.
+                    if failures == 1 { logger.error("duplicate cluster instance", metadata: ["bunq.error": "\(error.message)"]) }
+                } else if failures == 1 {
                     logger.warning("state store unreachable: serving the sessions held, renewing nothing until it answers",
                                    metadata: ["bunq.store": "\(store.location)", "bunq.error": "\(error)"])
                     state.withLock { $0.storeReachable = false }
@@ -165,7 +170,7 @@ final class Cluster: Sendable {
     private func round(_ owner: ContextOwner, _ scheduler: SessionScheduler<ContinuousClock>, acquire: Bool) async throws {
         let started = ContinuousClock.now
         let instance = settings.instance
-        let (members, contexts) = try store.heartbeat(instance: instance, egressGroup: settings.egressGroup,
+        let (members, contexts) = try store.heartbeat(instance: instance, process: process, egressGroup: settings.egressGroup,
                                                       window: settings.leaseDuration)
         var held = try store.renewLeases(instance: instance, seconds: settings.leaseDuration)
         let target = ClusterSettings.fairShare(contexts: contexts, members: members, instance: instance,

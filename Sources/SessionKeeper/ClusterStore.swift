@@ -46,7 +46,10 @@ public enum StoreChange: Sendable, Equatable {
 public protocol ClusterStore: StateBackend {
     /// Records `instance` alive now; returns the members alive within the last `window` seconds (with the
     /// unexpired leases each holds) and how many contexts the store has.
-    func heartbeat(instance: String, egressGroup: String, window: Double) throws -> (members: [ClusterMember], contexts: Int)
+    /// `process` names this run of the daemon: a heartbeat under an instance name another live process holds is
+    /// refused (`locked`).
+    func heartbeat(instance: String, process: String, egressGroup: String,
+                   window: Double) throws -> (members: [ClusterMember], contexts: Int)
     /// Every context's generation (a resync's first, cheap read).
     func generations() throws -> [String: Int]
     /// Extends, by `seconds` from now, every unexpired lease `instance` holds; returns them.

@@ -206,18 +206,19 @@ extension StateBackendConformanceTests {
         let key = try SymmetricKey.generate()
         let a = try #require(try engine.open(key) as? PostgresState), b = try #require(try engine.open(key) as? PostgresState)
         let registration = IdentityRegistration(kind: .apiKey, secret: "sandbox_SECRETAPIKEY0123456789abcdef")
-        let first = try #require(try a.insertRegistration("ops", kind: .apiKey, registration, by: "a", leaseSeconds: 0.5))
+        let first = try #require(try a.insertRegistration("ops", kind: .apiKey, registration, by: "a", leaseSeconds: 600))
         #expect(first.fence == 1)
-        #expect(try b.insertRegistration("ops", kind: .apiKey, registration, by: "b", leaseSeconds: 0.5) == nil,
+        #expect(try b.insertRegistration("ops", kind: .apiKey, registration, by: "b", leaseSeconds: 600) == nil,
                 "created once, however many daemons try")
-        #expect(try b.acquireLeases(instance: "b", seconds: 5, limit: 10).isEmpty, "held by a")
+        #expect(try b.acquireLeases(instance: "b", seconds: 600, limit: 10).isEmpty, "held by a")
         let session = SessionInfo(id: 1, token: "SESSIONTOKEN-one", userId: 5, created: Date(), expiresAt: Date() + 600)
         try a.saveSession("ops", session, generation: 1, registration: registration, fence: first.fence, by: "a")
 
         // a stops renewing (paused): its lease runs out and b takes it, under a higher fence.
-        try await Task.sleep(for: .milliseconds(700))
+        #expect(try a.renewLeases(instance: "a", seconds: 0.2) == [first])
+        try await Task.sleep(for: .milliseconds(500))
         #expect(try a.renewLeases(instance: "a", seconds: 5).isEmpty, "an expired lease is not extended")
-        let taken = try b.acquireLeases(instance: "b", seconds: 5, limit: 10)
+        let taken = try b.acquireLeases(instance: "b", seconds: 600, limit: 10)
         #expect(taken == [LeaseGrant(context: "ops", fence: 2)])
         let late = SessionInfo(id: 2, token: "SESSIONTOKEN-late", userId: 5, created: Date(), expiresAt: Date() + 600)
         #expect { try a.saveSession("ops", late, generation: 2, registration: registration, fence: first.fence, by: "a") }
@@ -230,21 +231,24 @@ extension StateBackendConformanceTests {
         #expect(try a.context("ops")?.generation == 2 && a.context("ops")?.session?.token == session.token)
 
         // Membership and the fair share's inputs.
-        _ = try a.heartbeat(instance: "a", egressGroup: "g1", window: 5)
-        let (members, contexts) = try b.heartbeat(instance: "b", egressGroup: "g1", window: 5)
+        _ = try a.heartbeat(instance: "a", process: "a-1", egressGroup: "g1", window: 600)
+        let (members, contexts) = try b.heartbeat(instance: "b", process: "b-1", egressGroup: "g1", window: 600)
+        #expect { _ = try b.heartbeat(instance: "a", process: "a-2", egressGroup: "g1", window: 600) }
+            throws: { ($0 as? StoreError)?.code == .locked && "\($0)".contains("cluster.instance a") }
         #expect(members.map(\.instance) == ["a", "b"] && members.map(\.leases) == [0, 1] && contexts == 1)
         try b.releaseLeases(instance: "b", ["ops"])
-        #expect(try a.acquireLeases(instance: "a", seconds: 5, limit: 1) == [LeaseGrant(context: "ops", fence: 3)])
+        #expect(try a.acquireLeases(instance: "a", seconds: 600, limit: 1) == [LeaseGrant(context: "ops", fence: 3)])
 
         // One session-server call per group at a time, spaced from the end of the last.
         #expect(try a.claimSessionServer(egressGroup: "g1", instance: "a", hold: 30) == nil)
         let wait = try #require(try b.claimSessionServer(egressGroup: "g1", instance: "b", hold: 30))
         #expect(wait > 25, "held while a calls")
         #expect(try b.claimSessionServer(egressGroup: "g2", instance: "b", hold: 30) == nil, "another group, another IP")
-        try a.releaseSessionServer(egressGroup: "g1", instance: "a", spacing: 0.3)
-        let spaced = try #require(try b.claimSessionServer(egressGroup: "g1", instance: "b", hold: 30))
-        #expect(spaced > 0 && spaced <= 0.3)
-        try await Task.sleep(for: .milliseconds(350))
+        let released = ContinuousClock.now
+        try a.releaseSessionServer(egressGroup: "g1", instance: "a", spacing: 2)
+        let spaced = try b.claimSessionServer(egressGroup: "g1", instance: "b", hold: 30)
+        #expect(spaced.map { $0 > 0 && $0 <= 2 } ?? (ContinuousClock.now - released >= .seconds(2)), "opens one spacing after the call")
+        try await Task.sleep(for: .milliseconds(2_100))
         #expect(try b.claimSessionServer(egressGroup: "g1", instance: "b", hold: 30) == nil)
 
         // A change committed by one daemon reaches the other's listener.
@@ -257,8 +261,8 @@ extension StateBackendConformanceTests {
             group.cancelAll()
         }
         #expect(heard.changes.withLock { $0 } == [.resync, .changed(context: "ops", generation: 3, by: "a")])
-        try a.leave(instance: "a", spacing: 0.3)
-        #expect(try b.acquireLeases(instance: "b", seconds: 5, limit: 1) == [LeaseGrant(context: "ops", fence: 4)],
+        try a.leave(instance: "a", spacing: 2)
+        #expect(try b.acquireLeases(instance: "b", seconds: 600, limit: 1) == [LeaseGrant(context: "ops", fence: 4)],
                 "a daemon that leaves frees its leases at once")
     }
 
