@@ -29,6 +29,88 @@ import TestSupport
         var leasesHeld: Int { cluster["leases_held"] as? Int ?? -1 }
     }
 
+    /// Daemon `index`'s configuration: `base` (from `writeConfig`) with its own socket and state directory, the
+    /// shared PostgreSQL store and key, its source address and egress group, and 3-second leases.
+    static func config(_ base: String, dir: TemporaryDirectory, index: Int, server: PostgresServer, keyFile: String,
+                       source: String, group: String) -> String {
+        base.replacingOccurrences(of: "bunq:\n", with: "bunq:\n  source_address: \(source)\n")
+            .replacingOccurrences(of: "socket:\n  path: \(dir.path("socket"))\n", with: "socket:\n  path: \(dir.path("socket-\(index)"))\n")
+            .replacingOccurrences(of: "state:\n  directory: \(dir.path("state"))\n", with: """
+                state:
+                  directory: \(dir.path("state-\(index)"))
+                  backend: postgresql
+                  master_key_file: \(keyFile)
+                  postgresql: {url: '\(server.url)', password_file: \(server.passwordFile)}
+
+                """)
+            + "\ncluster: {instance: daemon-\(index), egress_group: \(group), lease_seconds: 3}\n"
+    }
+
+    static func masterKey(_ dir: TemporaryDirectory) throws -> String {
+        let keyFile = try dir.write("master.key", (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined())
+        chmod(keyFile, 0o600)
+        return keyFile
+    }
+
+    /// Two daemons leaving from one address, in one egress group: one session-server budget between them. Every
+    /// identity is renewed at once through both (forced renewals, which each daemon would otherwise start as
+    /// soon as its own budget allowed): the calls reach the sandbox one window apart, and none is answered 429.
+    @Test func daemonsOfOneEgressGroupShareItsBudget() async throws {
+        if let reason = PostgresServer.unavailable {
+            #expect(!Skip.report("a cluster on PostgreSQL: \(reason)"))
+            return
+        }
+        let server = try PostgresServer()
+        defer { server.stop() }
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let sandbox = try await Sandbox.start(in: dir, ["--session-timeout", "600"], limits: .scaled(0.05))
+        defer { _ = sandbox.child.stop() }
+        let keyFile = try Self.masterKey(dir)
+        let base = try String(contentsOfFile: try writeConfig(dir, sandbox: sandbox, apiKey: try sandbox.newAPIKey(), provider: false,
+                                                              moreKeys: try (1...5).map { _ in try sandbox.newAPIKey() }),
+                              encoding: .utf8)
+        let limitedBefore = try sandbox.stat("rate_limited")
+        var members: [Member] = []
+        defer { for member in members { _ = member.child.stop() } }
+        for index in 0..<2 {
+            let path = try dir.write("config-\(index).yaml", Self.config(base, dir: dir, index: index, server: server, keyFile: keyFile,
+                                                                          source: "127.0.0.5", group: "shared"))
+            members.append(Member(index: index, socket: dir.path("socket-\(index)"),
+                                  child: try ChildProcess(Binaries.daemon, ["--config", path], log: dir.path("daemon-\(index).log"))))
+        }
+        for member in members {
+            #expect(await member.child.waitFor(.seconds(120)) { $0.contains("[bunq_sessiond] ready") }, "\(member.child.log)")
+        }
+        let names = ["ops"] + (1...5).map { "id-\($0)" }
+        var spread = false
+        for _ in 0..<150 where !spread {
+            let held = members.map(\.leasesHeld)
+            spread = held.allSatisfy { $0 > 0 } && held.reduce(0, +) == names.count
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        #expect(spread, "both daemons hold leases: \(members.map(\.leasesHeld))")
+        let callsBefore = try sandbox.requests("POST /v1/session-server")
+        // Every renewal asked for at once, half through each daemon (each forwards to the holder as needed).
+        let clients = try names.enumerated().map { index, name in
+            let client = try RawSocketClient(members[index % 2].socket)
+            client.send(#"{"jsonrpc":"2.0","id":1,"method":"session.renew","params":{"context":"\#(name)","force":true}}"#)
+            return client
+        }
+        var replies: [String] = []
+        for client in clients {
+            var reply: String?
+            for _ in 0..<300 where reply == nil {
+                reply = client.readLine(timeout: 0.05)
+                if reply == nil { try await Task.sleep(for: .milliseconds(50)) }
+            }
+            replies.append(reply ?? "no reply")
+        }
+        #expect(replies.allSatisfy { $0.contains(#""renewed":true"#) }, "\(replies)")
+        #expect(try sandbox.requests("POST /v1/session-server") - callsBefore == names.count)
+        #expect(try sandbox.stat("rate_limited") == limitedBefore, "one budget for the two daemons on one IP: no 429")
+    }
+
     @Test func threeDaemonsShareOneStoreThroughFailures() async throws {
         if let reason = PostgresServer.unavailable {
             #expect(!Skip.report("a cluster on PostgreSQL: \(reason)"))
@@ -41,8 +123,7 @@ import TestSupport
         let sandbox = try await Sandbox.start(in: dir, ["--session-timeout", "60", "--psd2-first-session-timeout", "600"],
                                            limits: .scaled(0.05))
         defer { _ = sandbox.child.stop() }
-        let keyFile = try dir.write("master.key", (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined())
-        chmod(keyFile, 0o600)
+        let keyFile = try Self.masterKey(dir)
         let base = try String(contentsOfFile: try writeConfig(dir, sandbox: sandbox, apiKey: try sandbox.newAPIKey(), provider: true,
                                                               firstSession: 600, moreKeys: try (1...8).map { _ in try sandbox.newAPIKey() }),
                               encoding: .utf8)
@@ -56,18 +137,8 @@ import TestSupport
             }
         }
         for index in 0..<3 {
-            let config = base
-                .replacingOccurrences(of: "bunq:\n", with: "bunq:\n  source_address: 127.0.0.\(index + 2)\n")
-                .replacingOccurrences(of: "socket:\n  path: \(dir.path("socket"))\n", with: "socket:\n  path: \(dir.path("socket-\(index)"))\n")
-                .replacingOccurrences(of: "state:\n  directory: \(dir.path("state"))\n", with: """
-                    state:
-                      directory: \(dir.path("state-\(index)"))
-                      backend: postgresql
-                      master_key_file: \(keyFile)
-                      postgresql: {url: '\(server.url)', password_file: \(server.passwordFile)}
-
-                    """)
-                + "\ncluster: {instance: daemon-\(index), egress_group: ip-\(index + 2), lease_seconds: 3}\n"
+            let config = Self.config(base, dir: dir, index: index, server: server, keyFile: keyFile,
+                                     source: "127.0.0.\(index + 2)", group: "ip-\(index + 2)")
             #expect(config.contains("backend: postgresql") && config.contains("socket-\(index)") && config.contains("127.0.0.\(index + 2)"))
             let path = try dir.write("config-\(index).yaml", config)
             let child = try ChildProcess(Binaries.daemon, ["--config", path], log: dir.path("daemon-\(index).log"))
