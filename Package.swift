@@ -87,7 +87,8 @@ let package = Package(
         .executableTarget(
             name: "bunq-sessionctl",
             dependencies: [
-                "SessiondClient", "SessionProtocol",
+                // SessionKeeper: `backup` copies the SQLite state itself, with SQLite's backup API.
+                "SessiondClient", "SessionProtocol", "SessionKeeper",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strictSettings

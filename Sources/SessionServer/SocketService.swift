@@ -286,6 +286,11 @@ public final class SocketService: Sendable {
                 "budget": ["session_server": Self.budgetJSON(keeper.budget)],
             ]
             if let cluster = keeper.clusterStatus { status["cluster"] = Self.clusterJSON(cluster) }
+            // Where the state is, for admins only (`bunq-sessionctl backup` copies it from there).
+            if admin {
+                status["state"] = ["backend": keeper.configuration.backend.rawValue,
+                                   "directory": keeper.configuration.stateDirectory]
+            }
             return JSONText.encode(status)
         }
     }

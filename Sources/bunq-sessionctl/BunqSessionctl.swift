@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import SessionKeeper
 import SessiondClient
 import SessionProtocol
 
@@ -10,7 +11,7 @@ struct BunqSessionctl: ParsableCommand {
         commandName: "bunq-sessionctl",
         abstract: "Inspect and use bunq-sessiond's sessions.",
         subcommands: [Status.self, List.self, Token.self, Renew.self, Sign.self, OAuthURL.self, OAuthComplete.self,
-                      Remove.self, Watch.self])
+                      Remove.self, Watch.self, Backup.self])
 
     static func main() {
         do {
@@ -146,6 +147,46 @@ extension BunqSessionctl {
             let result = try connection.connect().call("session.get", ["context": context])
             if connection.json { return connection.printJSON(result) }
             print(result["token"] as? String ?? "")
+        }
+    }
+
+    struct Backup: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Copy the daemon's SQLite state to FILE while it runs (admins): consistent, fsync'd, mode 0600, still sealed.")
+        @OptionGroup var connection: Connection
+        @Option(help: "The state directory, without asking the daemon (for a stopped daemon).")
+        var state: String?
+        @Argument(help: "Where the backup goes (replaced atomically).")
+        var file: String
+
+        func run() throws {
+            var directory = state
+            if directory == nil {
+                let status = try connection.connect().call("daemon.status")
+                guard let location = status["state"] as? [String: Any] else {
+                    throw ValidationError("only an admin (access.admin) may back up the state")
+                }
+                guard location["backend"] as? String == "sqlite" else {
+                    throw ValidationError("the state is in PostgreSQL: back it up with PostgreSQL's own tools (pg_dump, a replica)")
+                }
+                directory = location["directory"] as? String
+            }
+            guard let directory else { throw ValidationError("the daemon did not say where its state is; give --state DIR") }
+            let outcome: StateBackup.Outcome
+            do {
+                outcome = try StateBackup.backup(stateDirectory: directory, to: file)
+            } catch {
+                FileHandle.standardError.write(Data("bunq-sessionctl: backup failed: \(error)\n".utf8))
+                Foundation.exit(1)
+            }
+            if connection.json {
+                return connection.printJSON(["file": file, "contexts": outcome.contexts, "bytes": outcome.bytes])
+            }
+            print("\(file): \(outcome.contexts) contexts, \(outcome.bytes) bytes, sealed by the master key")
+            if FileManager.default.fileExists(atPath: directory + "/master.key") {
+                FileHandle.standardError.write(Data(("note: the master key is \(directory)/master.key, which this backup does "
+                    + "not contain: keep a copy of it apart from the backup, or the backup cannot be opened\n").utf8))
+            }
         }
     }
 

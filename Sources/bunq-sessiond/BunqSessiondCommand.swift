@@ -26,6 +26,10 @@ struct BunqSessiondCommand: AsyncParsableCommand {
             help: "Copy the SQLite state in this directory into the configured PostgreSQL store, then exit (idempotent).")
     var importState: String?
 
+    @Option(name: .customLong("restore"),
+            help: "Restore this backup (bunq-sessionctl backup) into the configured, empty state directory, then exit.")
+    var restore: String?
+
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "info"
 
@@ -90,6 +94,34 @@ struct BunqSessiondCommand: AsyncParsableCommand {
         }
     }
 
+    /// `--restore BACKUP`: a backup made by `bunq-sessionctl backup` becomes the state of the configured (empty)
+    /// state directory; the next normal start serves every identity in it without registering anything again.
+    static func restoreState(from backup: String, settings: KeeperConfiguration) throws {
+        guard settings.backend == .sqlite else {
+            let message = "bunq-sessiond: configuration error: state.backend: --restore restores an SQLite state; "
+                + "a PostgreSQL store is restored with PostgreSQL's own tools\n"
+            FileHandle.standardError.write(Data(message.utf8))
+            throw ExitCode(configurationErrorExit)
+        }
+        let keySource = MasterKey.source(credentialsDirectory: settings.credentialsDirectory,
+                                         stateDirectory: settings.stateDirectory, file: settings.masterKeyFile)
+        do {
+            // The backup is sealed by the key it was made under: that key must be back first, never a new one.
+            guard FileManager.default.fileExists(atPath: keySource) else {
+                throw StoreError(.masterKey, "the backup is sealed by its master key, and \(keySource) does not exist: put "
+                    + "the key back (the master-key credential, state.master_key_file, or master.key in the state directory)")
+            }
+            let key = try MasterKey.load(credentialsDirectory: settings.credentialsDirectory,
+                                         stateDirectory: settings.stateDirectory, file: settings.masterKeyFile)
+            let outcome = try StateBackup.restore(backup, into: settings.stateDirectory, masterKey: key, keySource: keySource)
+            print("bunq-sessiond: restored \(outcome.contexts) contexts (\(outcome.bytes) bytes) from \(backup) into "
+                + "\(settings.stateDirectory); start the daemon to serve them")
+        } catch {
+            FileHandle.standardError.write(Data("bunq-sessiond: cannot restore \(backup): \(error)\n".utf8))
+            throw ExitCode(73)
+        }
+    }
+
     /// sysexits.h EX_CONFIG.
     static let configurationErrorExit: Int32 = 78
 
@@ -120,6 +152,10 @@ struct BunqSessiondCommand: AsyncParsableCommand {
 
         if let importState {
             try Self.importState(from: importState, settings: settings)
+            return
+        }
+        if let restore {
+            try Self.restoreState(from: restore, settings: settings)
             return
         }
 

@@ -1,0 +1,172 @@
+"""Client for bunq-sessiond: bunq session tokens and request signatures from the daemon's Unix socket.
+
+The protocol is newline-delimited JSON-RPC 2.0 (see the bunq-sessiond README). A `Client` keeps one connection,
+made on first use and made again once after the daemon closed it (an idle timeout, a restart). It is safe to share
+between threads: one request at a time goes over its connection. Standard library only.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import threading
+from typing import Any, Dict, Iterator, Optional
+
+__all__ = ["Client", "SessiondError", "SessiondUnreachable", "DEFAULT_SOCKET"]
+__version__ = "0.1.0"
+
+DEFAULT_SOCKET = "/run/bunq-sessiond/socket"
+
+
+class SessiondError(Exception):
+    """An error answer from the daemon: `code` is the JSON-RPC code (1001 unknown context, 1002 permission
+    denied, 1003 session unavailable, 1004 needs attention, 1005 upstream failure, 1006 invalid OAuth state,
+    -32xxx protocol errors), `data` its details (for 1003: `state`, `retry_at`)."""
+
+    def __init__(self, code: int, message: str, data: Optional[Dict[str, Any]] = None):
+        super().__init__(f"{message} (code {code})")
+        self.code = code
+        self.message = message
+        self.data = data or {}
+
+
+class SessiondUnreachable(SessiondError):
+    """The daemon's socket could not be reached (not running, wrong path, no permission)."""
+
+    def __init__(self, path: str, cause: BaseException):
+        super().__init__(-1, f"bunq-sessiond is unreachable at {path}: {cause}")
+        self.path = path
+
+
+class _Connection:
+    """One socket and its read buffer: whole lines in, whole lines out."""
+
+    def __init__(self, path: str, timeout: Optional[float]):
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        try:
+            self.sock.connect(path)
+        except OSError as error:
+            self.sock.close()
+            raise SessiondUnreachable(path, error) from error
+        self.buffer = b""
+
+    def send(self, message: Dict[str, Any]) -> None:
+        self.sock.sendall(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+
+    def read(self) -> Dict[str, Any]:
+        while b"\n" not in self.buffer:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionResetError("the daemon closed the connection")
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return json.loads(line)
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+class Client:
+    """A connection to bunq-sessiond. `socket_path` defaults to `$BUNQ_SESSIOND_SOCKET`, else
+    `/run/bunq-sessiond/socket`; `timeout` (seconds) bounds each call (None: wait as long as it takes)."""
+
+    def __init__(self, socket_path: Optional[str] = None, timeout: Optional[float] = 30.0):
+        self.socket_path = socket_path or os.environ.get("BUNQ_SESSIOND_SOCKET") or DEFAULT_SOCKET
+        self.timeout = timeout
+        self._connection: Optional[_Connection] = None
+        self._lock = threading.Lock()
+        self._next_id = 0
+
+    def close(self) -> None:
+        with self._lock:
+            if self._connection is not None:
+                self._connection.close()
+                self._connection = None
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def call(self, method: str, params: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        """Any method of the protocol: its `result`, or `SessiondError`."""
+        with self._lock:
+            for attempt in (0, 1):
+                if self._connection is None:
+                    self._connection = _Connection(self.socket_path, self.timeout)
+                self._next_id += 1
+                request = {"jsonrpc": "2.0", "id": self._next_id, "method": method, "params": params or {}}
+                try:
+                    self._connection.send(request)
+                    reply = self._connection.read()
+                except ConnectionError as error:
+                    # Closed by the daemon (its idle timeout, a restart): once more on a new connection. Every
+                    # method tolerates that: reads and signatures repeat, renewals and reports coalesce.
+                    self._connection.close()
+                    self._connection = None
+                    if attempt == 1:
+                        raise SessiondUnreachable(self.socket_path, error) from error
+                    continue
+                except OSError as error:
+                    self._connection.close()
+                    self._connection = None
+                    raise SessiondUnreachable(self.socket_path, error) from error
+                return self._result(reply)
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _result(reply: Dict[str, Any]) -> Dict[str, Any]:
+        if "error" in reply:
+            error = reply["error"] or {}
+            raise SessiondError(int(error.get("code", -32603)), str(error.get("message", "error")), error.get("data"))
+        return reply.get("result") or {}
+
+    # The calls applications make.
+
+    def session(self, context: str) -> Dict[str, Any]:
+        """The `session.get` result: token, user_id, expires_at, renew_at, generation, server_public_key."""
+        return self.call("session.get", {"context": context})
+
+    def token(self, context: str) -> str:
+        """The context's current session token: valid beyond the daemon's safety margin, never expired."""
+        return self.session(context)["token"]
+
+    def sign(self, context: str, body: bytes) -> str:
+        """The base64 RSA-SHA256 signature of exactly `body` with the context's installation key (bunq's
+        `X-Bunq-Client-Signature`)."""
+        if isinstance(body, str):
+            body = body.encode()
+        encoded = base64.b64encode(bytes(body)).decode()
+        return self.call("request.sign", {"context": context, "body_base64": encoded})["signature"]
+
+    def report_invalid(self, context: str, generation: int) -> Dict[str, Any]:
+        """bunq refused generation `generation`'s token (401/403): returns `{generation, expires_at}` of the new
+        session once it is live."""
+        return self.call("session.report_invalid", {"context": context, "generation": generation})
+
+    def renew(self, context: str) -> Dict[str, Any]:
+        """Renews now (or returns the current session when the last renewal was recent)."""
+        return self.call("session.renew", {"context": context})
+
+    def subscribe(self, context: Optional[str] = None) -> Iterator[Dict[str, Any]]:
+        """Notifications as they come, on a connection of their own: dicts with `method` (`session.rotated`,
+        `context.state`) and `params`. Without `context`, every context this caller may use."""
+        connection = _Connection(self.socket_path, None)
+        try:
+            connection.send({"jsonrpc": "2.0", "id": 1, "method": "session.subscribe",
+                             "params": {"context": context} if context else {}})
+            self._result(connection.read())
+            while True:
+                message = connection.read()
+                if "method" in message:
+                    yield {"method": message["method"], "params": message.get("params") or {}}
+        finally:
+            connection.close()
