@@ -11,12 +11,12 @@ export PATH := $(PATH):/opt/swift/usr/bin
 # for the test under a real systemd, socat for the half-closed-client test, PostgreSQL for the PostgreSQL backend's
 # tests, which start servers of their own).
 DEB_PACKAGES := libssl-dev libcurl4-openssl-dev libsystemd-dev libsqlite3-dev sqlite3 pkg-config openssl ca-certificates curl \
-  python3 python3-venv systemd-container debootstrap socat postgresql
+  python3 python3-venv systemd-container debootstrap socat postgresql prometheus
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 BUILD_LOG := .build/make-build.log
 # bunq's official Python SDK, for the emulator's compatibility test, in a virtualenv under .build/.
 SDK_VENV := .build/sdk-venv
-SDK_PACKAGES := bunq-sdk==1.28.0
+SDK_PACKAGES := bunq-sdk==1.28.0 prometheus-client==0.23.1
 
 .PHONY: all deps build test sdk-compat run sandbox bench install install-files clean
 
@@ -46,7 +46,7 @@ build: deps
 
 ## test: deps, build, then every test: the Swift suites, the official-SDK compatibility test, and the daemon under a
 ## real systemd (nspawn; prints SKIPPED where it cannot run)
-test: build
+test: build $(SDK_VENV)/.installed
 	$(SWIFT) test --skip-build
 	$(MAKE) --no-print-directory sdk-compat
 	bash Tests/systemd/nspawn-test.sh

@@ -34,6 +34,8 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.2"),
         .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
         // MARK: C libraries of the system (pkg-config + apt providers; shims only where Swift cannot import)
@@ -72,7 +74,7 @@ let package = Package(
 
         .target(
             name: "BunqAPI",
-            dependencies: ["BunqCrypto", "CurlHTTP"],
+            dependencies: ["BunqCrypto", "CurlHTTP", .product(name: "Metrics", package: "swift-metrics")],
             swiftSettings: strictSettings
         ),
         .target(
@@ -93,6 +95,21 @@ let package = Package(
             ],
             swiftSettings: strictSettings
         ),
+        // The Prometheus exposition: swift-prometheus behind swift-metrics, served over HTTP (daemon only).
+        .target(
+            name: "MetricsEndpoint",
+            dependencies: [
+                "SessionKeeper", "BunqAPI",
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strictSettings
+        ),
         .target(
             name: "PostgresState",
             dependencies: [
@@ -109,6 +126,7 @@ let package = Package(
             name: "SessionServer",
             dependencies: [
                 "SessionKeeper", "SessionProtocol", "BunqAPI",
+                .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -125,6 +143,7 @@ let package = Package(
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Yams", package: "Yams"),
+                .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
@@ -157,6 +176,7 @@ let package = Package(
                 "SessionKeeper",
                 "SessionServer",
                 "PostgresState",
+                "MetricsEndpoint",
                 "SystemdSupport",
                 "BunqAPI",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),

@@ -242,14 +242,21 @@ public final class BunqClient: Sendable {
 
         try await rateLimiter.acquire(method: method, endpoint: endpointKey)
         sentAt = Date()
+        let started = ContinuousClock.now
         let response: HTTPResponse
         do {
             response = try await http.execute(HTTPRequest(method: method, url: endpoints.apiBaseURL + path,
                                                           headers: headers, body: bytes))
         } catch let error as HTTPClientError {
+            BunqMetrics.request(endpoint: endpointKey, method: method, code: "error", duration: ContinuousClock.now - started)
             throw BunqAPIError.transport(error, endpoint: endpoint)
         }
-        if response.status == 429 { await rateLimiter.rateLimited(method: method, endpoint: endpointKey) }
+        BunqMetrics.request(endpoint: endpointKey, method: method, code: "\(response.status)",
+                            duration: ContinuousClock.now - started)
+        if response.status == 429 {
+            BunqMetrics.rateLimited(endpoint: endpointKey)
+            await rateLimiter.rateLimited(method: method, endpoint: endpointKey)
+        }
         return try Self.decode(response, endpoint: endpoint, serverKey: installation?.serverKey)
     }
 

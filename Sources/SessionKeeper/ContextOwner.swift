@@ -194,6 +194,11 @@ actor ContextOwner {
         await scheduler.remove(name)
     }
 
+    /// Every context's kind and session expiry (for a metrics scrape).
+    func kindsAndExpiry() -> [(String, StoredContext.Kind, Date?)] {
+        contexts.map { ($0.key, $0.value.record.kind, $0.value.record.session?.expiresAt) }
+    }
+
     /// The generation this daemon serves for each context.
     var generations: [String: Int] { contexts.mapValues(\.record.generation) }
 

@@ -240,6 +240,7 @@ public final class Keeper: Service, Sendable {
             switch event {
             case .rotated(let context, let generation, let expiresAt):
                 events.publish(event, await owner.publish(context))
+                KeeperMetrics.renewal(kind: await owner.record(context)?.kind, result: "ok")
                 logger.info("session renewed", metadata: [
                     "bunq.context": "\(context)", "bunq.generation": "\(generation)",
                     "bunq.expires_at": "\(ISO8601DateFormatter().string(from: expiresAt))",
@@ -248,6 +249,7 @@ public final class Keeper: Service, Sendable {
                 events.publish(event, await owner.publish(context))
                 // A renewal that outlived its context's removal: nothing failed that anyone needs to hear of.
                 guard error.code != "removed" else { continue }
+                KeeperMetrics.renewal(kind: await owner.record(context)?.kind, result: KeeperMetrics.result(error))
                 var metadata: Logger.Metadata = ["bunq.context": "\(context)", "bunq.error": "\(error.message)",
                                                  "bunq.failures": "\(failures)"]
                 if let retryAt { metadata["bunq.retry_at"] = "\(ISO8601DateFormatter().string(from: retryAt))" }

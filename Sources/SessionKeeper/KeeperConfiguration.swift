@@ -70,6 +70,8 @@ public struct KeeperConfiguration: Sendable {
     public let masterKeyFile: String?
     /// This daemon's place in the cluster of daemons on the store (`cluster:`); with PostgreSQL only.
     public let cluster: ClusterSettings?
+    /// Where Prometheus scrapes `GET /metrics` (`metrics.listen`); nil: no metrics.
+    public let metricsListen: MetricsListen?
     public let credentialsDirectory: String?
     public let provider: Provider?
     public let apiKeys: [APIKeyIdentity]
@@ -90,7 +92,7 @@ public struct KeeperConfiguration: Sendable {
         ["socket", "path"], ["socket", "max_connections"], ["socket", "max_connections_per_uid"], ["socket", "idle_timeout"],
         ["socket", "request_timeout"], ["socket", "send_timeout"], ["state", "directory"],
         ["state", "backend"], ["state", "master_key_file"], ["state", "postgresql"],
-        ["cluster", "instance"], ["cluster", "egress_group"], ["cluster", "lease_seconds"],
+        ["cluster", "instance"], ["cluster", "egress_group"], ["cluster", "lease_seconds"], ["metrics", "listen"],
         ["provider", "certificate"], ["provider", "private_key"], ["provider", "certificate_chain"],
         ["provider", "oauth_redirect_uris"],
         ["renewal", "safety_margin"], ["renewal", "backoff_base"], ["renewal", "backoff_max"], ["renewal", "max_concurrent"],
@@ -98,7 +100,7 @@ public struct KeeperConfiguration: Sendable {
         ["device_description"],
     ]
     static let sections: Set<String> = ["bunq", "socket", "state", "provider", "api_keys", "access", "renewal",
-                                        "device_description", "cluster"]
+                                        "device_description", "cluster", "metrics"]
 
     /// Reads, overrides from `environment`, and validates `file`.
     public static func load(file: String, environment: [String: String] = ProcessInfo.processInfo.environment) throws(ConfigurationError) -> KeeperConfiguration {
@@ -330,6 +332,13 @@ public struct KeeperConfiguration: Sendable {
             } else if node(["cluster"]).map({ !$0.isNull }) == true {
                 throw fail("cluster", "is only read with state.backend: postgresql (one daemon owns an SQLite state)")
             }
+            var metricsListen: MetricsListen?
+            if let text = try string(["metrics", "listen"]) {
+                guard let parsed = MetricsListen(text) else {
+                    throw fail("metrics.listen", "must be HOST:PORT (an IP address; [v6]:PORT) or unix:/absolute/path, not '\(text)'")
+                }
+                metricsListen = parsed
+            }
             let socketPath = try string(["socket", "path"]) ?? "/run/bunq-sessiond/socket"
             guard socketPath.hasPrefix("/"), socketPath.utf8.count < 108 else {
                 throw fail("socket.path", "must be an absolute path shorter than 108 bytes")
@@ -418,7 +427,7 @@ public struct KeeperConfiguration: Sendable {
                 socketPath: socketPath, maxConnections: maxConnections, maxConnectionsPerUID: maxPerUID,
                 idleTimeout: idleTimeout, requestTimeout: requestTimeout, sendTimeout: sendTimeout,
                 stateDirectory: stateDirectory, backend: backend, postgres: postgres, masterKeyFile: masterKeyFile,
-                cluster: cluster, credentialsDirectory: credentials, provider: provider, apiKeys: apiKeys,
+                cluster: cluster, metricsListen: metricsListen, credentialsDirectory: credentials, provider: provider, apiKeys: apiKeys,
                 policy: RenewalPolicy(safetyMargin: TimeInterval(margin), backoffBase: backoffBase,
                                       backoffMax: TimeInterval(backoffMax)),
                 maxConcurrentRenewals: concurrency, minManualRenewalInterval: TimeInterval(minManual),
@@ -471,6 +480,34 @@ public struct KeeperConfiguration: Sendable {
 
 extension KeeperConfiguration {
     /// The session-server budget our side grants: bunq's (scaled), or none with `rate_limits: unlimited`.
+    /// `metrics.listen`: a TCP address (an IP literal and a port) or a Unix socket path.
+    public enum MetricsListen: Sendable, Equatable, CustomStringConvertible {
+        case tcp(host: String, port: Int)
+        case unix(path: String)
+
+        public init?(_ text: String) {
+            if text.hasPrefix("unix:") {
+                let path = String(text.dropFirst(5))
+                guard path.hasPrefix("/"), path.utf8.count < 108 else { return nil }
+                self = .unix(path: path)
+                return
+            }
+            guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (1...65_535).contains(port)
+            else { return nil }
+            var host = String(text[..<colon])
+            if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+            guard IPAddressText.isValid(host) else { return nil }
+            self = .tcp(host: host, port: port)
+        }
+
+        public var description: String {
+            switch self {
+            case .tcp(let host, let port): host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+            case .unix(let path): "unix:\(path)"
+            }
+        }
+    }
+
     /// The kernel's hostname (no resolver involved: a start must not wait for DNS).
     static var hostname: String {
         var buffer = [CChar](repeating: 0, count: 256)

@@ -422,6 +422,9 @@ public struct RenewalPlanner<Random: RandomNumberGenerator & Sendable>: Sendable
                                margin: entry.session.map(margin) ?? 0)
     }
 
+    /// Every context's state at `now`.
+    public func states(now: Date) -> [String: ContextState] { entries.mapValues { state($0, now: now) } }
+
     /// The state is derived from the facts at `now`, so it can never be stale.
     private func state(_ entry: Entry, now: Date) -> ContextState {
         if entry.needsAttention { return .needsAttention }

@@ -203,6 +203,9 @@ public actor SessionScheduler<C: Clock> where C.Duration == Duration {
         wake.signal()
     }
 
+    /// Every context's state now (a metrics scrape), in one call.
+    public func states() -> [String: ContextState] { planner.states(now: now) }
+
     /// The contexts this daemon renews.
     public var heldNames: [String] { planner.heldNames }
 

@@ -61,6 +61,7 @@ final class FastPathHandler: ChannelInboundHandler {
         let request: RPCRequest
         switch RPCCodec.parse(line) {
         case .failure(let error):
+            service.metrics.countInvalid(error.code)
             write(context, RPCCodec.error(id: error.id, error.code, error.message))
             return
         case .success(let parsed):

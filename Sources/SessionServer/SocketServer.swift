@@ -1,3 +1,4 @@
+import Metrics
 import Foundation
 import Logging
 import NIOCore
@@ -191,13 +192,14 @@ public final class SocketServer: Service, Sendable {
                 counts[peer.uid, default: 0] += 1
                 return true
             }
-        if !allowed { _ = connections.wrappingSubtract(1, ordering: .relaxed) }
+        if !allowed { _ = connections.wrappingSubtract(1, ordering: .relaxed) } else { service.metrics.connections.increment() }
         return allowed
     }
 
     /// Counts a connection out.
     func release(_ peer: PeerCredentials) {
         _ = connections.wrappingSubtract(1, ordering: .relaxed)
+        service.metrics.connections.decrement()
         perUID.withLock { counts in
             guard let count = counts[peer.uid] else { return }
             counts[peer.uid] = count > 1 ? count - 1 : nil

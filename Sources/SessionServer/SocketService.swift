@@ -17,6 +17,7 @@ public final class SocketService: Sendable {
     private let ready = Atomic<Bool>(false)
     /// Live subscriptions, re-decided when the access rules change.
     let subscriptions = SubscriptionRegistry()
+    let metrics = RPCMetrics()
 
     public init(keeper: Keeper, access: AccessControl, logger: Logger) {
         self.keeper = keeper
@@ -38,14 +39,17 @@ public final class SocketService: Sendable {
     /// The answer when a token can be handed out right away; nil when the slow path must decide.
     func sessionGetFast(_ request: RPCRequest, id: RPCID, peer: PeerCredentials) -> [UInt8]? {
         guard let context = request.string("context") else {
+            metrics.count(RPCMethod.sessionGet.rawValue, .invalidParams)
             return RPCCodec.error(id: id, .invalidParams, "Invalid params: context (a string) is required")
         }
         guard access.mayUse(peer, context), let entry = keeper.leases.entry(context) else {
             // Before the state is restored nothing is known yet: a context the caller may use is starting.
             if !keeper.restored.hasFired, access.mayUse(peer, context) { return nil }
+            metrics.count(RPCMethod.sessionGet.rawValue, .unknownContext)
             return RPCCodec.error(id: id, .unknownContext, "Unknown context: \(context)")
         }
         guard let session = entry.grantable() else { return nil }
+        metrics.count(RPCMethod.sessionGet.rawValue, nil)
         logGrant(context, peer)
         let json = grantJSON.withLock { cache -> String in
             if let cached = cache[context], cached.session == session, cached.generation == entry.generation { return cached.json }
@@ -86,16 +90,21 @@ public final class SocketService: Sendable {
     func signInline(_ context: String, _ body: [UInt8], id: RPCID) -> [UInt8]? {
         do {
             guard let signature = try keeper.signIfKeyLoaded(context, body: body) else { return nil }
+            metrics.count(RPCMethod.requestSign.rawValue, nil)
             return RPCCodec.result(id: id, "{\"signature\":\(JSONText.quote(signature))}")
         } catch {
+            metrics.count(RPCMethod.requestSign.rawValue, .unknownContext)
             return RPCCodec.error(id: id, .unknownContext, "Unknown context: \(context)")
         }
     }
 
     func signBlocking(_ context: String, _ body: [UInt8], id: RPCID) -> [UInt8] {
         do {
-            return RPCCodec.result(id: id, "{\"signature\":\(JSONText.quote(try keeper.signBlocking(context, body: body)))}")
+            let answer = RPCCodec.result(id: id, "{\"signature\":\(JSONText.quote(try keeper.signBlocking(context, body: body)))}")
+            metrics.count(RPCMethod.requestSign.rawValue, nil)
+            return answer
         } catch {
+            metrics.count(RPCMethod.requestSign.rawValue, .unknownContext)
             return RPCCodec.error(id: id, .unknownContext, "Unknown context: \(context)")
         }
     }
@@ -105,13 +114,20 @@ public final class SocketService: Sendable {
     /// Answers any request (the slow path); `subscribe` registers a subscription for this connection.
     func handle(_ request: RPCRequest, id: RPCID, peer: PeerCredentials,
                 subscribe: @Sendable ([String]) -> Void) async -> [UInt8] {
+        let (answer, code) = await answer(request, id: id, peer: peer, subscribe: subscribe)
+        metrics.count(request.method, code)
+        return answer
+    }
+
+    private func answer(_ request: RPCRequest, id: RPCID, peer: PeerCredentials,
+                        subscribe: @Sendable ([String]) -> Void) async -> ([UInt8], RPCErrorCode?) {
         guard let method = RPCMethod(rawValue: request.method) else {
-            return RPCCodec.error(id: id, .methodNotFound, "Method not found: \(request.method)")
+            return (RPCCodec.error(id: id, .methodNotFound, "Method not found: \(request.method)"), .methodNotFound)
         }
         do {
-            return RPCCodec.result(id: id, try await call(method, request, peer: peer, subscribe: subscribe))
+            return (RPCCodec.result(id: id, try await call(method, request, peer: peer, subscribe: subscribe)), nil)
         } catch let error as ServiceError {
-            return RPCCodec.error(id: id, error.code, error.message, data: error.data)
+            return (RPCCodec.error(id: id, error.code, error.message, data: error.data), error.code)
         } catch let error as KeeperError {
             let code: RPCErrorCode = switch error.code {
             case .unknownContext: .unknownContext
@@ -123,12 +139,12 @@ public final class SocketService: Sendable {
             case .store: .internalError
             }
             if error.code == .needsAttention {
-                return RPCCodec.error(id: id, code, "Needs attention", data: ["state": "needs_attention", "reason": error.message])
+                return (RPCCodec.error(id: id, code, "Needs attention", data: ["state": "needs_attention", "reason": error.message]), code)
             }
-            return RPCCodec.error(id: id, code, error.message)
+            return (RPCCodec.error(id: id, code, error.message), code)
         } catch {
             logger.error("request failed", metadata: ["bunq.method": "\(request.method)", "error": "\(error)"])
-            return RPCCodec.error(id: id, .internalError, "Internal error")
+            return (RPCCodec.error(id: id, .internalError, "Internal error"), .internalError)
         }
     }
 

@@ -99,6 +99,11 @@ struct Bench {
         rows.append(mixedRow)
         daemon.stop()
 
+        // 1b. The same token path with metrics on, while Prometheus scrapes ten times a second: counting answers
+        // and scraping must not show on session.get.
+        rows.append(try metricsRow(bin: bin, work: work, base: base, seconds: seconds))
+        emit(rows.last!)
+
         // 2. Start-up and memory with many stored identities: a restart of a large deployment, in the same state
         // as above (so `ops` is restored, not registered anew, and READY waits for no registration).
         let bigState = work + "/state"
@@ -128,6 +133,37 @@ struct Bench {
         rows.append(try budgetRow(bin: bin, work: work, seconds: max(20, seconds * 4)))
         emit(rows.last!)
         emit("\nREADME rows:\n" + rows.joined(separator: "\n"))
+    }
+
+    static func metricsRow(bin: String, work: String, base: String, seconds: Double) throws -> String {
+        let port = 19_464 + Int(getpid() % 1_000)
+        let config = try writeConfig(work, base: base, state: work + "/metrics-state", name: "metrics.yaml",
+                                     socket: work + "/metrics.socket")
+        try (try String(contentsOfFile: config, encoding: .utf8) + "\nmetrics: {listen: '127.0.0.1:\(port)'}\n")
+            .write(toFile: config, atomically: true, encoding: .utf8)
+        let daemon = try Child(bin + "/bunq-sessiond", ["--config", config], log: work + "/metrics-daemon.log")
+        defer { daemon.stop() }
+        guard daemon.waitFor("[bunq_sessiond] ready", timeout: 60), waitLive(work + "/metrics.socket") else {
+            throw BenchError("the metrics daemon did not get ready: \(daemon.log.suffix(2000))")
+        }
+        let getLine = #"{"jsonrpc":"2.0","id":1,"method":"session.get","params":{"context":"ops"}}"#
+        _ = load(work + "/metrics.socket", getLine, connections: 50, seconds: 1)
+        let scrapes = Mutex((count: 0, bytes: 0))
+        let stop = Atomic<Bool>(false)
+        let scraper = Thread {
+            while !stop.load(ordering: .relaxed) {
+                if let text = try? run(["curl", "-sf", "http://127.0.0.1:\(port)/metrics"]), !text.isEmpty {
+                    scrapes.withLock { $0 = ($0.count + 1, text.utf8.count) }
+                }
+                Thread.sleep(forTimeInterval: 0.1)
+            }
+        }
+        scraper.start()
+        let result = load(work + "/metrics.socket", getLine, connections: 50, seconds: seconds)
+        stop.store(true, ordering: .relaxed)
+        let (count, bytes) = scrapes.withLock { $0 }
+        return "| `session.get`, 50 connections, metrics on and scraped every 100 ms | \(Int(result.rate)) /s | "
+            + "p50 \(format(result.p50)) | p99 \(format(result.p99)) | \(count) scrapes of \(bytes / 1024) KiB meanwhile |"
     }
 
     /// Session-server calls the daemon sustains per IP, as a day at bunq's real window, against its 2,880.

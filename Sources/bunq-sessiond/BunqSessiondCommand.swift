@@ -2,6 +2,7 @@ import ArgumentParser
 import BunqAPI
 import Foundation
 import Logging
+import MetricsEndpoint
 import PostgresState
 import ServiceLifecycle
 import SessionKeeper
@@ -172,6 +173,9 @@ struct BunqSessiondCommand: AsyncParsableCommand {
             return handler
         }
         let logger = Logger(label: "bunq-sessiond")
+        // Metrics, when configured, are bootstrapped before anything makes one (otherwise swift-metrics stays a
+        // no-op, at no cost).
+        let registry = settings.metricsListen.map { _ in MetricsService.bootstrap() }
         // The certificate's expiry is logged by the keeper: at start, then daily.
         let keeper: Keeper
         do {
@@ -206,6 +210,9 @@ struct BunqSessiondCommand: AsyncParsableCommand {
                                   logger: logger, releaseFreeMemory: ServiceManager.releaseFreeMemory)
         var services: [any Service] = [keeper, server, Readiness(keeper: keeper, server: server, service: service, logger: logger),
                                        Reloader(configPath: config, keeper: keeper, service: service, logger: logger)]
+        if let listen = settings.metricsListen, let registry {
+            services.append(MetricsService(listen: listen, registry: registry, keeper: keeper, logger: logger))
+        }
         if let interval = ServiceManager.watchdogInterval {
             services.append(Watchdog(keeper: keeper, server: server, interval: interval, logger: logger))
         }

@@ -67,6 +67,9 @@ import TestSupport
             ("api_keys: []\nstate: {postgresql: {url: 'postgresql://u@127.0.0.1/db'}}\n", [:],
              "state.postgresql: is only read with state.backend: postgresql"),
             ("api_keys: []\ncluster: {instance: a}\n", [:], "cluster: is only read with state.backend: postgresql"),
+            ("api_keys: []\nmetrics: {listen: 'localhost:9464'}\n", [:], "metrics.listen: must be HOST:PORT"),
+            ("api_keys: []\nmetrics: {listen: '127.0.0.1:99999'}\n", [:], "metrics.listen: must be HOST:PORT"),
+            ("api_keys: []\nmetrics: {listen: 'unix:relative.sock'}\n", [:], "metrics.listen: must be HOST:PORT"),
             ("api_keys: []\nstate: {backend: postgresql, master_key_file: /k, postgresql: {url: 'postgresql://u@127.0.0.1/db'}}\n"
                 + "cluster: {instance: 'a b'}\n", [:], "cluster.instance: must be 1 to 64 letters"),
             ("api_keys: []\nstate: {backend: postgresql, master_key_file: /k, postgresql: {url: 'postgresql://u@127.0.0.1/db'}}\n"

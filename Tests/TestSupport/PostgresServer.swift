@@ -43,7 +43,7 @@ public final class PostgresServer: Sendable {
         try Command.check(["runuser", "-u", "postgres", "--", binaries + "/initdb", "-D", data, "-U", "postgres",
                            "--pwfile=\(superuserPassword)", "--auth-host=scram-sha-256", "--auth-local=trust", "-E", "UTF8",
                            "--no-sync"])
-        port = try Self.freePort()
+        port = try freeLoopbackPort()
         try start()
         try psql("CREATE ROLE \(user) LOGIN PASSWORD '\(password)'")
         try psql("CREATE DATABASE \(database) OWNER \(user)")
@@ -91,22 +91,6 @@ public final class PostgresServer: Sendable {
         directory.remove()
     }
 
-    static func freePort() throws -> Int {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        address.sin_port = 0
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafeMutablePointer(to: &address) { pointer in
-            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0
-            }
-        }
-        guard bound else { throw Failure("no free port") }
-        return Int(UInt16(bigEndian: address.sin_port))
-    }
 
     struct Failure: Error, CustomStringConvertible {
         let description: String
