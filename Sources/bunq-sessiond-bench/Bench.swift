@@ -34,6 +34,19 @@ struct Bench {
         try apiKey.write(toFile: work + "/ops.key", atomically: true, encoding: .utf8)
 
         emit("bunq-sessiond benchmark: \(ProcessInfo.processInfo.activeProcessorCount) cores, \(seconds) s per run")
+        if ProcessInfo.processInfo.environment["BENCH_ONLY"] == "metrics" {
+            // Off, on, on and scraped, one after the other: the cost of metrics on the token path.
+            let config = try writeConfig(work, base: base, state: work + "/state")
+            let daemon = try Child(bin + "/bunq-sessiond", ["--config", config], log: work + "/daemon.log")
+            guard daemon.waitFor("[bunq_sessiond] ready", timeout: 60), waitLive(work + "/socket") else { fatalError("not ready") }
+            let getLine = #"{"jsonrpc":"2.0","id":1,"method":"session.get","params":{"context":"ops"}}"#
+            _ = load(work + "/socket", getLine, connections: 50, seconds: 1)
+            let off = load(work + "/socket", getLine, connections: 50, seconds: seconds)
+            daemon.stop()
+            emit("| `session.get`, 50 connections, metrics off | \(Int(off.rate)) /s | p50 \(format(off.p50)) | p99 \(format(off.p99)) | |")
+            for scrape in [false, true] { emit(try metricsRow(bin: bin, work: work, base: base, seconds: seconds, scrape: scrape)) }
+            return
+        }
         if ProcessInfo.processInfo.environment["BENCH_ONLY"] == "cluster" {
             _ = try clusterRows(bin: bin, work: work, base: base, seconds: seconds)  // each row is emitted as measured
             return
@@ -101,8 +114,10 @@ struct Bench {
 
         // 1b. The same token path with metrics on, while Prometheus scrapes ten times a second: counting answers
         // and scraping must not show on session.get.
-        rows.append(try metricsRow(bin: bin, work: work, base: base, seconds: seconds))
-        emit(rows.last!)
+        for scrape in [false, true] {
+            rows.append(try metricsRow(bin: bin, work: work, base: base, seconds: seconds, scrape: scrape))
+            emit(rows.last!)
+        }
 
         // 2. Start-up and memory with many stored identities: a restart of a large deployment, in the same state
         // as above (so `ops` is restored, not registered anew, and READY waits for no registration).
@@ -135,35 +150,63 @@ struct Bench {
         emit("\nREADME rows:\n" + rows.joined(separator: "\n"))
     }
 
-    static func metricsRow(bin: String, work: String, base: String, seconds: Double) throws -> String {
-        let port = 19_464 + Int(getpid() % 1_000)
-        let config = try writeConfig(work, base: base, state: work + "/metrics-state", name: "metrics.yaml",
-                                     socket: work + "/metrics.socket")
+    /// `session.get` at 50 connections on a daemon with metrics on (`scrape`: while Prometheus' rate of scrapes
+    /// runs ten times faster, each an HTTP GET from this process, not a spawned curl whose start-up would weigh
+    /// on the same 2 cores).
+    static func metricsRow(bin: String, work: String, base: String, seconds: Double, scrape: Bool) throws -> String {
+        let port = 19_464 + Int(getpid() % 1_000) + (scrape ? 1 : 0)
+        let name = scrape ? "metrics-scraped" : "metrics"
+        let config = try writeConfig(work, base: base, state: work + "/\(name)-state", name: "\(name).yaml",
+                                     socket: work + "/\(name).socket")
         try (try String(contentsOfFile: config, encoding: .utf8) + "\nmetrics: {listen: '127.0.0.1:\(port)'}\n")
             .write(toFile: config, atomically: true, encoding: .utf8)
-        let daemon = try Child(bin + "/bunq-sessiond", ["--config", config], log: work + "/metrics-daemon.log")
+        let daemon = try Child(bin + "/bunq-sessiond", ["--config", config], log: work + "/\(name)-daemon.log")
         defer { daemon.stop() }
-        guard daemon.waitFor("[bunq_sessiond] ready", timeout: 60), waitLive(work + "/metrics.socket") else {
+        guard daemon.waitFor("[bunq_sessiond] ready", timeout: 60), waitLive(work + "/\(name).socket") else {
             throw BenchError("the metrics daemon did not get ready: \(daemon.log.suffix(2000))")
         }
         let getLine = #"{"jsonrpc":"2.0","id":1,"method":"session.get","params":{"context":"ops"}}"#
-        _ = load(work + "/metrics.socket", getLine, connections: 50, seconds: 1)
+        _ = load(work + "/\(name).socket", getLine, connections: 50, seconds: 1)
         let scrapes = Mutex((count: 0, bytes: 0))
         let stop = Atomic<Bool>(false)
         let scraper = Thread {
-            while !stop.load(ordering: .relaxed) {
-                if let text = try? run(["curl", "-sf", "http://127.0.0.1:\(port)/metrics"]), !text.isEmpty {
-                    scrapes.withLock { $0 = ($0.count + 1, text.utf8.count) }
-                }
+            while scrape, !stop.load(ordering: .relaxed) {
+                let bytes = httpGet(port: port, path: "/metrics")
+                if bytes > 0 { scrapes.withLock { $0 = ($0.count + 1, bytes) } }
                 Thread.sleep(forTimeInterval: 0.1)
             }
         }
         scraper.start()
-        let result = load(work + "/metrics.socket", getLine, connections: 50, seconds: seconds)
+        let result = load(work + "/\(name).socket", getLine, connections: 50, seconds: seconds)
         stop.store(true, ordering: .relaxed)
         let (count, bytes) = scrapes.withLock { $0 }
-        return "| `session.get`, 50 connections, metrics on and scraped every 100 ms | \(Int(result.rate)) /s | "
-            + "p50 \(format(result.p50)) | p99 \(format(result.p99)) | \(count) scrapes of \(bytes / 1024) KiB meanwhile |"
+        return "| `session.get`, 50 connections, metrics on" + (scrape ? " and scraped every 100 ms" : ", not scraped")
+            + " | \(Int(result.rate)) /s | p50 \(format(result.p50)) | p99 \(format(result.p99)) | "
+            + (scrape ? "\(count) scrapes of \(bytes / 1024) KiB meanwhile |" : "|")
+    }
+
+    /// One HTTP/1.1 GET on 127.0.0.1: the bytes of the whole answer (0 on failure).
+    static func httpGet(port: Int, path: String) -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard connected == 0 else { return 0 }
+        let request = Array("GET \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".utf8)
+        guard request.withUnsafeBytes({ send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) == request.count else { return 0 }
+        var total = 0
+        var buffer = [UInt8](repeating: 0, count: 65_536)
+        while true {
+            let count = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            guard count > 0 else { break }
+            total += count
+        }
+        return total
     }
 
     /// Session-server calls the daemon sustains per IP, as a day at bunq's real window, against its 2,880.
