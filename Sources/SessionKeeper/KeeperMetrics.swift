@@ -10,6 +10,12 @@ public enum KeeperMetrics {
                 dimensions: [("kind", kind?.rawValue ?? "unknown"), ("result", result)]).increment()
     }
 
+    /// `bunq_sessiond_renewal_lag_seconds`: how much later than planned a renewal's session-server call started
+    /// (a retry's plan is its backoff): waiting for the session-server budget shows here first.
+    static func renewalLag(_ seconds: TimeInterval) {
+        Timer(label: "bunq_sessiond_renewal_lag_seconds").recordNanoseconds(Int64(max(0, seconds) * 1e9))
+    }
+
     /// A failed renewal by what it means for an operator: ok, transient, rate_limited, session_invalid,
     /// needs_attention.
     static func result(_ error: RenewalError) -> String {

@@ -40,6 +40,8 @@ public struct RenewalPlanner<Random: RandomNumberGenerator & Sendable>: Sendable
         /// Whether this daemon renews the context. Always, alone on a store; in a cluster, only while it holds the
         /// context's lease: the others follow the holder's sessions (`adopt`) and never renew it.
         var held = true
+        /// When the renewal under way was planned to start (its deadline), for the renewal-lag histogram.
+        var plannedAt: Date?
         /// The generation whose token was reported invalid: one renewal per reported generation.
         var invalidatedGeneration: Int?
         /// The heap or queue element that is current for this context; older ones are skipped when met.
@@ -136,6 +138,7 @@ public struct RenewalPlanner<Random: RandomNumberGenerator & Sendable>: Sendable
             deadlines.removeMin()
             guard var entry = entries[first.name], entry.sequence == first.sequence, entry.phase == .idle,
                   entry.held else { continue }
+            entry.plannedAt = first.at
             entry.dueAt = nil
             entry.phase = .waitingToPrepare
             inFlightCount += 1
@@ -384,6 +387,9 @@ public struct RenewalPlanner<Random: RandomNumberGenerator & Sendable>: Sendable
         if entry.phase == .idle { schedule(name, at: max(now, entry.renewAt!)) }
         return true
     }
+
+    /// When the context's renewal under way was planned to start.
+    public func plannedAt(_ name: String) -> Date? { entries[name]?.plannedAt }
 
     /// The generation the context is at (0 before its first session).
     public func generation(_ name: String) -> Int? { entries[name]?.generation }

@@ -99,6 +99,8 @@ public actor SessionScheduler<C: Clock> where C.Duration == Duration {
                     }
                 }
                 if let name = planner.grantSessionCall(now: at) {
+                    // Started minus planned: the session-server queue's wait shows here.
+                    if let planned = planner.plannedAt(name) { KeeperMetrics.renewalLag(at.timeIntervalSince(planned)) }
                     group.addTask { [renewer] in
                         let result = await renewer.openSession(name)
                         await self.complete(name, result)

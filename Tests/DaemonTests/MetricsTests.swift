@@ -63,7 +63,7 @@ import TestSupport
         for family in ["bunq_sessiond_build_info", "bunq_sessiond_contexts", "bunq_sessiond_session_expiry_timestamp_seconds",
                        "bunq_sessiond_renewals", "bunq_sessiond_rpc_requests", "bunq_sessiond_rpc_connections",
                        "bunq_sessiond_bunq_requests", "bunq_sessiond_bunq_request_duration_seconds",
-                       "bunq_sessiond_session_server_budget_utilisation"] {
+                       "bunq_sessiond_session_server_budget_utilisation", "bunq_sessiond_renewal_lag_seconds"] {
             #expect(families.contains(family), "\(family) is exposed")
         }
         #expect(samples.first { $0.family == "bunq_sessiond_renewals" }?.type == "counter")
