@@ -151,7 +151,8 @@ import TestSupport
             }
             try await Task.sleep(for: .milliseconds(500))
         }
-        #expect(checked > 150, "\(checked)")
+        // About one check a second at the least, however loaded the machine (each check is a curl to the sandbox).
+        #expect(checked >= 100, "\(checked)")
         #expect(refused.isEmpty, "every token works: \(refused)")
         // 100 s of 40-s sessions renewed at ~75%: about three renewals, neither a loop nor a gap.
         let renewals = rotations(in: daemon.log).filter { $0.context == "ops" }
