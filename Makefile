@@ -11,14 +11,14 @@ export PATH := $(PATH):/opt/swift/usr/bin
 # for the test under a real systemd, socat for the half-closed-client test, PostgreSQL for the PostgreSQL backend's
 # tests, which start servers of their own).
 DEB_PACKAGES := libssl-dev libcurl4-openssl-dev libsystemd-dev libsqlite3-dev sqlite3 pkg-config openssl ca-certificates curl \
-  python3 python3-venv systemd-container debootstrap socat postgresql prometheus
+  python3 python3-venv systemd-container debootstrap socat postgresql prometheus lintian patchelf
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 BUILD_LOG := .build/make-build.log
 # bunq's official Python SDK, for the emulator's compatibility test, in a virtualenv under .build/.
 SDK_VENV := .build/sdk-venv
 SDK_PACKAGES := bunq-sdk==1.28.0 prometheus-client==0.23.1
 
-.PHONY: all deps build test sdk-compat run sandbox bench install install-files clean
+.PHONY: all deps build test sdk-compat run sandbox bench install install-files deb deb-files clean
 
 all: build
 
@@ -49,7 +49,8 @@ build: deps
 test: build $(SDK_VENV)/.installed
 	$(SWIFT) test --skip-build
 	$(MAKE) --no-print-directory sdk-compat
-	bash Tests/systemd/nspawn-test.sh
+	$(MAKE) --no-print-directory deb
+	DEB="$(CURDIR)/$(DEB)" bash Tests/systemd/nspawn-test.sh
 
 $(SDK_VENV)/.installed: Makefile
 	python3 -m venv $(SDK_VENV)
@@ -70,6 +71,50 @@ run: deps
 bench: deps
 	$(SWIFT) build -c release
 	"$$($(SWIFT) build -c release --show-bin-path)/bunq-sessiond-bench" "$$($(SWIFT) build -c release --show-bin-path)"
+
+## deb: .build/deb/bunq-sessiond_VERSION_ARCH.deb from the release binaries (Swift's runtime linked in, so the
+## package needs only Debian's libraries), checked by lintian --fail-on error
+VERSION := $(shell sed -n 's/.*static let current = "\(.*\)".*/\1/p' Sources/BunqAPI/BunqEndpoints.swift)
+ARCH := $(shell dpkg --print-architecture 2>/dev/null || echo amd64)
+DEB := .build/deb/bunq-sessiond_$(VERSION)_$(ARCH).deb
+deb: deps
+	$(SWIFT) build -c release --static-swift-stdlib --product bunq-sessiond
+	$(SWIFT) build -c release --static-swift-stdlib --product bunq-sessionctl
+	$(SWIFT) build -c release --static-swift-stdlib --product bunq-sandbox
+	$(MAKE) --no-print-directory deb-files BUILT="$$($(SWIFT) build -c release --show-bin-path)"
+	lintian --fail-on error --info $(DEB)
+
+## deb-files: the package itself, from already built binaries in BUILT (no build step)
+DEB_ROOT := .build/deb/root
+deb-files:
+	@test -n "$(BUILT)" || { echo "deb-files: set BUILT to the directory of the built binaries"; exit 2; }
+	rm -rf $(DEB_ROOT) $(DEB)
+	$(MAKE) --no-print-directory install-files BUILT="$(BUILT)" DESTDIR="$(CURDIR)/$(DEB_ROOT)" PREFIX=/usr SYSCONFDIR=/etc \
+	  UNITDIR=/lib/systemd/system SYSUSERSDIR=/usr/lib/sysusers.d CONFIG_GROUP=root > /dev/null
+	strip --strip-unneeded --remove-section=.comment --remove-section=.note $(DEB_ROOT)/usr/bin/bunq-*
+	@# A RUNPATH into the Swift toolchain has no place in a package (the release build links Swift's runtime in).
+	for binary in $(DEB_ROOT)/usr/bin/bunq-*; do \
+	  if readelf -d "$$binary" | grep -q 'R.*PATH'; then patchelf --remove-rpath "$$binary"; fi; \
+	done
+	install -d $(DEB_ROOT)/usr/share/lintian/overrides
+	install -m 0644 packaging/debian/lintian-overrides $(DEB_ROOT)/usr/share/lintian/overrides/bunq-sessiond
+	install -d -m 0755 $(DEB_ROOT)/DEBIAN
+	install -m 0644 packaging/debian/copyright $(DEB_ROOT)/usr/share/doc/bunq-sessiond/copyright
+	sed 's|@VERSION@|$(VERSION)|g' packaging/debian/changelog | gzip -9n > $(DEB_ROOT)/usr/share/doc/bunq-sessiond/changelog.gz
+	gzip -9n $(DEB_ROOT)/usr/share/doc/bunq-sessiond/README.md
+	install -m 0755 packaging/debian/postinst packaging/debian/prerm packaging/debian/postrm $(DEB_ROOT)/DEBIAN/
+	echo /etc/bunq-sessiond/bunq-sessiond.yaml > $(DEB_ROOT)/DEBIAN/conffiles
+	@# Depends: dpkg-shlibdeps on the binaries (versioned, from the libraries they link), plus systemd.
+	rm -rf .build/deb/shlibs && mkdir -p .build/deb/shlibs/debian
+	printf 'Source: bunq-sessiond\n\nPackage: bunq-sessiond\nArchitecture: any\n' > .build/deb/shlibs/debian/control
+	cd .build/deb/shlibs && dpkg-shlibdeps -O $(foreach b,bunq-sessiond bunq-sessionctl bunq-sandbox,-e$(CURDIR)/$(DEB_ROOT)/usr/bin/$(b)) \
+	  | sed -n 's/^shlibs:Depends=//p' > depends
+	sed -e 's|@VERSION@|$(VERSION)|' -e 's|@ARCH@|$(ARCH)|' -e "s|@SIZE@|$$(du -sk --exclude=DEBIAN $(DEB_ROOT) | cut -f1)|" \
+	  -e "s|@DEPENDS@|$$(cat .build/deb/shlibs/depends), systemd|" packaging/debian/control.in > $(DEB_ROOT)/DEBIAN/control
+	cd $(DEB_ROOT) && find . -type f ! -path './DEBIAN/*' -printf '%P\n' | sort | xargs md5sum > DEBIAN/md5sums
+	chmod 0644 $(DEB_ROOT)/DEBIAN/md5sums $(DEB_ROOT)/DEBIAN/control $(DEB_ROOT)/DEBIAN/conffiles
+	dpkg-deb --root-owner-group -Zxz --build $(DEB_ROOT) $(DEB)
+	@echo "built $(DEB)"
 
 ## install: binaries, systemd units, sysusers and the example config (PREFIX, DESTDIR, SYSCONFDIR)
 PREFIX ?= /usr/local

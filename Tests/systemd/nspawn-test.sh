@@ -157,5 +157,57 @@ check "a grant names the caller's systemd unit" grep -q '"BUNQ_PEER_UNIT":"token
 check "no API key in the journal" sh -c "! grep -q '$API_KEY' $WORK/journal.json"
 check "no session token in the journal" sh -c "[ -n '$TOKEN' ] && ! grep -q '$TOKEN' $WORK/journal.json"
 
+# The Debian package (DEB=.build/deb/….deb, from `make deb`): installed into this booted system in place of the
+# files above, it starts on its socket, serves a token, keeps its state through an upgrade, and purge removes it.
+if [ -n "${DEB:-}" ] && [ -f "$DEB" ]; then
+  inside systemctl stop bunq-sessiond.socket bunq-sessiond.service
+  inside systemctl disable bunq-sessiond.socket > /dev/null 2>&1
+  rm -f "$ROOT"/usr/local/bin/bunq-sessiond "$ROOT"/usr/local/bin/bunq-sessionctl "$ROOT"/usr/local/lib/systemd/system/bunq-sessiond.* \
+    "$ROOT"/usr/local/lib/sysusers.d/bunq-sessiond.conf "$ROOT/etc/bunq-sessiond/bunq-sessiond.yaml"
+  rm -rf "$ROOT/etc/systemd/system/bunq-sessiond.service.d" "$ROOT/var/lib/bunq-sessiond"
+  inside systemctl daemon-reload
+  # Not /tmp: the booted system mounts its own tmpfs there.
+  cp "$DEB" "$ROOT/root/bunq-sessiond.deb"
+  check "the .deb installs" sh -c "nsenter -t $CPID -a dpkg -i /root/bunq-sessiond.deb > $WORK/dpkg.log 2>&1"
+  check "binaries in /usr/bin, units in /lib/systemd/system" test -x "$ROOT/usr/bin/bunq-sessiond" -a -x "$ROOT/usr/bin/bunq-sessionctl" \
+    -a -f "$ROOT/lib/systemd/system/bunq-sessiond.service" -a -f "$ROOT/usr/lib/sysusers.d/bunq-sessiond.conf"
+  check "the conffile is readable by the service's group only" \
+    test "$(inside stat -c '%a %U:%G' /etc/bunq-sessiond/bunq-sessiond.yaml)" = "640 root:bunq-sessiond"
+  check "postinst enabled and started the socket" sh -c "[ \"\$(nsenter -t $CPID -a systemctl is-active bunq-sessiond.socket)\" = active ] \
+    && [ \"\$(nsenter -t $CPID -a systemctl is-enabled bunq-sessiond.socket)\" = enabled ]"
+  config root
+  TOKEN=""
+  for _ in $(seq 100); do  # the first connection starts the service (socket activation)
+    TOKEN="$(rpc '{"jsonrpc":"2.0","id":1,"method":"session.get","params":{"context":"ops"}}' | json 'd.get("result",{}).get("token","")')"
+    [ -n "$TOKEN" ] && break
+    sleep 0.3
+  done
+  check "the packaged service serves a token" test "${#TOKEN}" = 64
+  before="$(inside curl -sf http://127.0.0.1:8089/_sandbox/stats)"
+  PID_BEFORE="$(inside systemctl show -p MainPID --value bunq-sessiond)"
+  check "an upgrade (installing again) succeeds" sh -c "nsenter -t $CPID -a dpkg -i /root/bunq-sessiond.deb >> $WORK/dpkg.log 2>&1"
+  AGAIN=""
+  for _ in $(seq 100); do
+    AGAIN="$(rpc '{"jsonrpc":"2.0","id":1,"method":"session.get","params":{"context":"ops"}}' | json 'd.get("result",{}).get("token","")')"
+    [ -n "$AGAIN" ] && break
+    sleep 0.3
+  done
+  after="$(inside curl -sf http://127.0.0.1:8089/_sandbox/stats)"
+  check "the upgrade kept the state and the configuration" sh -c "[ -n '$TOKEN' ] && [ '$AGAIN' = '$TOKEN' ] && grep -q 'ops.key' $ROOT/etc/bunq-sessiond/bunq-sessiond.yaml"
+  PID_AFTER="$(inside systemctl show -p MainPID --value bunq-sessiond)"
+  check "the upgrade restarted the running service" sh -c "[ '$PID_BEFORE' != 0 ] && [ '$PID_AFTER' != 0 ] && [ '$PID_BEFORE' != '$PID_AFTER' ]"
+  check "nothing registered again after the upgrade" test \
+    "$(echo "$before" | json 'd["installations"], d["device_servers"]')" = "$(echo "$after" | json 'd["installations"], d["device_servers"]')"
+  check "apt-get purge removes it" sh -c "nsenter -t $CPID -a apt-get purge -y -qq bunq-sessiond >> $WORK/dpkg.log 2>&1"
+  check "purge left no binary, unit, configuration or state" sh -c "[ ! -e $ROOT/usr/bin/bunq-sessiond ] && [ ! -e $ROOT/lib/systemd/system/bunq-sessiond.service ] \
+    && [ ! -e $ROOT/etc/bunq-sessiond/bunq-sessiond.yaml ] && [ ! -e $ROOT/var/lib/bunq-sessiond ] \
+    && [ \"\$(nsenter -t $CPID -a systemctl is-active bunq-sessiond.socket)\" != active ]"
+  [ "$failed" = 0 ] || tail -30 "$WORK/dpkg.log"
+elif [ "${CI:-}" = true ]; then
+  failed=$((failed + 1)); echo "FAIL the Debian package: DEB is not set (make test passes it)"
+else
+  echo "SKIPPED: the Debian package (run through make test, which builds it with make deb)"
+fi
+
 echo "systemd: $passed passed, $failed failed"
 [ "$failed" = 0 ]
