@@ -212,7 +212,7 @@ final class Cluster: Sendable {
             await owner.forget(name)
             return false
         }
-        let known = await owner.generations[name]
+        let known = await owner.generation(name)
         if known == nil {
             await owner.adoptNew(stored.record)
             return true
@@ -240,7 +240,7 @@ final class Cluster: Sendable {
         do {
             switch change {
             case .changed(let name, let generation, let by) where by != settings.instance:
-                if let known = await owner.generations[name], known >= generation { return }
+                if let known = await owner.generation(name), known >= generation { return }
                 try await refresh(name, owner, events)
                 poke()  // a new context needs a holder
             case .removed(let name, let by) where by != settings.instance:

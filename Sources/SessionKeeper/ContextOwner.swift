@@ -199,6 +199,9 @@ actor ContextOwner {
         contexts.map { ($0.key, $0.value.record.kind, $0.value.record.session?.expiresAt) }
     }
 
+    /// The generation this daemon serves for one context (a notification's check: no pass over all of them).
+    func generation(_ name: String) -> Int? { contexts[name]?.record.generation }
+
     /// The generation this daemon serves for each context.
     var generations: [String: Int] { contexts.mapValues(\.record.generation) }
 
