@@ -85,18 +85,38 @@ public actor BunqRateLimiter {
 
     /// When the next call to `endpoint` may go out, reserving that slot; `now` when it may go at once.
     public func reserve(method: String, endpoint: String) -> ContinuousClock.Instant {
+        reserve(method: method, endpoint: endpoint, notAfter: nil) ?? .now
+    }
+
+    /// `reserve`, but only a slot no later than `notAfter`: nil (nothing reserved) when the next one comes later.
+    /// The proxy's requests take their slots here, from the same windows as the daemon's own calls.
+    public func reserve(method: String, endpoint: String, notAfter: ContinuousClock.Instant?) -> ContinuousClock.Instant? {
         let now = ContinuousClock.now
         guard let limit = limits(method, endpoint) else { return now }
         let key = "\(method) \(endpoint)"
+        let slot = nextSlot(key: key, limit: limit, now: now)
+        if let notAfter, slot > notAfter { return nil }
+        var slots = reservations[key, default: []]
+        slots.insert(slot, at: slots.firstIndex { $0 > slot } ?? slots.endIndex)
+        reservations[key] = slots
+        return slot
+    }
+
+    /// When a call to `endpoint` could go out next, reserving nothing.
+    public func nextSlot(method: String, endpoint: String) -> ContinuousClock.Instant {
+        guard let limit = limits(method, endpoint) else { return .now }
+        return nextSlot(key: "\(method) \(endpoint)", limit: limit, now: .now)
+    }
+
+    /// The earliest slot for `key` (pruning reservations that left the window).
+    private func nextSlot(key: String, limit: Limit, now: ContinuousClock.Instant) -> ContinuousClock.Instant {
         let window = limit.window + Self.margin(for: limit.window)
         let earliest = max(now, blockedUntil[key] ?? now)
         var slots = reservations[key, default: []]
         slots.removeAll { $0 + window <= now }
-        // Sorted slots: the new call fits once the `calls`-th latest reservation has left the window.
-        let slot = slots.count < limit.calls ? earliest : max(earliest, slots[slots.count - limit.calls] + window)
-        slots.insert(slot, at: slots.firstIndex { $0 > slot } ?? slots.endIndex)
         reservations[key] = slots
-        return slot
+        // Sorted slots: the new call fits once the `calls`-th latest reservation has left the window.
+        return slots.count < limit.calls ? earliest : max(earliest, slots[slots.count - limit.calls] + window)
     }
 
     /// bunq answered 429 to `endpoint`: someone else on this IP is spending its budget. No call to it for a
