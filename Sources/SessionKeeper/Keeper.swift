@@ -26,6 +26,7 @@ public final class Keeper: Service, Sendable {
     /// When the keeper started, for `daemon.status`.
     public let startedAt = Date()
     let signingKeys = SigningKeys()
+    let serverKeys = ServerKeys()
     /// Fires once every stored context is restored and scheduled (expired ones renewing).
     public let restored = OneShotSignal()
     /// The session-server budget as `watchBudget` last saw it.

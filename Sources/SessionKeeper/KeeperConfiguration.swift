@@ -72,6 +72,8 @@ public struct KeeperConfiguration: Sendable {
     public let cluster: ClusterSettings?
     /// Where Prometheus scrapes `GET /metrics` (`metrics.listen`); nil: no metrics.
     public let metricsListen: MetricsListen?
+    /// The bunq API proxy (`proxy:`); nil: off.
+    public let proxy: ProxySettings?
     public let credentialsDirectory: String?
     public let provider: Provider?
     public let apiKeys: [APIKeyIdentity]
@@ -93,6 +95,8 @@ public struct KeeperConfiguration: Sendable {
         ["socket", "request_timeout"], ["socket", "send_timeout"], ["state", "directory"],
         ["state", "backend"], ["state", "master_key_file"], ["state", "postgresql"],
         ["cluster", "instance"], ["cluster", "egress_group"], ["cluster", "lease_seconds"], ["metrics", "listen"],
+        ["proxy", "socket"], ["proxy", "max_body_bytes"], ["proxy", "timeout"], ["proxy", "max_connections"],
+        ["proxy", "max_connections_per_uid"], ["proxy", "idle_timeout"],
         ["provider", "certificate"], ["provider", "private_key"], ["provider", "certificate_chain"],
         ["provider", "oauth_redirect_uris"],
         ["renewal", "safety_margin"], ["renewal", "backoff_base"], ["renewal", "backoff_max"], ["renewal", "max_concurrent"],
@@ -100,7 +104,7 @@ public struct KeeperConfiguration: Sendable {
         ["device_description"],
     ]
     static let sections: Set<String> = ["bunq", "socket", "state", "provider", "api_keys", "access", "renewal",
-                                        "device_description", "cluster", "metrics"]
+                                        "device_description", "cluster", "metrics", "proxy"]
 
     /// Reads, overrides from `environment`, and validates `file`.
     public static func load(file: String, environment: [String: String] = ProcessInfo.processInfo.environment) throws(ConfigurationError) -> KeeperConfiguration {
@@ -343,6 +347,22 @@ public struct KeeperConfiguration: Sendable {
             guard socketPath.hasPrefix("/"), socketPath.utf8.count < 108 else {
                 throw fail("socket.path", "must be an absolute path shorter than 108 bytes")
             }
+            var proxy: ProxySettings?
+            if let proxySocket = try string(["proxy", "socket"]) {
+                guard proxySocket.hasPrefix("/"), proxySocket.utf8.count < 108 else {
+                    throw fail("proxy.socket", "must be an absolute path shorter than 108 bytes")
+                }
+                guard proxySocket != socketPath else { throw fail("proxy.socket", "must not be socket.path") }
+                proxy = ProxySettings(
+                    socket: proxySocket,
+                    maxBodyBytes: try int(["proxy", "max_body_bytes"], default: 1 << 20, range: 1...(64 << 20)),
+                    timeout: try int(["proxy", "timeout"], default: 30, range: 1...600),
+                    maxConnections: try int(["proxy", "max_connections"], default: 1_024, range: 1...1_000_000),
+                    maxConnectionsPerUID: try int(["proxy", "max_connections_per_uid"], default: 64, range: 1...1_000_000),
+                    idleTimeout: try int(["proxy", "idle_timeout"], default: 60, range: 1...86_400))
+            } else if let section = node(["proxy"]), !section.isNull {
+                throw fail("proxy.socket", "is required when a proxy section is given (absent: no proxy)")
+            }
             let maxConnections = try int(["socket", "max_connections"], default: 4_096, range: 1...1_000_000)
             let maxPerUID = try int(["socket", "max_connections_per_uid"], default: 64, range: 1...1_000_000)
             let idleTimeout = try int(["socket", "idle_timeout"], default: 300, range: 1...86_400)
@@ -427,7 +447,7 @@ public struct KeeperConfiguration: Sendable {
                 socketPath: socketPath, maxConnections: maxConnections, maxConnectionsPerUID: maxPerUID,
                 idleTimeout: idleTimeout, requestTimeout: requestTimeout, sendTimeout: sendTimeout,
                 stateDirectory: stateDirectory, backend: backend, postgres: postgres, masterKeyFile: masterKeyFile,
-                cluster: cluster, metricsListen: metricsListen, credentialsDirectory: credentials, provider: provider, apiKeys: apiKeys,
+                cluster: cluster, metricsListen: metricsListen, proxy: proxy, credentialsDirectory: credentials, provider: provider, apiKeys: apiKeys,
                 policy: RenewalPolicy(safetyMargin: TimeInterval(margin), backoffBase: backoffBase,
                                       backoffMax: TimeInterval(backoffMax)),
                 maxConcurrentRenewals: concurrency, minManualRenewalInterval: TimeInterval(minManual),
@@ -479,6 +499,23 @@ public struct KeeperConfiguration: Sendable {
 }
 
 extension KeeperConfiguration {
+    /// `proxy:`: the bunq API proxy's socket and its limits.
+    public struct ProxySettings: Sendable, Equatable {
+        /// The Unix socket applications send their bunq requests to (`proxy.socket`, mode 0660).
+        public let socket: String
+        /// The largest request body accepted (`proxy.max_body_bytes`); larger ones are answered 413.
+        public let maxBodyBytes: Int
+        /// Seconds a request may take for its rate-limit slot and bunq's answer together (`proxy.timeout`).
+        public let timeout: Int
+        /// Connections served at once (`proxy.max_connections`); admins keep a reserve beyond it.
+        public let maxConnections: Int
+        /// Connections one uid may hold (`proxy.max_connections_per_uid`).
+        public let maxConnectionsPerUID: Int
+        /// Seconds a connection may sit between requests, or take for one request's head and body
+        /// (`proxy.idle_timeout`).
+        public let idleTimeout: Int
+    }
+
     /// The session-server budget our side grants: bunq's (scaled), or none with `rate_limits: unlimited`.
     /// `metrics.listen`: a TCP address (an IP literal and a port) or a Unix socket path.
     public enum MetricsListen: Sendable, Equatable, CustomStringConvertible {

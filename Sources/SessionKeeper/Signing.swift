@@ -5,18 +5,37 @@ import Synchronization
 
 /// Parsed installation keys, keyed by context and installation token (a new installation replaces the key).
 final class SigningKeys: Sendable {
-    private let keys = Mutex<[String: (installationToken: String, key: RSAPrivateKey)]>([:])
+    /// Per context: the parsed key of its installation, and once asked for, the signature of the empty body
+    /// (every GET and DELETE). PKCS#1 v1.5 is deterministic, so a cached signature is the very one a new
+    /// computation would give; a new installation replaces the entry, and with it the signature.
+    private let keys = Mutex<[String: (installationToken: String, key: RSAPrivateKey, emptyBody: String?)]>([:])
 
     /// The context's parsed installation key; `load` reads the full context from the store on a miss.
     func key(for name: String, load: () throws -> StoredContext?) throws -> RSAPrivateKey {
-        if let cached = keys.withLock({ $0[name] }) { return cached.key }
+        try entry(name, load: load).key
+    }
+
+    /// The base64 signature of the empty body with the context's installation key, made once per key.
+    func emptyBodySignature(for name: String, load: () throws -> StoredContext?) throws -> String {
+        let entry = try entry(name, load: load)
+        if let signature = entry.emptyBody { return signature }
+        let signature = try entry.key.base64Signature(for: [UInt8]())
+        keys.withLock { keys in
+            if keys[name]?.installationToken == entry.installationToken { keys[name]?.emptyBody = signature }
+        }
+        return signature
+    }
+
+    private func entry(_ name: String, load: () throws -> StoredContext?) throws
+        -> (installationToken: String, key: RSAPrivateKey, emptyBody: String?) {
+        if let cached = keys.withLock({ $0[name] }) { return cached }
         guard let context = try load(), let pem = context.registration.installationKeyPEM,
               let token = context.registration.installationToken else {
             throw KeeperError(.unknownContext, "context \(name) has no installation yet")
         }
-        let key = try RSAPrivateKey(pem: pem)
-        keys.withLock { $0[name] = (token, key) }
-        return key
+        let entry = (installationToken: token, key: try RSAPrivateKey(pem: pem), emptyBody: String?.none)
+        keys.withLock { $0[name] = entry }
+        return entry
     }
 
     /// The context's parsed key if it is already cached; never reads the store.

@@ -78,6 +78,11 @@ import TestSupport
                 + "cluster: {lease_seconds: 1}\n", [:], "cluster.lease_seconds"),
             ("api_keys: []\nstate: {backend: postgresql, master_key_file: /k, postgresql: {url: 'postgresql://u@127.0.0.1/db'}}\n"
                 + "cluster: {leases: 3}\n", [:], "cluster.leases: is not a known key"),
+            ("api_keys: []\nproxy: {timeout: 5}\n", [:], "proxy.socket: is required when a proxy section is given"),
+            ("api_keys: []\nproxy: {socket: relative.sock}\n", [:], "proxy.socket: must be an absolute path"),
+            ("api_keys: []\nproxy: {socket: /run/p.sock, max_body_bytes: 0}\n", [:], "proxy.max_body_bytes: must be a whole number"),
+            ("api_keys: []\nproxy: {socket: /run/p.sock, timeout: forever}\n", [:], "proxy.timeout: must be a whole number"),
+            ("api_keys: []\nproxy: {socket: /run/p.sock, retries: 3}\n", [:], "proxy.retries: is not a known key"),
             // Where, by line and column, and never the file's bytes (a secret pasted in the wrong place).
             ("api_keys: []\nbunq:\n  environment: sandbox\n  ca_file: \"SECRET-abc\n", [:], "(syntax): is not valid YAML: line "),
         ]
