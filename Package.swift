@@ -134,6 +134,20 @@ let package = Package(
             ],
             swiftSettings: strictSettings
         ),
+        // The bunq API proxy: HTTP/1.1 on a Unix socket (SwiftNIO's HTTP codec), over the keeper and the bunq client.
+        .target(
+            name: "BunqProxy",
+            dependencies: [
+                "SessionKeeper", "SessionServer", "SessionProtocol", "BunqAPI", "CurlHTTP",
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strictSettings
+        ),
         .target(
             name: "SessionKeeper",
             dependencies: [
@@ -175,6 +189,7 @@ let package = Package(
             dependencies: [
                 "SessionKeeper",
                 "SessionServer",
+                "BunqProxy",
                 "PostgresState",
                 "MetricsEndpoint",
                 "SystemdSupport",

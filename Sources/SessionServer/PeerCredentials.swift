@@ -27,7 +27,8 @@ public struct PeerCredentials: Sendable, Equatable, CustomStringConvertible {
 
     public var description: String { "pid \(pid) uid \(uid) gid \(gid)" }
 
-    static func read(_ channel: any Channel) -> EventLoopFuture<PeerCredentials> {
+    /// The kernel's credentials of the process on the other end of `channel` (a Unix socket connection).
+    public static func read(_ channel: any Channel) -> EventLoopFuture<PeerCredentials> {
         guard let provider = channel as? any SocketOptionProvider else {
             return channel.eventLoop.makeFailedFuture(ChannelError.operationUnsupported)
         }

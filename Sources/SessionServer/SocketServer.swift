@@ -208,7 +208,7 @@ public final class SocketServer: Service, Sendable {
 
     /// The socket's directory must exist (it is created 0755 if missing) and must not let others replace the
     /// socket: not writable by others unless sticky.
-    static func prepare(_ path: String) throws {
+    public static func prepare(_ path: String) throws {
         let directory = (path as NSString).deletingLastPathComponent
         if !FileManager.default.fileExists(atPath: directory) {
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true,
@@ -248,7 +248,7 @@ public final class SocketServer: Service, Sendable {
     }
 
     /// The inode of the file at `path`, or nil.
-    static func inode(_ path: String) -> ino_t? {
+    public static func inode(_ path: String) -> ino_t? {
         var info = stat()
         return lstat(path, &info) == 0 ? info.st_ino : nil
     }
@@ -256,5 +256,5 @@ public final class SocketServer: Service, Sendable {
 
 public struct SocketServerError: Error, CustomStringConvertible {
     public let description: String
-    init(_ description: String) { self.description = description }
+    public init(_ description: String) { self.description = description }
 }

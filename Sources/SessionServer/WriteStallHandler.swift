@@ -5,11 +5,12 @@ import NIOCore
 /// above the write-buffer high-water mark, nothing more is read from it (its requests wait in the kernel, not in
 /// our memory); and a connection that stays that way for the send timeout is closed (a subscriber that never
 /// reads its notifications is disconnected rather than holding memory for ever).
-final class WriteStallHandler: ChannelDuplexHandler {
-    typealias InboundIn = ByteBuffer
-    typealias InboundOut = ByteBuffer
-    typealias OutboundIn = ByteBuffer
-    typealias OutboundOut = ByteBuffer
+/// Shared by the JSON-RPC socket and the bunq API proxy (first in each connection's pipeline).
+public final class WriteStallHandler: ChannelDuplexHandler {
+    public typealias InboundIn = ByteBuffer
+    public typealias InboundOut = ByteBuffer
+    public typealias OutboundIn = ByteBuffer
+    public typealias OutboundOut = ByteBuffer
 
     private let sendTimeout: TimeAmount
     private let peer: PeerCredentials
@@ -17,13 +18,13 @@ final class WriteStallHandler: ChannelDuplexHandler {
     private var readPending = false
     private var stall: Scheduled<Void>?
 
-    init(sendTimeout: TimeAmount, peer: PeerCredentials, logger: Logger) {
+    public init(sendTimeout: TimeAmount, peer: PeerCredentials, logger: Logger) {
         self.sendTimeout = sendTimeout
         self.peer = peer
         self.logger = logger
     }
 
-    func read(context: ChannelHandlerContext) {
+    public func read(context: ChannelHandlerContext) {
         if context.channel.isWritable {
             context.read()
         } else {
@@ -31,7 +32,7 @@ final class WriteStallHandler: ChannelDuplexHandler {
         }
     }
 
-    func channelWritabilityChanged(context: ChannelHandlerContext) {
+    public func channelWritabilityChanged(context: ChannelHandlerContext) {
         if context.channel.isWritable {
             stall?.cancel()
             stall = nil
@@ -54,7 +55,7 @@ final class WriteStallHandler: ChannelDuplexHandler {
         context.fireChannelWritabilityChanged()
     }
 
-    func channelInactive(context: ChannelHandlerContext) {
+    public func channelInactive(context: ChannelHandlerContext) {
         stall?.cancel()
         stall = nil
         context.fireChannelInactive()

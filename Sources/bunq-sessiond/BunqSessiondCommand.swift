@@ -1,5 +1,6 @@
 import ArgumentParser
 import BunqAPI
+import BunqProxy
 import Foundation
 import Logging
 import MetricsEndpoint
@@ -193,7 +194,9 @@ struct BunqSessiondCommand: AsyncParsableCommand {
             ServiceManager.failed(errno: EIO, status: "cannot start: \(error)")
             throw ExitCode(73)
         }
-        Self.raiseDescriptorLimit(needed: settings.maxConnections + SocketServer.Limits.adminReserve + 256, logger: logger)
+        Self.raiseDescriptorLimit(needed: settings.maxConnections + SocketServer.Limits.adminReserve + 256
+                                      + (settings.proxy.map { $0.maxConnections + SocketServer.Limits.adminReserve } ?? 0),
+                                  logger: logger)
         logger.info("starting", metadata: ["bunq.api": "\(settings.endpoints.apiBaseURL)",
                                            "bunq.state": "\(settings.stateDirectory)"])
         let service = SocketService(keeper: keeper, access: AccessControl(rules: settings.access), logger: logger)
@@ -205,11 +208,28 @@ struct BunqSessiondCommand: AsyncParsableCommand {
         limits.sendTimeout = .seconds(settings.sendTimeout)
         // Socket activation: systemd's socket (named "api" in the .socket unit, or the only one passed).
         let inherited = ServiceManager.listeningSockets()
-        let socketFD = (inherited.first { $0.name == "api" } ?? (inherited.count == 1 ? inherited.first : nil))?.fd
+        let socketFD = (inherited.first { $0.name == "api" } ?? (inherited.count == 1 && inherited.first?.name != "proxy" ? inherited.first : nil))?.fd
         let server = SocketServer(path: settings.socketPath, inheritedSocket: socketFD, service: service, limits: limits,
                                   logger: logger, releaseFreeMemory: ServiceManager.releaseFreeMemory)
         var services: [any Service] = [keeper, server, Readiness(keeper: keeper, server: server, service: service, logger: logger),
                                        Reloader(configPath: config, keeper: keeper, service: service, logger: logger)]
+        if let proxy = settings.proxy {
+            var proxyLimits = ProxyServer.Limits()
+            proxyLimits.maxConnections = proxy.maxConnections
+            proxyLimits.maxConnectionsPerUID = proxy.maxConnectionsPerUID
+            proxyLimits.maxBodyBytes = proxy.maxBodyBytes
+            proxyLimits.timeout = .seconds(proxy.timeout)
+            proxyLimits.idleTimeout = .seconds(proxy.idleTimeout)
+            proxyLimits.sendTimeout = .seconds(settings.sendTimeout)
+            // The access rules are the JSON-RPC socket's own object: a reload changes both at once.
+            services.append(ProxyServer(path: proxy.socket, inheritedSocket: inherited.first { $0.name == "proxy" }?.fd,
+                                        keeper: keeper, access: service.access, limits: proxyLimits, logger: logger))
+        } else if inherited.contains(where: { $0.name == "proxy" }) {
+            logger.warning("""
+                systemd passed the proxy's socket, but the configuration has no proxy.socket: its connections are \
+                not answered (disable bunq-sessiond-proxy.socket, or configure the proxy)
+                """)
+        }
         if let listen = settings.metricsListen, let registry {
             services.append(MetricsService(listen: listen, registry: registry, keeper: keeper, logger: logger))
         }
