@@ -98,6 +98,8 @@ struct RunningDaemon {
                                                         "--psd2-first-session-timeout", "\(sessionTimeout)"],
                                               limits: limits)
         let apiKey = try sandbox.newAPIKey()
+        // "DIR/" in the extra configuration is the test's directory (e.g. a proxy socket's path).
+        let access = access.replacingOccurrences(of: "DIR/", with: dir.url.path + "/")
         let extra = socketInConfig
             ? access.replacingOccurrences(of: "socket: {", with: "socket: {path: \(dir.path("socket")), ") : access
         var config = try writeConfig(dir, sandbox: sandbox, apiKey: apiKey, provider: provider,

@@ -8,16 +8,18 @@ between threads: one request at a time goes over its connection. Standard librar
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import os
 import socket
 import threading
 from typing import Any, Dict, Iterator, Optional
 
-__all__ = ["Client", "SessiondError", "SessiondUnreachable", "DEFAULT_SOCKET"]
+__all__ = ["Client", "ProxyConnection", "SessiondError", "SessiondUnreachable", "DEFAULT_SOCKET", "DEFAULT_PROXY_SOCKET"]
 __version__ = "0.1.0"
 
 DEFAULT_SOCKET = "/run/bunq-sessiond/socket"
+DEFAULT_PROXY_SOCKET = "/run/bunq-sessiond/proxy.sock"
 
 
 class SessiondError(Exception):
@@ -170,3 +172,32 @@ class Client:
                     yield {"method": message["method"], "params": message.get("params") or {}}
         finally:
             connection.close()
+
+
+class ProxyConnection(http.client.HTTPConnection):
+    """`http.client` over the daemon's bunq API proxy, for one context: send bunq's path (`/v1/...`) and body;
+    the daemon adds bunq's headers, the session token and the signature, keeps within bunq's rate limits,
+    verifies bunq's answer and returns it unchanged (plus `X-Bunq-Sessiond-Context` and
+    `X-Bunq-Sessiond-Generation`). Keep-alive: one connection carries many requests, one at a time.
+
+    The proxy's own errors come in bunq's error shape with `X-Bunq-Sessiond-Error` (and `Retry-After` on 503)."""
+
+    def __init__(self, context: str, socket_path: Optional[str] = None, timeout: Optional[float] = 60.0):
+        super().__init__("localhost", timeout=timeout)
+        self.context = context
+        self.socket_path = socket_path or os.environ.get("BUNQ_SESSIOND_PROXY_SOCKET", DEFAULT_PROXY_SOCKET)
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.socket_path)
+        except OSError as error:
+            sock.close()
+            raise SessiondUnreachable(self.socket_path, error) from error
+        self.sock = sock
+
+    def request(self, method: str, url: str, body: Any = None, headers: Optional[Dict[str, str]] = None, **kwargs: Any) -> None:
+        fields = dict(headers or {})
+        fields.setdefault("X-Bunq-Context", self.context)
+        super().request(method, url, body=body, headers=fields, **kwargs)
