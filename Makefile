@@ -137,7 +137,7 @@ install-files:
 	sed 's|@BINDIR@|$(PREFIX)/bin|g; s|@PREFIX@|$(PREFIX)|g' systemd/bunq-sessiond.service.in \
 	  > "$(DESTDIR)$(UNITDIR)/bunq-sessiond.service"
 	chmod 0644 "$(DESTDIR)$(UNITDIR)/bunq-sessiond.service"
-	install -m 0644 systemd/bunq-sessiond.socket "$(DESTDIR)$(UNITDIR)/"
+	install -m 0644 systemd/bunq-sessiond.socket systemd/bunq-sessiond-proxy.socket "$(DESTDIR)$(UNITDIR)/"
 	install -m 0644 systemd/sysusers-bunq-sessiond.conf "$(DESTDIR)$(SYSUSERSDIR)/bunq-sessiond.conf"
 	install -m 0644 README.md "$(DESTDIR)$(PREFIX)/share/doc/bunq-sessiond/"
 	@# The service reads its config as the group CONFIG_GROUP (its own, made by sysusers: made now when installing

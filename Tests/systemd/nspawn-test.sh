@@ -90,13 +90,14 @@ API_KEY="$(inside curl -sf -X POST http://127.0.0.1:8089/v1/sandbox-user-person 
 
 inside systemd-sysusers > /dev/null
 printf '%s\n' "$API_KEY" > "$ROOT/etc/bunq-sessiond/ops.key"
-config() {  # config ADMIN_USERS: write the daemon's configuration
+config() {  # config ADMIN_USERS [MORE_YAML]: write the daemon's configuration
   cat > "$ROOT/etc/bunq-sessiond/bunq-sessiond.yaml" <<YAML
 bunq: {api_base_url: 'http://127.0.0.1:8089/v1/', oauth_authorize_url: 'http://127.0.0.1:8089/auth',
        oauth_token_url: 'http://127.0.0.1:8089/v1/token', rate_limits: bunq, rate_limit_scale: 0.1}
 api_keys:
   - {name: ops, key_file: /etc/bunq-sessiond/ops.key}
 access: {admin: {users: [$1]}, contexts: {"*": {users: [$1]}}}
+${2:-}
 YAML
   inside chgrp bunq-sessiond /etc/bunq-sessiond/bunq-sessiond.yaml /etc/bunq-sessiond/ops.key
   inside chmod 0640 /etc/bunq-sessiond/bunq-sessiond.yaml /etc/bunq-sessiond/ops.key
@@ -115,6 +116,23 @@ for _ in $(seq 100); do  # READY precedes the first registration; the token come
   sleep 0.2
 done
 check "a token is served over the socket" test "${#TOKEN}" = 64
+
+# The bunq API proxy on its own socket unit: systemd passes the socket named "proxy" (with the callers' group,
+# which the daemon could not give it), and a request sent there reaches bunq signed and comes back verified.
+config root "proxy: {socket: /run/bunq-sessiond/proxy.sock}"
+# systemd refuses to start a socket unit while its service runs (the service could not receive it): stop first.
+inside systemctl stop bunq-sessiond.service
+inside systemctl enable --now bunq-sessiond-proxy.socket > /dev/null 2>&1
+inside systemctl start bunq-sessiond.service
+check "the proxy's socket has the callers' group" test "$(inside stat -c '%a %G' /run/bunq-sessiond/proxy.sock)" = "660 bunq-session"
+code=""
+for _ in $(seq 100); do  # the restored session is served once the daemon has checked it
+  code="$(inside curl -s -o /dev/null -w '%{http_code}' --unix-socket /run/bunq-sessiond/proxy.sock \
+    -H 'X-Bunq-Context: ops' http://localhost/v1/user)"
+  [ "$code" = 200 ] && break
+  sleep 0.2
+done
+check "a request through the proxy's socket unit reaches bunq" test "$code" = 200
 
 # Reload: a changed access rule applies to the running daemon.
 config "'4242'"
@@ -160,9 +178,10 @@ check "no session token in the journal" sh -c "[ -n '$TOKEN' ] && ! grep -q '$TO
 # The Debian package (DEB=.build/deb/….deb, from `make deb`): installed into this booted system in place of the
 # files above, it starts on its socket, serves a token, keeps its state through an upgrade, and purge removes it.
 if [ -n "${DEB:-}" ] && [ -f "$DEB" ]; then
-  inside systemctl stop bunq-sessiond.socket bunq-sessiond.service
-  inside systemctl disable bunq-sessiond.socket > /dev/null 2>&1
+  inside systemctl stop bunq-sessiond.socket bunq-sessiond-proxy.socket bunq-sessiond.service
+  inside systemctl disable bunq-sessiond.socket bunq-sessiond-proxy.socket > /dev/null 2>&1
   rm -f "$ROOT"/usr/local/bin/bunq-sessiond "$ROOT"/usr/local/bin/bunq-sessionctl "$ROOT"/usr/local/lib/systemd/system/bunq-sessiond.* \
+    "$ROOT"/usr/local/lib/systemd/system/bunq-sessiond-proxy.socket \
     "$ROOT"/usr/local/lib/sysusers.d/bunq-sessiond.conf "$ROOT/etc/bunq-sessiond/bunq-sessiond.yaml"
   rm -rf "$ROOT/etc/systemd/system/bunq-sessiond.service.d" "$ROOT/var/lib/bunq-sessiond"
   inside systemctl daemon-reload
@@ -170,7 +189,8 @@ if [ -n "${DEB:-}" ] && [ -f "$DEB" ]; then
   cp "$DEB" "$ROOT/root/bunq-sessiond.deb"
   check "the .deb installs" sh -c "nsenter -t $CPID -a dpkg -i /root/bunq-sessiond.deb > $WORK/dpkg.log 2>&1"
   check "binaries in /usr/bin, units in /lib/systemd/system" test -x "$ROOT/usr/bin/bunq-sessiond" -a -x "$ROOT/usr/bin/bunq-sessionctl" \
-    -a -f "$ROOT/lib/systemd/system/bunq-sessiond.service" -a -f "$ROOT/usr/lib/sysusers.d/bunq-sessiond.conf"
+    -a -f "$ROOT/lib/systemd/system/bunq-sessiond.service" -a -f "$ROOT/lib/systemd/system/bunq-sessiond-proxy.socket" \
+    -a -f "$ROOT/usr/lib/sysusers.d/bunq-sessiond.conf"
   check "the conffile is readable by the service's group only" \
     test "$(inside stat -c '%a %U:%G' /etc/bunq-sessiond/bunq-sessiond.yaml)" = "640 root:bunq-sessiond"
   check "postinst enabled and started the socket" sh -c "[ \"\$(nsenter -t $CPID -a systemctl is-active bunq-sessiond.socket)\" = active ] \
