@@ -23,13 +23,13 @@ struct ProxyConnection {
                     body.clear()
                     if let length = next.headers.first(name: "Content-Length").flatMap({ Int($0) }), length > maxBodyBytes {
                         // Refused before the body is read; the connection cannot go on without reading it.
-                        try await write(tooLarge(), version: next.version, keepAlive: false, to: outbound)
+                        try await refuse(next, to: outbound)
                         return
                     }
                 case .body(var chunk):
                     guard let current = head else { continue }
                     guard body.readableBytes + chunk.readableBytes <= maxBodyBytes else {
-                        try await write(tooLarge(), version: current.version, keepAlive: false, to: outbound)
+                        try await refuse(current, to: outbound)
                         return
                     }
                     body.writeBuffer(&chunk)
@@ -45,8 +45,11 @@ struct ProxyConnection {
         }
     }
 
-    private func tooLarge() -> ProxyReply {
-        .error(.bodyTooLarge, "The request body is larger than proxy.max_body_bytes (\(maxBodyBytes) bytes).")
+    /// Answers 413 (audited like every answer), and the connection ends.
+    private func refuse(_ head: HTTPRequestHead, to outbound: NIOAsyncChannelOutboundWriter<HTTPServerResponsePart>) async throws {
+        let reply = ProxyReply.error(.bodyTooLarge, "The request body is larger than proxy.max_body_bytes (\(maxBodyBytes) bytes).")
+        forwarder.audit(head, reply, peer: peer, duration: .zero)
+        try await write(reply, version: head.version, keepAlive: false, to: outbound)
     }
 
     private func write(_ reply: ProxyReply, version: HTTPVersion, keepAlive: Bool,

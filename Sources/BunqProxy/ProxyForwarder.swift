@@ -27,12 +27,21 @@ struct ProxyForwarder: Sendable {
     static let hopByHop: Set<String> = ["connection", "keep-alive", "transfer-encoding", "content-length", "te",
                                         "trailer", "upgrade", "proxy-connection", "proxy-authenticate"]
 
+    /// bunq's methods; anything else is answered 405 without a call.
+    static let methods: Set<String> = ["GET", "POST", "PUT", "DELETE"]
+
     func respond(to head: HTTPRequestHead, body: ByteBuffer, peer: PeerCredentials) async -> ProxyReply {
         let started = ContinuousClock.now
+        let reply = await decide(head, body: body, context: head.headers.first(name: "X-Bunq-Context"), peer: peer,
+                                 deadline: started + timeout)
+        audit(head, reply, peer: peer, duration: ContinuousClock.now - started)
+        return reply
+    }
+
+    /// The request's audit record and metrics; every answer the proxy gives, its own errors included.
+    func audit(_ head: HTTPRequestHead, _ reply: ProxyReply, peer: PeerCredentials, duration: Duration) {
         let template = EndpointTemplates.shared.label(head.uri)
         let context = head.headers.first(name: "X-Bunq-Context")
-        let reply = await decide(head, body: body, context: context, peer: peer, deadline: started + timeout)
-        let duration = ContinuousClock.now - started
         let code = reply.errorCode?.rawValue ?? "\(reply.status)"
         Counter(label: "bunq_sessiond_proxy_requests_total",
                 dimensions: [("endpoint", template), ("method", head.method.rawValue), ("code", "\(reply.status)")]).increment()
@@ -48,7 +57,6 @@ struct ProxyForwarder: Sendable {
         ]
         if reply.errorCode != nil { metadata["bunq.error"] = "\(code)" }
         logger.info("proxied", metadata: metadata)
-        return reply
     }
 
     private func decide(_ head: HTTPRequestHead, body: ByteBuffer, context: String?, peer: PeerCredentials,
@@ -56,8 +64,11 @@ struct ProxyForwarder: Sendable {
         guard let context, !context.isEmpty else {
             return .error(.missingContext, "Name the identity with the header X-Bunq-Context.")
         }
-        guard head.uri.hasPrefix("/v1/"), head.uri.count > 4 else {
-            return .error(.invalidPath, "The path must be bunq's, starting with /v1/.")
+        guard Self.isBunqPath(head.uri) else {
+            return .error(.invalidPath, "The path must be bunq's: /v1/ and segments of letters, digits, '-' and '_'.")
+        }
+        guard Self.methods.contains(head.method.rawValue) else {
+            return .error(.methodNotAllowed, "bunq's API takes GET, POST, PUT and DELETE.")
         }
         let pathAndQuery = String(head.uri.dropFirst(4))
         guard access.mayUse(peer, context) else { return unknown(context) }
@@ -110,6 +121,19 @@ struct ProxyForwarder: Sendable {
             return Self.passThrough(response, context: context, generation: session.generation, waited: waited)
         }
         return await unavailable(context, waited)
+    }
+
+    /// Whether the path (before any query) is `/v1/` and plain segments: no `.` or `..` (which libcurl would
+    /// resolve into another endpoint than the one checked here), no percent-encoding (which a server might
+    /// decode into one), no empty segment. The query string goes on as it is.
+    static func isBunqPath(_ uri: String) -> Bool {
+        let path = uri.prefix { $0 != "?" && $0 != "#" }
+        guard path.hasPrefix("/v1/"), path.count > 4 else { return false }
+        return path.dropFirst(4).split(separator: "/", omittingEmptySubsequences: false).allSatisfy { segment in
+            !segment.isEmpty && segment.utf8.allSatisfy {
+                ($0 >= 0x61 && $0 <= 0x7A) || ($0 >= 0x41 && $0 <= 0x5A) || ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x2D || $0 == 0x5F
+            }
+        }
     }
 
     /// Renews `context` past `generation` (the path of `session.report_invalid`), within the deadline; nil once

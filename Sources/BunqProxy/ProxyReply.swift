@@ -26,8 +26,10 @@ enum ProxyErrorCode: String, Sendable {
     case responseNotAuthentic = "response_not_authentic"
     case upstreamUnreachable = "upstream_unreachable"
     case upstreamTimeout = "upstream_timeout"
-    /// The path is not bunq's (`/v1/...`).
+    /// The path is not bunq's (`/v1/` and plain segments).
     case invalidPath = "invalid_path"
+    /// Not one of bunq's methods (GET, POST, PUT, DELETE).
+    case methodNotAllowed = "method_not_allowed"
     /// Calls that would spend the daemon's session-server budget or end or replace its sessions and devices.
     case endpointNotProxied = "endpoint_not_proxied"
     /// The request's header section is larger than the proxy reads.
@@ -41,6 +43,7 @@ enum ProxyErrorCode: String, Sendable {
         switch self {
         case .missingContext, .invalidPath, .badRequest: 400
         case .unknownContext, .endpointNotProxied: 403
+        case .methodNotAllowed: 405
         case .bodyTooLarge: 413
         case .headerTooLarge: 431
         case .sessionUnavailable, .rateLimitWait, .tooManyConnections: 503

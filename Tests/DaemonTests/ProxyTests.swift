@@ -131,6 +131,16 @@ import TestSupport
                 == String(decoding: forbiddenUnknown.body, as: UTF8.self), "forbidden and unknown read alike")
         let notProxied = try Self.request(socket, dir, "/v1/session-server", method: "POST", body: "{}")
         #expect(notProxied.status == 403 && notProxied.error == "endpoint_not_proxied")
+        // No way around that check: dot segments (which libcurl would resolve) and percent-encoding (which a
+        // server might decode) are refused, as are methods bunq does not take.
+        let sessionServerPosts = try running.sandbox.requests("POST /v1/session-server")
+        for path in ["/v1/user/../session-server", "/v1/./session-server", "/v1/%73ession-server", "/v1//user", "/v2/user"] {
+            let sneaky = try Self.request(socket, dir, path, method: "POST", body: "{}", extra: ["--path-as-is"])
+            #expect(sneaky.status == 400 && sneaky.error == "invalid_path", "\(path)")
+        }
+        #expect(try running.sandbox.requests("POST /v1/session-server") == sessionServerPosts)
+        let patch = try Self.request(socket, dir, "/v1/user", method: "PATCH")
+        #expect(patch.status == 405 && patch.error == "method_not_allowed")
 
         // More GETs of one endpoint at once than bunq's limit lets through within proxy.timeout: the rest are
         // told when to come back, and bunq never answers 429.
