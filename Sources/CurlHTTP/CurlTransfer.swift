@@ -84,8 +84,7 @@ final class CurlTransfer: @unchecked Sendable {
     // MARK: - Set-up
 
     private static func validate(_ request: HTTPRequest, endpoint: String) throws {
-        guard let url = URLComponents(string: request.url), let scheme = url.scheme?.lowercased(),
-              scheme == "http" || scheme == "https", let host = url.host, !host.isEmpty else {
+        guard Self.hasHTTPSchemeAndHost(request.url) else {
             throw HTTPClientError(.invalidRequest, "the URL must be an absolute http:// or https:// URL",
                                   endpoint: endpoint)
         }
@@ -100,6 +99,25 @@ final class CurlTransfer: @unchecked Sendable {
                                       endpoint: endpoint)
             }
         }
+    }
+
+    /// Whether `url` is `http://` or `https://` (any case) with a non-empty host: what must hold before libcurl
+    /// sees it (libcurl checks the rest). Bytes only, no URL parser: this runs on every request, and Foundation's
+    /// parser (IDNA through ICU) cost more than the rest of the request path around it.
+    static func hasHTTPSchemeAndHost(_ url: String) -> Bool {
+        let bytes = Array(url.utf8)
+        guard let colon = bytes.firstIndex(of: UInt8(ascii: ":")), bytes.count > colon + 2,
+              bytes[colon + 1] == UInt8(ascii: "/"), bytes[colon + 2] == UInt8(ascii: "/") else { return false }
+        let scheme = String(decoding: bytes[..<colon], as: UTF8.self).lowercased()
+        guard scheme == "http" || scheme == "https" else { return false }
+        let authority = bytes[(colon + 3)...].prefix { $0 != UInt8(ascii: "/") && $0 != UInt8(ascii: "?") && $0 != UInt8(ascii: "#") }
+        // The host is what follows any userinfo and precedes any port (an IPv6 literal keeps its brackets).
+        var host = authority.split(separator: UInt8(ascii: "@"), omittingEmptySubsequences: false).last ?? []
+        if host.first == UInt8(ascii: "[") {
+            return host.contains(UInt8(ascii: "]")) && host.count > 2
+        }
+        if let portColon = host.firstIndex(of: UInt8(ascii: ":")) { host = host[..<portColon] }
+        return !host.isEmpty
     }
 
     private func configure(_ easy: UnsafeMutableRawPointer, _ configuration: HTTPClient.Configuration) throws {
@@ -186,16 +204,26 @@ final class CurlTransfer: @unchecked Sendable {
         return bytes.count
     }
 
+    /// One header line as libcurl hands it over (with its CRLF), split and trimmed on bytes: this runs for every
+    /// header of every response.
     private func receiveHeaderLine(_ bytes: UnsafeRawBufferPointer) -> Int {
-        let line = String(decoding: bytes, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-        if line.hasPrefix("HTTP/") {
+        let line = Self.trimmed(bytes[...])
+        if line.starts(with: "HTTP/".utf8) {
             // A new status line: a redirect or interim 1xx response came before; keep only the final headers.
             responseHeaders = HTTPHeaders()
-        } else if let colon = line.firstIndex(of: ":") {
-            responseHeaders.add(String(line[..<colon]),
-                                line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces))
+        } else if let colon = line.firstIndex(of: UInt8(ascii: ":")) {
+            responseHeaders.add(String(decoding: Self.trimmed(line[..<colon]), as: UTF8.self),
+                                String(decoding: Self.trimmed(line[(colon + 1)...]), as: UTF8.self))
         }
         return bytes.count
+    }
+
+    /// `bytes` without leading and trailing spaces, tabs, CRs and LFs.
+    static func trimmed(_ bytes: Slice<UnsafeRawBufferPointer>) -> Slice<UnsafeRawBufferPointer> {
+        func isSpace(_ byte: UInt8) -> Bool { byte == 0x20 || byte == 0x09 || byte == 0x0D || byte == 0x0A }
+        guard let first = bytes.firstIndex(where: { !isSpace($0) }), let last = bytes.lastIndex(where: { !isSpace($0) })
+        else { return bytes[bytes.startIndex..<bytes.startIndex] }
+        return bytes[first...last]
     }
 
     // MARK: - Classification

@@ -233,6 +233,9 @@ import TestSupport
         let client = try HTTPClient()
         expectKind(.invalidRequest, await httpError { try await client.execute(HTTPRequest(url: "ftp://127.0.0.1/x")) })
         expectKind(.invalidRequest, await httpError { try await client.execute(HTTPRequest(url: "not a url")) })
+        for url in ["http://", "https:///v1/user", "http://user@/x", "http:/127.0.0.1/", "http://:8080/"] {
+            expectKind(.invalidRequest, await httpError { try await client.execute(HTTPRequest(url: url)) })
+        }
         expectKind(.invalidRequest, await httpError { try await client.execute(HTTPRequest(method: "get", url: "http://127.0.0.1/")) })
         expectKind(.invalidRequest, await httpError {
             try await client.execute(HTTPRequest(url: "http://127.0.0.1/", headers: ["X-Evil": "a\r\nX-Injected: 1"]))
