@@ -51,6 +51,10 @@ struct Bench {
             _ = try clusterRows(bin: bin, work: work, base: base, seconds: seconds)  // each row is emitted as measured
             return
         }
+        if ProcessInfo.processInfo.environment["BENCH_ONLY"] == "proxy" {
+            _ = try proxyRows(bin: bin, work: work, base: base, seconds: seconds)  // each row is emitted as measured
+            return
+        }
         if ProcessInfo.processInfo.environment["BENCH_ONLY"] == "budget" {
             emit(try budgetRow(bin: bin, work: work, seconds: max(20, seconds * 4)))
             return
@@ -143,7 +147,10 @@ struct Bench {
         // 3. A cluster on PostgreSQL: rotation propagation and the token path.
         rows += try clusterRows(bin: bin, work: work, base: base, seconds: seconds)  // emitted as measured
 
-        // 4. The session-server budget under saturation: bunq's limits on both sides, scaled to a hundredth (one
+        // 4. The bunq API proxy: its cost per request against calling the sandbox directly.
+        rows += try proxyRows(bin: bin, work: work, base: base, seconds: seconds)
+
+        // 5. The session-server budget under saturation: bunq's limits on both sides, scaled to a hundredth (one
         // call per 0.3 s) so a minute stands for 100; 120 new identities queue for their first sessions.
         rows.append(try budgetRow(bin: bin, work: work, seconds: max(20, seconds * 4)))
         emit(rows.last!)
@@ -156,15 +163,9 @@ struct Bench {
     static func metricsRow(bin: String, work: String, base: String, seconds: Double, scrape: Bool) throws -> String {
         let port = 19_464 + Int(getpid() % 1_000) + (scrape ? 1 : 0)
         let name = scrape ? "metrics-scraped" : "metrics"
-        let config = try writeConfig(work, base: base, state: work + "/\(name)-state", name: "\(name).yaml",
-                                     socket: work + "/\(name).socket")
-        try (try String(contentsOfFile: config, encoding: .utf8) + "\nmetrics: {listen: '127.0.0.1:\(port)'}\n")
-            .write(toFile: config, atomically: true, encoding: .utf8)
-        let daemon = try Child(bin + "/bunq-sessiond", ["--config", config], log: work + "/\(name)-daemon.log")
+        let daemon = try startDaemon(bin: bin, work: work, base: base, name: name,
+                                     extra: "metrics: {listen: '127.0.0.1:\(port)'}")
         defer { daemon.stop() }
-        guard daemon.waitFor("[bunq_sessiond] ready", timeout: 60), waitLive(work + "/\(name).socket") else {
-            throw BenchError("the metrics daemon did not get ready: \(daemon.log.suffix(2000))")
-        }
         let getLine = #"{"jsonrpc":"2.0","id":1,"method":"session.get","params":{"context":"ops"}}"#
         _ = load(work + "/\(name).socket", getLine, connections: 50, seconds: 1)
         let scrapes = Mutex((count: 0, bytes: 0))
@@ -185,18 +186,24 @@ struct Bench {
             + (scrape ? "\(count) scrapes of \(bytes / 1024) KiB meanwhile |" : "|")
     }
 
+    /// A daemon of its own for one row: state `NAME-state`, socket `NAME.socket`, `extra` appended to the
+    /// configuration; returned once it serves `ops`'s token.
+    static func startDaemon(bin: String, work: String, base: String, name: String, extra: String) throws -> Child {
+        let config = try writeConfig(work, base: base, state: work + "/\(name)-state", name: "\(name).yaml",
+                                     socket: work + "/\(name).socket")
+        try (try String(contentsOfFile: config, encoding: .utf8) + "\n\(extra)\n").write(toFile: config, atomically: true, encoding: .utf8)
+        let daemon = try Child(bin + "/bunq-sessiond", ["--config", config], log: work + "/\(name)-daemon.log")
+        guard daemon.waitFor("[bunq_sessiond] ready", timeout: 60), waitLive(work + "/\(name).socket") else {
+            daemon.stop()
+            throw BenchError("the \(name) daemon did not get ready: \(daemon.log.suffix(2000))")
+        }
+        return daemon
+    }
+
     /// One HTTP/1.1 GET on 127.0.0.1: the bytes of the whole answer (0 on failure).
     static func httpGet(port: Int, path: String) -> Int {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard let fd = connectTCP(port) else { return 0 }
         defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = in_port_t(UInt16(port).bigEndian)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        guard connected == 0 else { return 0 }
         let request = Array("GET \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".utf8)
         guard request.withUnsafeBytes({ send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) == request.count else { return 0 }
         var total = 0
@@ -281,6 +288,26 @@ struct Bench {
     /// Latencies are per batch; the rate counts requests.
     static func load(_ socket: String, _ line: String, connections: Int, seconds: Double, depth: Int = 1) -> LoadResult {
         let request = Array(String(repeating: line + "\n", count: depth).utf8)
+        let result = closedLoop(connections: connections, seconds: seconds, connect: { connectUnix(socket) }) { fd, buffer in
+            guard request.withUnsafeBytes({ send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) == request.count
+            else { return false }
+            var got = 0, lines = 0
+            while lines < depth {
+                if got == buffer.count { buffer.append(contentsOf: [UInt8](repeating: 0, count: buffer.count)) }
+                let count = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + got, $0.count - got, 0) }
+                guard count > 0 else { return false }
+                lines += buffer[got..<(got + count)].reduce(0) { $0 + ($1 == UInt8(ascii: "\n") ? 1 : 0) }
+                got += count
+            }
+            return true
+        }
+        return LoadResult(rate: result.rate * Double(depth), p50: result.p50, p99: result.p99)
+    }
+
+    /// `connections` threads, each on its own connection, running `exchange` (one request and its whole answer;
+    /// false ends that client) back to back for `seconds`: the rate of exchanges and their p50 and p99.
+    static func closedLoop(connections: Int, seconds: Double, connect: @escaping @Sendable () -> Int32?,
+                           exchange: @escaping @Sendable (Int32, inout [UInt8]) -> Bool) -> LoadResult {
         let samples = Mutex<[UInt64]>([])
         let done = DispatchGroup()
         let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(seconds * 1e9)
@@ -288,23 +315,14 @@ struct Bench {
             done.enter()
             let thread = Thread {
                 defer { done.leave() }
-                guard let fd = connectUnix(socket) else { return }
+                guard let fd = connect() else { return }
                 defer { close(fd) }
                 var local: [UInt64] = []
                 local.reserveCapacity(200_000)
                 var buffer = [UInt8](repeating: 0, count: 65_536)
                 while DispatchTime.now().uptimeNanoseconds < deadline {
                     let start = DispatchTime.now().uptimeNanoseconds
-                    guard request.withUnsafeBytes({ send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) == request.count
-                    else { return }
-                    var got = 0, lines = 0
-                    while lines < depth {
-                        if got == buffer.count { buffer.append(contentsOf: [UInt8](repeating: 0, count: buffer.count)) }
-                        let count = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + got, $0.count - got, 0) }
-                        guard count > 0 else { return }
-                        lines += buffer[got..<(got + count)].reduce(0) { $0 + ($1 == UInt8(ascii: "\n") ? 1 : 0) }
-                        got += count
-                    }
+                    guard exchange(fd, &buffer) else { break }
                     local.append(DispatchTime.now().uptimeNanoseconds - start)
                 }
                 samples.withLock { $0.append(contentsOf: local) }
@@ -316,7 +334,7 @@ struct Bench {
         var all = samples.withLock { $0 }
         all.sort()
         guard !all.isEmpty else { return LoadResult(rate: 0, p50: 0, p99: 0) }
-        return LoadResult(rate: Double(all.count * depth) / seconds, p50: all[all.count / 2],
+        return LoadResult(rate: Double(all.count) / seconds, p50: all[all.count / 2],
                           p99: all[min(all.count - 1, all.count * 99 / 100)])
     }
 
