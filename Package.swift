@@ -254,7 +254,12 @@ let package = Package(
         ),
         .testTarget(
             name: "DaemonTests",
-            dependencies: ["TestSupport", "SessionServer"],
+            dependencies: ["TestSupport", "SessionServer", "SessiondClient"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "SessionProtocolTests",
+            dependencies: ["SessionProtocol"],
             swiftSettings: strictSettings
         ),
         .testTarget(

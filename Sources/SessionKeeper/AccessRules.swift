@@ -17,9 +17,16 @@ public struct AccessRules: Sendable, Equatable {
     public struct Rule: Sendable, Equatable {
         public let pattern: String
         public let principals: Principals
+        /// The pattern split at its `*`s, once: `matches` runs on every token request.
+        private let parts: [Substring]
+
+        public init(pattern: String, principals: Principals) {
+            self.pattern = pattern
+            self.principals = principals
+            parts = pattern.split(separator: "*", omittingEmptySubsequences: false)
+        }
 
         public func matches(_ context: String) -> Bool {
-            let parts = pattern.split(separator: "*", omittingEmptySubsequences: false)
             guard parts.count > 1 else { return pattern == context }
             var rest = Substring(context)
             guard rest.hasPrefix(parts[0]) else { return false }

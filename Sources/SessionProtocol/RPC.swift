@@ -151,6 +151,21 @@ public enum RPCCodec {
         Array("{\"jsonrpc\":\"2.0\",\"id\":\(id.json),\"result\":\(resultJSON)}\n".utf8)
     }
 
+    /// `result(id:_:)` with the result's JSON as bytes.
+    public static func result(id: RPCID, _ resultJSON: [UInt8]) -> [UInt8] {
+        var line = resultPrefix
+        line += id.json.utf8
+        line += resultInfix
+        line += resultJSON
+        line += resultSuffix
+        return line
+    }
+
+    /// The fixed parts of a result line, for writers that assemble it in place.
+    public static let resultPrefix = Array(#"{"jsonrpc":"2.0","id":"#.utf8)
+    public static let resultInfix = Array(#","result":"#.utf8)
+    public static let resultSuffix = Array("}\n".utf8)
+
     /// `{"jsonrpc":"2.0","id":…,"error":{"code":…,"message":…,"data":…}}\n`.
     public static func error(id: RPCID, _ code: RPCErrorCode, _ message: String, data: [String: Any]? = nil) -> [UInt8] {
         var text = "{\"jsonrpc\":\"2.0\",\"id\":\(id.json),\"error\":{\"code\":\(code.rawValue),\"message\":\(JSONText.quote(message))"

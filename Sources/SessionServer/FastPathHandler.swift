@@ -18,8 +18,11 @@ final class ConnectionFlags: Sendable {
 
 /// The inline part of a connection, on its event loop: framed lines in; parse errors, a cached `session.get` and
 /// a `request.sign` whose key is parsed are answered right here (the token path's speed comes from this: no task
-/// hop, answers flushed once per read burst). Everything else goes up the pipeline to the connection's task as a
-/// `SlowRequest`.
+/// hop). Everything else goes up the pipeline to the connection's task as a `SlowRequest`.
+///
+/// A plain `session.get` is read by `RPCScanner` straight from the line's bytes, without a JSON tree; anything
+/// else goes through the full decoder. The answers of one read burst are gathered in one buffer, written and
+/// flushed once when the burst ends: a client that pipelines gets one write for many answers.
 final class FastPathHandler: ChannelInboundHandler {
     typealias InboundIn = InboundLine
     typealias InboundOut = SlowRequest
@@ -28,7 +31,10 @@ final class FastPathHandler: ChannelInboundHandler {
     private let service: SocketService
     private let peer: PeerCredentials
     private let flags: ConnectionFlags
-    private var needsFlush = false
+    /// Answers of the current read burst, not yet written.
+    private var output: ByteBuffer?
+    /// The last context this connection was granted (its first grant to this caller is logged, not every one).
+    private var lastGranted: String?
 
     init(service: SocketService, peer: PeerCredentials, flags: ConnectionFlags) {
         self.service = service
@@ -39,22 +45,44 @@ final class FastPathHandler: ChannelInboundHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
         case .oversize:
-            write(context, RPCCodec.error(id: .null, .invalidRequest,
-                                          "Invalid Request: line longer than \(RPCCodec.maxLineBytes) bytes"))
-            context.writeAndFlush(wrapOutboundOut(ByteBuffer()), promise: nil)
+            append(context, RPCCodec.error(id: .null, .invalidRequest,
+                                           "Invalid Request: line longer than \(RPCCodec.maxLineBytes) bytes"))
+            flushOutput(context)
             context.close(promise: nil)
         case .line(let buffer):
             guard buffer.readableBytes > 0 else { return }
-            handle(context, buffer.readableBytesView)
+            let answered = context.channel.isWritable && buffer.withUnsafeReadableBytes { bytes in
+                guard let scanned = RPCScanner.sessionGet(bytes) else { return false }
+                return answer(context, scanned)
+            }
+            if !answered { handle(context, buffer.readableBytesView) }
         }
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
-        if needsFlush {
-            needsFlush = false
-            context.flush()
-        }
+        flushOutput(context)
         context.fireChannelReadComplete()
+    }
+
+    /// A scanned `session.get`, answered here when the hot path can; false: the full path decides.
+    private func answer(_ context: ChannelHandlerContext, _ request: RPCScanner.SessionGet) -> Bool {
+        switch service.sessionGetFast(context: request.context, peer: peer, logged: lastGranted == request.context) {
+        case .granted(let result):
+            lastGranted = request.context
+            var buffer = output ?? context.channel.allocator.buffer(capacity: 1_024)
+            buffer.writeBytes(RPCCodec.resultPrefix)
+            buffer.writeString(request.id.json)
+            buffer.writeBytes(RPCCodec.resultInfix)
+            buffer.writeBytes(result)
+            buffer.writeBytes(RPCCodec.resultSuffix)
+            output = buffer
+            return true
+        case .unknown:
+            append(context, RPCCodec.error(id: request.id, .unknownContext, "Unknown context: \(request.context)"))
+            return true
+        case .slow:
+            return false
+        }
     }
 
     private func handle(_ context: ChannelHandlerContext, _ line: ByteBufferView) {
@@ -62,7 +90,7 @@ final class FastPathHandler: ChannelInboundHandler {
         switch RPCCodec.parse(line) {
         case .failure(let error):
             service.metrics.countInvalid(error.code)
-            write(context, RPCCodec.error(id: error.id, error.code, error.message))
+            append(context, RPCCodec.error(id: error.id, error.code, error.message))
             return
         case .success(let parsed):
             request = parsed
@@ -77,7 +105,7 @@ final class FastPathHandler: ChannelInboundHandler {
             return
         }
         if request.method == RPCMethod.sessionGet.rawValue, let answer = service.sessionGetFast(request, id: id, peer: peer) {
-            write(context, answer)
+            append(context, answer)
             return
         }
         // Measured (make bench): signing here, with the key already parsed, rather than on the thread pool raises
@@ -86,16 +114,25 @@ final class FastPathHandler: ChannelInboundHandler {
            let answer = service.signInline(signContext, body, id: id) {
             // Flushed at once: 0.2 ms of signing is long enough that batching its answer with later ones only
             // delays it.
-            context.writeAndFlush(wrapOutboundOut(ByteBuffer(bytes: answer)), promise: nil)
+            append(context, answer)
+            flushOutput(context)
             return
         }
         _ = flags.pending.wrappingAdd(1, ordering: .relaxed)
         context.fireChannelRead(wrapInboundOut(SlowRequest(request: request, id: id)))
     }
 
-    private func write(_ context: ChannelHandlerContext, _ bytes: [UInt8]) {
-        context.write(wrapOutboundOut(ByteBuffer(bytes: bytes)), promise: nil)
-        needsFlush = true
+    private func append(_ context: ChannelHandlerContext, _ bytes: [UInt8]) {
+        var buffer = output ?? context.channel.allocator.buffer(capacity: max(1_024, bytes.count))
+        buffer.writeBytes(bytes)
+        output = buffer
+    }
+
+    /// Writes and flushes the burst's answers, if any.
+    private func flushOutput(_ context: ChannelHandlerContext) {
+        guard let buffer = output else { return }
+        output = nil
+        context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
     }
 }
 

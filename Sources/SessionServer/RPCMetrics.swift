@@ -10,6 +10,9 @@ struct RPCMetrics: Sendable {
     private let other: [Int: Counter]
     private let invalid: [Int: Counter]
     let connections = Meter(label: "bunq_sessiond_rpc_connections")
+    /// The token path's two outcomes, looked up once.
+    let sessionGetGranted: Counter
+    let sessionGetUnknown: Counter
 
     init() {
         let codes = [0] + RPCErrorCode.allCases.map(\.rawValue)
@@ -21,6 +24,8 @@ struct RPCMetrics: Sendable {
         counters = Dictionary(uniqueKeysWithValues: RPCMethod.allCases.map { ($0.rawValue, table($0.rawValue)) })
         other = table("other")
         invalid = table("invalid")
+        sessionGetGranted = counters[RPCMethod.sessionGet.rawValue]![0]!
+        sessionGetUnknown = counters[RPCMethod.sessionGet.rawValue]![RPCErrorCode.unknownContext.rawValue]!
     }
 
     /// One answer to `method` (nil code: a result).

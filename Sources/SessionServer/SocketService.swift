@@ -1,6 +1,7 @@
 import BunqAPI
 import Foundation
 import Logging
+import Metrics
 import SessionKeeper
 import SessionProtocol
 import Synchronization
@@ -11,9 +12,14 @@ public final class SocketService: Sendable {
     public let access: AccessControl
     let logger: Logger
     /// (uid, context) pairs already granted a token: the first grant is logged at info, later ones at debug.
-    private let granted = Mutex<Set<String>>([])
+    private let granted = Mutex<Set<GrantKey>>([])
+
+    struct GrantKey: Hashable {
+        let uid: UInt32
+        let context: String
+    }
     /// Serialized `session.get` results per context and generation: the hot path reuses them.
-    private let grantJSON = Mutex<[String: (session: SessionInfo, generation: Int, json: String)]>([:])
+    private let grantJSON = Mutex<[String: (session: SessionInfo, generation: Int, json: [UInt8])]>([:])
     private let ready = Atomic<Bool>(false)
     /// Live subscriptions, re-decided when the access rules change.
     let subscriptions = SubscriptionRegistry()
@@ -36,36 +42,58 @@ public final class SocketService: Sendable {
 
     // MARK: session.get (the hot path: no suspension)
 
+    /// What the hot path can say about a `session.get` without suspending.
+    enum FastGrant {
+        /// The `result` member's JSON, cached per context and generation.
+        case granted([UInt8])
+        /// Unknown, or not the caller's: answered as unknown (names cannot be probed).
+        case unknown
+        /// The slow path must decide (no grantable session, or the state is not restored yet).
+        case slow
+    }
+
     /// The answer when a token can be handed out right away; nil when the slow path must decide.
     func sessionGetFast(_ request: RPCRequest, id: RPCID, peer: PeerCredentials) -> [UInt8]? {
         guard let context = request.string("context") else {
             metrics.count(RPCMethod.sessionGet.rawValue, .invalidParams)
             return RPCCodec.error(id: id, .invalidParams, "Invalid params: context (a string) is required")
         }
+        switch sessionGetFast(context: context, peer: peer) {
+        case .granted(let result): return RPCCodec.result(id: id, result)
+        case .unknown: return RPCCodec.error(id: id, .unknownContext, "Unknown context: \(context)")
+        case .slow: return nil
+        }
+    }
+
+    /// `session.get` of `context` on the hot path: a lookup in the published table and, for a grant, the result
+    /// JSON serialized once per generation. Counted here unless `counted` is false (the slow path counts its own
+    /// answers; `.slow` is always the slow path's to count).
+    func sessionGetFast(context: String, peer: PeerCredentials, logged: Bool = false, counted: Bool = true) -> FastGrant {
         guard access.mayUse(peer, context), let entry = keeper.leases.entry(context) else {
             // Before the state is restored nothing is known yet: a context the caller may use is starting.
-            if !keeper.restored.hasFired, access.mayUse(peer, context) { return nil }
-            metrics.count(RPCMethod.sessionGet.rawValue, .unknownContext)
-            return RPCCodec.error(id: id, .unknownContext, "Unknown context: \(context)")
+            if !keeper.restored.hasFired, access.mayUse(peer, context) { return .slow }
+            if counted { metrics.sessionGetUnknown.increment() }
+            return .unknown
         }
-        guard let session = entry.grantable() else { return nil }
-        metrics.count(RPCMethod.sessionGet.rawValue, nil)
-        logGrant(context, peer)
-        let json = grantJSON.withLock { cache -> String in
+        guard let session = entry.grantable() else { return .slow }
+        if counted { metrics.sessionGetGranted.increment() }
+        // `logged`: this connection was already granted this context (its first grant was logged).
+        if !logged || logger.logLevel <= .debug { logGrant(context, peer) }
+        return .granted(grantJSON.withLock { cache -> [UInt8] in
             if let cached = cache[context], cached.session == session, cached.generation == entry.generation { return cached.json }
             var fields = "{\"context\":\(JSONText.quote(context)),\"token\":\(JSONText.quote(session.token))"
             fields += ",\"user_id\":\(session.userId),\"expires_at\":\"\(JSONText.timestamp(session.expiresAt))\""
             fields += ",\"renew_at\":" + (entry.renewAt.map { "\"\(JSONText.timestamp($0))\"" } ?? "null")
             fields += ",\"generation\":\(entry.generation),\"server_public_key\":"
                 + (entry.serverPublicKeyPEM.map(JSONText.quote) ?? "null") + "}"
-            cache[context] = (session, entry.generation, fields)
-            return fields
-        }
-        return RPCCodec.result(id: id, json)
+            let json = Array(fields.utf8)
+            cache[context] = (session, entry.generation, json)
+            return json
+        })
     }
 
     private func logGrant(_ context: String, _ peer: PeerCredentials) {
-        let first = granted.withLock { $0.insert("\(peer.uid) \(context)").inserted }
+        let first = granted.withLock { $0.insert(GrantKey(uid: peer.uid, context: context)).inserted }
         let level: Logger.Level = first ? .info : .debug
         guard logger.logLevel <= level else { return }
         logger.log(level: level, first ? "token granted to a new caller" : "token granted", metadata: [
@@ -183,10 +211,9 @@ public final class SocketService: Sendable {
         switch method {
         case .sessionGet:
             let context = try await requireContext(request, peer)
-            if let fast = sessionGetFast(request, id: .null, peer: peer) {
+            if case .granted(let json) = sessionGetFast(context: context, peer: peer, counted: false) {
                 // Granted in the meantime: reuse the serialized result.
-                let text = String(decoding: fast, as: UTF8.self)
-                if let range = text.range(of: "\"result\":") { return String(text[range.upperBound...].dropLast(2)) }
+                return String(decoding: json, as: UTF8.self)
             }
             throw unavailable(context, await keeper.lease(context))
 
