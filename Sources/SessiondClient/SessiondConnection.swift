@@ -69,6 +69,15 @@ public final class SessiondConnection {
         close(fd)
     }
 
+    /// Ends the connection for both sides, from any thread: a call or `nextNotification()` blocked on it returns
+    /// with an error. Valid while the connection lives (its descriptor is closed when it is released).
+    public struct ShutdownHandle: Sendable {
+        let fd: Int32
+        public func shutdown() { _ = Glibc.shutdown(fd, Int32(SHUT_RDWR)) }
+    }
+
+    public var shutdownHandle: ShutdownHandle { ShutdownHandle(fd: fd) }
+
     /// Calls `method` and returns its result object.
     @discardableResult
     public func call(_ method: String, _ params: [String: Any] = [:]) throws -> [String: Any] {
