@@ -84,4 +84,52 @@ import TestSupport
         #expect(answer["rotated_token_differs"] as? Bool == true)
         #expect(answer["token_after"] as? String != token, "the refused token is not handed out again")
     }
+
+    /// `CachingClient`: tokens from memory between rotations, never one within the margin of its expiry, never
+    /// the token of a generation reported invalid once the daemon moved on. Sessions of 20 s renew about every
+    /// 15 s, so 35 s of asking live through two or three rotations.
+    @Test func theCachingClientServesFromMemoryButNeverPastTheMargin() async throws {
+        guard FileManager.default.fileExists(atPath: "/usr/bin/python3") else {
+            #expect(!Skip.report("the caching client: /usr/bin/python3 is missing (make deps installs python3)"))
+            return
+        }
+        let running = try await RunningDaemon.start(sessionTimeout: 20, provider: false)
+        defer { running.stop() }
+        let script = try running.dir.write("cache.py", """
+            import json, sys, time
+            sys.dont_write_bytecode = True
+            sys.path.insert(0, sys.argv[2])
+            from bunq_sessiond import CachingClient, _timestamp
+
+            client = CachingClient(sys.argv[1], margin=2.0)
+            out = {"late": [], "tokens": []}
+            began = time.monotonic()
+            while time.monotonic() - began < 35:
+                session = client.session("ops")
+                now = time.time()
+                if now >= _timestamp(session["expires_at"]) - 2.0:
+                    out["late"].append([session["generation"], session["expires_at"], now])
+                if session["token"] not in out["tokens"]:
+                    out["tokens"].append(session["token"])
+                time.sleep(0.002)
+            before = client.session("ops")
+            client.report_invalid("ops", before["generation"])
+            time.sleep(1)
+            out["after_report_differs"] = client.token("ops") != before["token"]
+            out["hits"], out["misses"] = client.hits, client.misses
+            print(json.dumps(out), flush=True)
+            """)
+        let child = try ChildProcess("/usr/bin/python3", [script, running.socket,
+                                                         PythonClientTests.repository.appendingPathComponent("clients/python").path],
+                                     log: running.dir.path("cache.log"))
+        defer { _ = child.stop(signal: SIGKILL) }
+        #expect(await child.waitFor(.seconds(90)) { $0.contains("\"hits\"") }, "\(child.log)")
+        let line = child.log.split(separator: "\n").last { $0.hasPrefix("{") } ?? ""
+        let answer = try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any], "\(child.log)")
+        #expect((answer["late"] as? [Any])?.isEmpty == true, "never within the margin of expiry: \(line.prefix(500))")
+        #expect((answer["tokens"] as? [String])?.count ?? 0 >= 2, "it followed the rotations")
+        let hits = answer["hits"] as? Int ?? 0, misses = answer["misses"] as? Int ?? 0
+        #expect(hits > 1_000 && misses <= 12, "hits \(hits), misses \(misses): from memory between rotations")
+        #expect(answer["after_report_differs"] as? Bool == true, "a token reported invalid is not served again")
+    }
 }

@@ -13,9 +13,12 @@ import json
 import os
 import socket
 import threading
+import time
+from datetime import datetime
 from typing import Any, Dict, Iterator, Optional
 
-__all__ = ["Client", "ProxyConnection", "SessiondError", "SessiondUnreachable", "DEFAULT_SOCKET", "DEFAULT_PROXY_SOCKET"]
+__all__ = ["Client", "CachingClient", "ProxyConnection", "SessiondError", "SessiondUnreachable", "DEFAULT_SOCKET",
+           "DEFAULT_PROXY_SOCKET"]
 __version__ = "0.1.0"
 
 DEFAULT_SOCKET = "/run/bunq-sessiond/socket"
@@ -172,6 +175,114 @@ class Client:
                     yield {"method": message["method"], "params": message.get("params") or {}}
         finally:
             connection.close()
+
+
+def _timestamp(text: Optional[str]) -> Optional[float]:
+    """Seconds since the epoch of the protocol's RFC 3339 UTC timestamps (`2026-12-01T20:14:22.234Z`)."""
+    if not text:
+        return None
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+class CachingClient(Client):
+    """A `Client` that serves `session()` and `token()` from memory: zero round trips for the common case.
+
+    The first call for a context asks the daemon and subscribes once (one extra connection, read by a daemon
+    thread). A cached session is served until its `renew_at` (past it, while the renewal runs, for a second at a
+    time), and never later than `margin` seconds before its `expires_at` (both measured from when it was
+    fetched, on the monotonic clock: a wall clock that steps cannot stretch them). A rotation, a state change, or a lost subscription drops the cached entry, and the next call
+    asks the daemon again. `hits` and `misses` count what was served from memory and what was asked for."""
+
+    def __init__(self, socket_path: Optional[str] = None, timeout: Optional[float] = 30.0, margin: float = 60.0):
+        super().__init__(socket_path, timeout)
+        self.margin = margin
+        self.hits = 0
+        self.misses = 0
+        self._cache: Dict[str, Any] = {}  # context -> (session dict, monotonic deadline)
+        self._cache_lock = threading.Lock()
+        self._watcher: Optional[threading.Thread] = None
+        self._watch_connection: Optional[_Connection] = None
+        # The contexts the live subscription covers (empty until it is confirmed, and again once it is lost).
+        self._watched: frozenset = frozenset()
+        self._confirmed = threading.Event()
+
+    def session(self, context: str) -> Dict[str, Any]:
+        now = time.monotonic()
+        with self._cache_lock:
+            cached = self._cache.get(context)
+            if cached is not None and now < cached[1]:
+                self.hits += 1
+                return dict(cached[0])
+            self.misses += 1
+        self._watch()
+        # Cached only when the subscription covering it was live before the answer was asked for: a rotation
+        # after that is heard of.
+        watched = context in self._watched
+        result = self.call("session.get", {"context": context})
+        deadline = self._deadline(result, now)
+        if watched and deadline is not None:
+            with self._cache_lock:
+                if context in self._watched:
+                    self._cache[context] = (dict(result), deadline)
+        return result
+
+    def _deadline(self, result: Dict[str, Any], fetched: float) -> Optional[float]:
+        """Until when (monotonic) `result` may be served: its renew_at, at most its expiry minus the margin. Past
+        renew_at (the renewal is under way and its rotation will be heard of) a second at a time, so callers do
+        not all ask the daemon until the new session is there."""
+        expires_at = _timestamp(result.get("expires_at"))
+        if expires_at is None:
+            return None
+        wall = time.time()
+        until = expires_at - self.margin
+        renew_at = _timestamp(result.get("renew_at"))
+        if renew_at is not None:
+            until = min(until, renew_at if renew_at > wall else wall + 1.0)
+        remaining = until - wall
+        return fetched + remaining if remaining > 0 else None
+
+    def _watch(self) -> None:
+        """Starts the subscription once (again after it was lost)."""
+        with self._cache_lock:
+            if self._watcher is not None and self._watcher.is_alive():
+                return
+            self._confirmed.clear()
+            self._watcher = threading.Thread(target=self._follow, name="bunq-sessiond-cache", daemon=True)
+            self._watcher.start()
+        self._confirmed.wait(self.timeout if self.timeout is not None else 30.0)
+
+    def _follow(self) -> None:
+        try:
+            connection = _Connection(self.socket_path, None)
+        except SessiondError:
+            return
+        self._watch_connection = connection
+        try:
+            connection.send({"jsonrpc": "2.0", "id": 1, "method": "session.subscribe", "params": {}})
+            subscribed = self._result(connection.read()).get("subscribed") or []
+            with self._cache_lock:
+                self._watched = frozenset(subscribed)
+            self._confirmed.set()
+            while True:
+                message = connection.read()
+                context = (message.get("params") or {}).get("context")
+                if "method" in message and context is not None:
+                    with self._cache_lock:
+                        self._cache.pop(context, None)
+        except (OSError, ValueError, SessiondError):
+            pass
+        finally:
+            # Without notifications nothing cached can be trusted to be current.
+            with self._cache_lock:
+                self._watched = frozenset()
+                self._cache.clear()
+            self._confirmed.set()
+            connection.close()
+
+    def close(self) -> None:
+        if self._watch_connection is not None:
+            self._watch_connection.close()
+        super().close()
 
 
 class ProxyConnection(http.client.HTTPConnection):
