@@ -9,9 +9,9 @@ export PATH := $(PATH):/opt/swift/usr/bin
 # System packages the build and the tests need (headers for the C bindings, the openssl command for interop
 # tests, CA certificates for TLS, Python for the official-SDK compatibility test, systemd-nspawn and debootstrap
 # for the test under a real systemd, socat for the half-closed-client test, PostgreSQL for the PostgreSQL backend's
-# tests, which start servers of their own).
+# tests, which start servers of their own; redis-server for make bench's yardstick row, which starts its own).
 DEB_PACKAGES := libssl-dev libcurl4-openssl-dev libsystemd-dev libsqlite3-dev sqlite3 pkg-config openssl ca-certificates curl \
-  python3 python3-venv systemd-container debootstrap socat postgresql prometheus lintian patchelf
+  python3 python3-venv systemd-container debootstrap socat postgresql prometheus lintian patchelf redis-server
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 BUILD_LOG := .build/make-build.log
 # bunq's official Python SDK, for the emulator's compatibility test, in a virtualenv under .build/.

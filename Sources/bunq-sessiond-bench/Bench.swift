@@ -51,6 +51,15 @@ struct Bench {
             _ = try clusterRows(bin: bin, work: work, base: base, seconds: seconds)  // each row is emitted as measured
             return
         }
+        if ProcessInfo.processInfo.environment["BENCH_ONLY"] == "redis" {
+            let daemon = try startDaemon(bin: bin, work: work, base: base, name: "redis-yardstick", extra: "")
+            defer { daemon.stop() }
+            _ = load(work + "/redis-yardstick.socket", #"{"jsonrpc":"2.0","id":1,"method":"session.get","params":{"context":"ops"}}"#,
+                     connections: 50, seconds: 1)  // warm-up
+            _ = try redisRows(work: work, socket: work + "/redis-yardstick.socket", daemonPID: daemon.process.processIdentifier,
+                              seconds: seconds)
+            return
+        }
         if ProcessInfo.processInfo.environment["BENCH_ONLY"] == "proxy" {
             _ = try proxyRows(bin: bin, work: work, base: base, seconds: seconds)  // each row is emitted as measured
             return
@@ -114,6 +123,8 @@ struct Bench {
             + "\(Int(mixedSign.result.withLock { $0.rate })) signatures/s meanwhile |"
         emit(mixedRow)
         rows.append(mixedRow)
+        // The yardstick: redis GET of a value as large as the answer, by the same load generator, now.
+        rows += try redisRows(work: work, socket: work + "/socket", daemonPID: pid, seconds: seconds)
         daemon.stop()
 
         // 1b. The same token path with metrics on, while Prometheus scrapes ten times a second: counting answers
