@@ -3,6 +3,7 @@ import BunqAPI
 import BunqProxy
 import Foundation
 import Logging
+import NIOCore
 import MetricsEndpoint
 import PostgresState
 import ServiceLifecycle
@@ -161,6 +162,8 @@ struct BunqSessiondCommand: AsyncParsableCommand {
             return
         }
 
+        // The sockets' I/O threads, before anything starts SwiftNIO's shared group (it can be sized only once).
+        NIOSingletons.groupLoopCountSuggestion = settings.eventLoops
         // Native journal entries under systemd (stderr is the journal), readable lines otherwise.
         let journal = JournalLogHandler.stderrIsJournal
         LoggingSystem.bootstrap { label in
