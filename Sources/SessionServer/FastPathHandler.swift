@@ -1,4 +1,5 @@
 import NIOCore
+import NIOPosix
 import SessionKeeper
 import SessionProtocol
 import Synchronization
@@ -110,16 +111,36 @@ final class FastPathHandler: ChannelInboundHandler {
         }
         // Measured (make bench): signing here, with the key already parsed, rather than on the thread pool raises
         // signatures per CPU-second from 86% to 89% of `openssl speed` and lowers session.get's p99 meanwhile.
-        if request.method == RPCMethod.requestSign.rawValue, let (signContext, body) = service.signInput(request, peer: peer),
-           let answer = service.signInline(signContext, body, id: id) {
-            // Flushed at once: 0.2 ms of signing is long enough that batching its answer with later ones only
-            // delays it.
-            append(context, answer)
-            flushOutput(context)
-            return
+        if request.method == RPCMethod.requestSign.rawValue, let (signContext, body) = service.signInput(request, peer: peer) {
+            if service.signsInline, let answer = service.signInline(signContext, body, id: id) {
+                // Flushed at once: 0.2 ms of signing is long enough that batching its answer with later ones only
+                // delays it.
+                append(context, answer)
+                flushOutput(context)
+                return
+            }
+            if !service.signsInline {
+                sign(context, signContext, body, id: id)
+                return
+            }
         }
         _ = flags.pending.wrappingAdd(1, ordering: .relaxed)
         context.fireChannelRead(wrapInboundOut(SlowRequest(request: request, id: id)))
+    }
+
+    /// Signs on SwiftNIO's blocking pool (a thread per core) and answers on this loop: with fewer event loops
+    /// than cores, signing inline would leave cores idle. The key is read from the store there on a first use.
+    private func sign(_ context: ChannelHandlerContext, _ signContext: String, _ body: [UInt8], id: RPCID) {
+        _ = flags.pending.wrappingAdd(1, ordering: .relaxed)
+        let (service, flags) = (self.service, self.flags)
+        let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+        NIOThreadPool.singleton.runIfActive(eventLoop: context.eventLoop) {
+            service.signBlocking(signContext, body, id: id)
+        }.whenComplete { result in
+            _ = flags.pending.wrappingSubtract(1, ordering: .relaxed)
+            guard case .success(let answer) = result else { return }
+            bound.value.writeAndFlush(NIOAny(ByteBuffer(bytes: answer)), promise: nil)
+        }
     }
 
     private func append(_ context: ChannelHandlerContext, _ bytes: [UInt8]) {

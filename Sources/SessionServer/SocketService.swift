@@ -25,10 +25,16 @@ public final class SocketService: Sendable {
     let subscriptions = SubscriptionRegistry()
     let metrics = RPCMetrics()
 
-    public init(keeper: Keeper, access: AccessControl, logger: Logger) {
+    /// Whether `request.sign` is answered on the event loop that read it (no hop); else on SwiftNIO's blocking
+    /// pool, a thread per core. Inline is best while the loops spread signing over every core.
+    let signsInline: Bool
+
+    /// `signsInline`: see above; the daemon passes whether its event loops cover the cores.
+    public init(keeper: Keeper, access: AccessControl, logger: Logger, signsInline: Bool = true) {
         self.keeper = keeper
         self.access = access
         self.logger = logger
+        self.signsInline = signsInline
     }
 
     public func markReady() { ready.store(true, ordering: .releasing) }
@@ -126,6 +132,7 @@ public final class SocketService: Sendable {
         }
     }
 
+    /// The answer, signing on the calling thread (a blocking pool's): the key is read from the store on a miss.
     func signBlocking(_ context: String, _ body: [UInt8], id: RPCID) -> [UInt8] {
         do {
             let answer = RPCCodec.result(id: id, "{\"signature\":\(JSONText.quote(try keeper.signBlocking(context, body: body)))}")

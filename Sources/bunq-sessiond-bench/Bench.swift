@@ -60,6 +60,12 @@ struct Bench {
                               seconds: seconds)
             return
         }
+        if ProcessInfo.processInfo.environment["BENCH_ONLY"] == "sign" {
+            let daemon = try startDaemon(bin: bin, work: work, base: base, name: "sign", extra: "")
+            defer { daemon.stop() }
+            _ = signRows(socket: work + "/sign.socket", pid: daemon.process.processIdentifier, seconds: seconds)
+            return
+        }
         if ProcessInfo.processInfo.environment["BENCH_ONLY"] == "proxy" {
             _ = try proxyRows(bin: bin, work: work, base: base, seconds: seconds)  // each row is emitted as measured
             return
@@ -97,32 +103,7 @@ struct Bench {
             + "batch p50 \(format(pipelined.p50)) | batch p99 \(format(pipelined.p99)) |"
         emit(pipelinedRow)
         rows.append(pipelinedRow)
-        let body = String(repeating: "x", count: 200)
-        let signLine = #"{"jsonrpc":"2.0","id":1,"method":"request.sign","params":{"context":"ops","body":"\#(body)"}}"#
-        let cores = ProcessInfo.processInfo.activeProcessorCount
-        let signCPUBefore = cpuSeconds(pid)
-        let sign = load(work + "/socket", signLine, connections: cores * 2, seconds: seconds)
-        let signsPerCPUSecond = sign.rate * seconds / max(0.001, cpuSeconds(pid) - signCPUBefore)
-        let opensslRate = opensslSignRate()
-        let signRow = "| `request.sign`, \(cores * 2) connections | \(Int(sign.rate)) /s | p50 \(format(sign.p50)) | "
-            + "\(Int(signsPerCPUSecond)) per daemon CPU-second vs openssl speed rsa2048 \(Int(opensslRate)) sign/s per core "
-            + String(format: "(%.0f%%)", signsPerCPUSecond / max(1, opensslRate) * 100) + " |"
-        emit(signRow)
-        rows.append(signRow)
-        // Both at once: what signing at full rate does to a token fetch's latency.
-        let mixedSign = ResultBox()
-        let signing = Thread {
-            let result = load(work + "/socket", signLine, connections: cores * 2, seconds: seconds)
-            mixedSign.result.withLock { $0 = result }
-        }
-        signing.start()
-        let mixedGet = load(work + "/socket", getLine, connections: 50, seconds: seconds)
-        Thread.sleep(forTimeInterval: 0.5)
-        let mixedRow = "| `session.get`, 50 connections, while `request.sign` runs on \(cores * 2) | "
-            + "\(Int(mixedGet.rate)) /s | p50 \(format(mixedGet.p50)) | p99 \(format(mixedGet.p99)) | "
-            + "\(Int(mixedSign.result.withLock { $0.rate })) signatures/s meanwhile |"
-        emit(mixedRow)
-        rows.append(mixedRow)
+        rows += signRows(socket: work + "/socket", pid: pid, seconds: seconds)
         // The yardstick: redis GET of a value as large as the answer, by the same load generator, now.
         rows += try redisRows(work: work, socket: work + "/socket", daemonPID: pid, seconds: seconds)
         daemon.stop()
@@ -166,6 +147,39 @@ struct Bench {
         rows.append(try budgetRow(bin: bin, work: work, seconds: max(20, seconds * 4)))
         emit(rows.last!)
         emit("\nREADME rows:\n" + rows.joined(separator: "\n"))
+    }
+
+    /// `request.sign` at full rate (per daemon CPU-second against `openssl speed`), then `session.get` while it runs.
+    static func signRows(socket: String, pid: Int32, seconds: Double) -> [String] {
+        var rows: [String] = []
+        let getLine = #"{"jsonrpc":"2.0","id":1,"method":"session.get","params":{"context":"ops"}}"#
+        let body = String(repeating: "x", count: 200)
+        let signLine = #"{"jsonrpc":"2.0","id":1,"method":"request.sign","params":{"context":"ops","body":"\#(body)"}}"#
+        let cores = ProcessInfo.processInfo.activeProcessorCount
+        let signCPUBefore = cpuSeconds(pid)
+        let sign = load(socket, signLine, connections: cores * 2, seconds: seconds)
+        let signsPerCPUSecond = sign.rate * seconds / max(0.001, cpuSeconds(pid) - signCPUBefore)
+        let opensslRate = opensslSignRate()
+        let signRow = "| `request.sign`, \(cores * 2) connections | \(Int(sign.rate)) /s | p50 \(format(sign.p50)) | "
+            + "\(Int(signsPerCPUSecond)) per daemon CPU-second vs openssl speed rsa2048 \(Int(opensslRate)) sign/s per core "
+            + String(format: "(%.0f%%)", signsPerCPUSecond / max(1, opensslRate) * 100) + " |"
+        emit(signRow)
+        rows.append(signRow)
+        // Both at once: what signing at full rate does to a token fetch's latency.
+        let mixedSign = ResultBox()
+        let signing = Thread {
+            let result = load(socket, signLine, connections: cores * 2, seconds: seconds)
+            mixedSign.result.withLock { $0 = result }
+        }
+        signing.start()
+        let mixedGet = load(socket, getLine, connections: 50, seconds: seconds)
+        Thread.sleep(forTimeInterval: 0.5)
+        let mixedRow = "| `session.get`, 50 connections, while `request.sign` runs on \(cores * 2) | "
+            + "\(Int(mixedGet.rate)) /s | p50 \(format(mixedGet.p50)) | p99 \(format(mixedGet.p99)) | "
+            + "\(Int(mixedSign.result.withLock { $0.rate })) signatures/s meanwhile |"
+        emit(mixedRow)
+        rows.append(mixedRow)
+        return rows
     }
 
     /// `session.get` at 50 connections on a daemon with metrics on (`scrape`: while Prometheus' rate of scrapes

@@ -202,7 +202,10 @@ struct BunqSessiondCommand: AsyncParsableCommand {
                                   logger: logger)
         logger.info("starting", metadata: ["bunq.api": "\(settings.endpoints.apiBaseURL)",
                                            "bunq.state": "\(settings.stateDirectory)"])
-        let service = SocketService(keeper: keeper, access: AccessControl(rules: settings.access), logger: logger)
+        // Signing inline on the event loops spreads it over the cores only when there is a loop per core; with
+        // fewer (the default on 2 cores is one), signatures go to SwiftNIO's blocking pool, a thread per core.
+        let service = SocketService(keeper: keeper, access: AccessControl(rules: settings.access), logger: logger,
+                                    signsInline: settings.eventLoops >= ProcessInfo.processInfo.activeProcessorCount)
         var limits = SocketServer.Limits()
         limits.maxConnections = settings.maxConnections
         limits.maxConnectionsPerUID = settings.maxConnectionsPerUID

@@ -78,6 +78,7 @@ import TestSupport
                 + "cluster: {lease_seconds: 1}\n", [:], "cluster.lease_seconds"),
             ("api_keys: []\nstate: {backend: postgresql, master_key_file: /k, postgresql: {url: 'postgresql://u@127.0.0.1/db'}}\n"
                 + "cluster: {leases: 3}\n", [:], "cluster.leases: is not a known key"),
+            ("api_keys: []\nsocket: {event_loops: 0}\n", [:], "socket.event_loops: must be a whole number from 1 to 256"),
             ("api_keys: []\nproxy: {timeout: 5}\n", [:], "proxy.socket: is required when a proxy section is given"),
             ("api_keys: []\nproxy: {socket: relative.sock}\n", [:], "proxy.socket: must be an absolute path"),
             ("api_keys: []\nproxy: {socket: /run/p.sock, max_body_bytes: 0}\n", [:], "proxy.max_body_bytes: must be a whole number"),
