@@ -66,12 +66,14 @@ final class RawSocketClient {
         return object
     }
 
-    /// Whether the peer closed the connection (within `timeout`).
+    /// Whether the peer closed the connection (within `timeout`): end of stream, or reset (a Unix socket closed
+    /// with our unread bytes still queued on its side reads as ECONNRESET here, not as end of stream).
     func isClosed(timeout: Double = 5) -> Bool {
         var pollFD = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
         guard poll(&pollFD, 1, Int32(timeout * 1000)) > 0 else { return false }
         var byte: UInt8 = 0
-        return recv(fd, &byte, 1, Int32(MSG_PEEK)) == 0
+        let count = recv(fd, &byte, 1, Int32(MSG_PEEK))
+        return count == 0 || (count < 0 && errno == ECONNRESET)
     }
 }
 
