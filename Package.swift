@@ -77,6 +77,18 @@ let package = Package(
             dependencies: ["BunqCrypto", "CurlHTTP", .product(name: "Metrics", package: "swift-metrics")],
             swiftSettings: strictSettings
         ),
+        // The one listener of every Unix socket: bind or socket activation, mode, SO_PEERCRED, admission, accept
+        // pause, write stalls.
+        .target(
+            name: "UnixListener",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strictSettings
+        ),
         .target(
             name: "SessionProtocol",
             swiftSettings: strictSettings
@@ -99,7 +111,7 @@ let package = Package(
         .target(
             name: "MetricsEndpoint",
             dependencies: [
-                "SessionKeeper", "BunqAPI",
+                "SessionKeeper", "BunqAPI", "UnixListener",
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -119,13 +131,14 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: strictSettings
         ),
         .target(
             name: "SessionServer",
             dependencies: [
-                "SessionKeeper", "SessionProtocol", "BunqAPI",
+                "SessionKeeper", "SessionProtocol", "BunqAPI", "UnixListener",
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -138,7 +151,7 @@ let package = Package(
         .target(
             name: "BunqProxy",
             dependencies: [
-                "SessionKeeper", "SessionServer", "SessionProtocol", "BunqAPI", "CurlHTTP",
+                "SessionKeeper", "SessionServer", "SessionProtocol", "BunqAPI", "CurlHTTP", "UnixListener",
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -192,6 +205,7 @@ let package = Package(
                 "BunqProxy",
                 "PostgresState",
                 "MetricsEndpoint",
+                "UnixListener",
                 "SystemdSupport",
                 "BunqAPI",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),

@@ -1,6 +1,7 @@
 import NIOCore
 import NIOHTTP1
 import SessionServer
+import UnixListener
 
 /// One client connection's task: reads each request whole (head and body, within `proxy.max_body_bytes`),
 /// answers it, and goes on while the client keeps the connection alive. Requests are answered one at a time and

@@ -6,6 +6,7 @@ import Metrics
 import NIOCore
 import NIOHTTP1
 import SessionKeeper
+import UnixListener
 import SessionServer
 
 /// Decides and forwards one complete request: who may use which context, which calls may go through, the
@@ -92,7 +93,7 @@ struct ProxyForwarder: Sendable {
         for attempt in 0..<2 {
             let session: ForwardingSession
             do {
-                guard let current = try keeper.forwardingSession(context) else { return await unavailable(context, waited) }
+                guard let current = try await keeper.forwardingSession(context) else { return await unavailable(context, waited) }
                 session = current
             } catch {
                 return unknown(context)

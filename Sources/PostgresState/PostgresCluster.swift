@@ -12,11 +12,11 @@ extension PostgresState {
     static let channel = "bunq_sessiond"
 
     public func heartbeat(instance: String, process: String, egressGroup: String,
-                          window: Double) throws -> (members: [ClusterMember], contexts: Int) {
-        try transaction("record this daemon's heartbeat") { connection in
+                          window: Double) async throws -> (members: [ClusterMember], contexts: Int) {
+        try await transaction("heartbeat", "record this daemon's heartbeat") { connection in
             // An instance name is one process's: another live process under it (a cloned host, a copied
             // configuration) would hold the same leases, and fencing could not tell the two apart.
-            let recorded = try run(connection, """
+            let recorded = try await self.run(connection, """
                 INSERT INTO cluster_member (instance, process, egress_group, heartbeat_at)
                 VALUES (\(instance), \(process), \(egressGroup), now())
                 ON CONFLICT (instance) DO UPDATE SET process = excluded.process, egress_group = excluded.egress_group,
@@ -25,12 +25,12 @@ extension PostgresState {
                    OR cluster_member.heartbeat_at <= now() - make_interval(secs => \(window))
                 """)
             guard recorded.metadata.rows == 1 else {
-                throw StoreError(.locked, "another daemon is running as cluster.instance \(instance) on \(settings.location): "
+                throw StoreError(.locked, "another daemon is running as cluster.instance \(instance) on \(self.settings.location): "
                     + "give each daemon its own instance name")
             }
             // Members gone for a day are forgotten: an instance renamed must not linger.
-            _ = try run(connection, "DELETE FROM cluster_member WHERE heartbeat_at < now() - interval '1 day'")
-            let members = try run(connection, """
+            _ = try await self.run(connection, "DELETE FROM cluster_member WHERE heartbeat_at < now() - interval '1 day'")
+            let members = try await self.run(connection, """
                 SELECT m.instance, m.egress_group,
                        (SELECT count(*) FROM lease l WHERE l.holder = m.instance AND l.expires_at > now())
                 FROM cluster_member m WHERE m.heartbeat_at > now() - make_interval(secs => \(window)) ORDER BY m.instance
@@ -38,15 +38,15 @@ extension PostgresState {
                 let (name, group, leases) = try row.decode((String, String, Int64).self)
                 return ClusterMember(instance: name, egressGroup: group, leases: Int(leases))
             }
-            let contexts = try run(connection, "SELECT count(*) FROM context").rows.first.map { try $0.decode(Int64.self) } ?? 0
+            let contexts = try await self.run(connection, "SELECT count(*) FROM context").rows.first.map { try $0.decode(Int64.self) } ?? 0
             return (members, Int(contexts))
         }
     }
 
-    public func generations() throws -> [String: Int] {
-        try call("read the generations") { connection in
+    public func generations() async throws -> [String: Int] {
+        try await call("read_generations", "read the generations") { connection in
             var generations: [String: Int] = [:]
-            for row in try run(connection, "SELECT name, generation FROM context").rows {
+            for row in try await self.run(connection, "SELECT name, generation FROM context").rows {
                 let (name, generation) = try row.decode((String, Int64).self)
                 generations[name] = Int(generation)
             }
@@ -54,28 +54,28 @@ extension PostgresState {
         }
     }
 
-    public func renewLeases(instance: String, seconds: Double) throws -> [LeaseGrant] {
-        try call("extend this daemon's leases") { connection in
-            try grants(try run(connection, """
+    public func renewLeases(instance: String, seconds: Double) async throws -> [LeaseGrant] {
+        try await call("renew_leases", "extend this daemon's leases") { connection in
+            try self.grants(try await self.run(connection, """
                 UPDATE lease SET expires_at = now() + make_interval(secs => \(seconds))
                 WHERE holder = \(instance) AND expires_at > now() RETURNING context, fence
                 """))
         }
     }
 
-    public func acquireLeases(instance: String, seconds: Double, limit: Int) throws -> [LeaseGrant] {
+    public func acquireLeases(instance: String, seconds: Double, limit: Int) async throws -> [LeaseGrant] {
         guard limit > 0 else { return [] }
-        return try transaction("take leases") { connection in
+        return try await transaction("acquire_leases", "take leases") { connection in
             // Never granted first (new contexts), then expired or released ones: their fence moves on, so the
             // previous holder's late writes fail. SKIP LOCKED: two daemons taking at once split them.
-            var taken = try grants(try run(connection, """
+            var taken = try self.grants(try await self.run(connection, """
                 INSERT INTO lease (context, holder, fence, expires_at)
                 SELECT c.name, \(instance), 1, now() + make_interval(secs => \(seconds)) FROM context c
                 WHERE NOT EXISTS (SELECT 1 FROM lease l WHERE l.context = c.name) ORDER BY random() LIMIT \(limit)
                 ON CONFLICT (context) DO NOTHING RETURNING context, fence
                 """))
             if taken.count < limit {
-                taken += try grants(try run(connection, """
+                taken += try self.grants(try await self.run(connection, """
                     UPDATE lease SET holder = \(instance), fence = fence + 1, expires_at = now() + make_interval(secs => \(seconds))
                     WHERE context IN (SELECT context FROM lease WHERE expires_at <= now() ORDER BY random()
                                       LIMIT \(limit - taken.count) FOR UPDATE SKIP LOCKED)
@@ -86,20 +86,20 @@ extension PostgresState {
         }
     }
 
-    public func releaseLeases(instance: String, _ contexts: [String]) throws {
+    public func releaseLeases(instance: String, _ contexts: [String]) async throws {
         guard !contexts.isEmpty else { return }
-        try call("give leases back") { connection in
-            _ = try run(connection, "UPDATE lease SET expires_at = now() WHERE holder = \(instance) AND context = ANY(\(contexts))")
+        try await call("release_leases", "give leases back") { connection in
+            _ = try await self.run(connection, "UPDATE lease SET expires_at = now() WHERE holder = \(instance) AND context = ANY(\(contexts))")
         }
     }
 
-    public func leave(instance: String, spacing: Double) throws {
-        try transaction("leave the cluster") { connection in
-            _ = try run(connection, "UPDATE lease SET expires_at = now() WHERE holder = \(instance) AND expires_at > now()")
-            _ = try run(connection, "DELETE FROM cluster_member WHERE instance = \(instance)")
+    public func leave(instance: String, spacing: Double) async throws {
+        try await transaction("leave", "leave the cluster") { connection in
+            _ = try await self.run(connection, "UPDATE lease SET expires_at = now() WHERE holder = \(instance) AND expires_at > now()")
+            _ = try await self.run(connection, "DELETE FROM cluster_member WHERE instance = \(instance)")
             // A call cut short by the shutdown still counts at bunq: the slot opens one spacing from now, not at
             // the end of its hold, and never earlier (a restarted daemon must not call again at once).
-            _ = try run(connection, """
+            _ = try await self.run(connection, """
                 UPDATE session_server_slot SET opens_at = least(opens_at, now() + make_interval(secs => \(spacing)))
                 WHERE holder = \(instance) AND opens_at > now()
                 """)
@@ -107,31 +107,31 @@ extension PostgresState {
     }
 
     public func insertRegistration(_ name: String, kind: StoredContext.Kind, _ registration: IdentityRegistration,
-                                   by instance: String, leaseSeconds: Double) throws -> LeaseGrant? {
+                                   by instance: String, leaseSeconds: Double) async throws -> LeaseGrant? {
         let sealed = try sealer.sealRegistration(registration, name)
         let now = Date().timeIntervalSince1970
-        return try transaction("create context \(name)") { connection in
-            let inserted = try run(connection, """
+        return try await transaction("insert_registration", "create context \(name)") { connection in
+            let inserted = try await self.run(connection, """
                 INSERT INTO context (name, kind, registration, server_public_key, created_at, updated_at)
                 VALUES (\(name), \(kind.rawValue), \(sealed), \(registration.serverPublicKeyPEM), \(now), \(now))
                 ON CONFLICT (name) DO NOTHING
                 """)
             guard inserted.metadata.rows == 1 else { return nil }
-            let grant = try grants(try run(connection, """
+            let grant = try self.grants(try await self.run(connection, """
                 INSERT INTO lease (context, holder, fence, expires_at) VALUES (\(name), \(instance), 1, now() + make_interval(secs => \(leaseSeconds)))
                 ON CONFLICT (context) DO UPDATE SET holder = excluded.holder, fence = lease.fence + 1, expires_at = excluded.expires_at
                 RETURNING context, fence
                 """)).first
-            try notify(connection, .changed(context: name, generation: 0, by: instance))
+            try await self.notify(connection, .changed(context: name, generation: 0, by: instance))
             return grant
         }
     }
 
-    public func updateRegistration(_ name: String, _ registration: IdentityRegistration, fence: Int64, by instance: String) throws {
+    public func updateRegistration(_ name: String, _ registration: IdentityRegistration, fence: Int64, by instance: String) async throws {
         let sealed = try sealer.sealRegistration(registration, name)
-        try transaction("save the registration of \(name)") { connection in
-            try checkLease(connection, name, fence: fence, instance: instance)
-            let result = try run(connection, """
+        try await transaction("save_registration", "save the registration of \(name)") { connection in
+            try await self.checkLease(connection, name, fence: fence, instance: instance)
+            let result = try await self.run(connection, """
                 UPDATE context SET registration = \(sealed), server_public_key = \(registration.serverPublicKeyPEM),
                     updated_at = \(Date().timeIntervalSince1970) WHERE name = \(name)
                 """)
@@ -140,12 +140,12 @@ extension PostgresState {
     }
 
     public func saveSession(_ name: String, _ session: SessionInfo, generation: Int, registration: IdentityRegistration,
-                            fence: Int64, by instance: String) throws {
+                            fence: Int64, by instance: String) async throws {
         let token = try sealer.sealToken(session, name)
         let sealed = try sealer.sealRegistration(registration, name)
-        try transaction("save the session of \(name)") { connection in
-            try checkLease(connection, name, fence: fence, instance: instance)
-            let result = try run(connection, """
+        try await transaction("save_session", "save the session of \(name)") { connection in
+            try await self.checkLease(connection, name, fence: fence, instance: instance)
+            let result = try await self.run(connection, """
                 UPDATE context SET registration = \(sealed), server_public_key = \(registration.serverPublicKeyPEM),
                     generation = \(generation), updated_at = \(Date().timeIntervalSince1970)
                 WHERE name = \(name) AND generation < \(generation)
@@ -153,19 +153,19 @@ extension PostgresState {
             guard result.metadata.rows == 1 else {
                 throw StoreError(.fenced, "context \(name) is at generation \(generation) or newer already")
             }
-            _ = try run(connection, try upsertSession(name, session, token))
-            try notify(connection, .changed(context: name, generation: generation, by: instance))
+            _ = try await self.run(connection, try self.upsertSession(name, session, token))
+            try await self.notify(connection, .changed(context: name, generation: generation, by: instance))
         }
     }
 
     /// Locks the context's lease row (a takeover waits for this transaction) and checks that `instance` still
     /// holds it under `fence`, unexpired by the server's clock at this very moment.
-    private func checkLease(_ connection: PostgresConnection, _ name: String, fence: Int64, instance: String) throws {
-        let rows = try run(connection, """
+    private func checkLease(_ connection: PostgresConnection, _ name: String, fence: Int64, instance: String) async throws {
+        let rows = try await self.run(connection, """
             SELECT holder, fence, expires_at > clock_timestamp() FROM lease WHERE context = \(name) FOR SHARE
             """).rows
         guard let row = rows.first else {
-            let exists = try run(connection, "SELECT 1 FROM context WHERE name = \(name)").rows.first != nil
+            let exists = try await self.run(connection, "SELECT 1 FROM context WHERE name = \(name)").rows.first != nil
             throw exists ? StoreError(.fenced, "nobody holds the lease of \(name)") : StoreError(.missing, "context \(name) does not exist")
         }
         let (holder, current, valid) = try row.decode((String, Int64, Bool).self)
@@ -174,37 +174,37 @@ extension PostgresState {
         }
     }
 
-    public func claimSessionServer(egressGroup: String, instance: String, hold: Double) throws -> Double? {
-        try transaction("claim the session-server slot of \(egressGroup)") { connection in
-            let claimed = try run(connection, """
+    public func claimSessionServer(egressGroup: String, instance: String, hold: Double) async throws -> Double? {
+        try await transaction("claim_session_server", "claim the session-server slot of \(egressGroup)") { connection in
+            let claimed = try await self.run(connection, """
                 INSERT INTO session_server_slot (egress_group, holder, opens_at)
                 VALUES (\(egressGroup), \(instance), now() + make_interval(secs => \(hold)))
                 ON CONFLICT (egress_group) DO UPDATE SET holder = excluded.holder, opens_at = excluded.opens_at
                 WHERE session_server_slot.opens_at <= now()
                 """)
             if claimed.metadata.rows == 1 { return nil }
-            let wait = try run(connection, """
+            let wait = try await self.run(connection, """
                 SELECT extract(epoch FROM opens_at - now())::float8 FROM session_server_slot WHERE egress_group = \(egressGroup)
                 """).rows.first.map { try $0.decode(Double.self) }
             return max(0.01, wait ?? 0.01)
         }
     }
 
-    public func releaseSessionServer(egressGroup: String, instance: String, spacing: Double) throws {
-        try call("release the session-server slot of \(egressGroup)") { connection in
-            _ = try run(connection, """
+    public func releaseSessionServer(egressGroup: String, instance: String, spacing: Double) async throws {
+        try await call("release_session_server", "release the session-server slot of \(egressGroup)") { connection in
+            _ = try await self.run(connection, """
                 UPDATE session_server_slot SET opens_at = now() + make_interval(secs => \(spacing))
                 WHERE egress_group = \(egressGroup) AND holder = \(instance)
                 """)
         }
     }
 
-    public func announce(_ change: StoreChange) throws {
-        try call("notify the other daemons") { connection in try notify(connection, change) }
+    public func announce(_ change: StoreChange) async throws {
+        try await call("announce", "notify the other daemons") { connection in try await self.notify(connection, change) }
     }
 
     /// Queued with the transaction: the others hear of a change once it is committed, never before.
-    private func notify(_ connection: PostgresConnection, _ change: StoreChange) throws {
+    private func notify(_ connection: PostgresConnection, _ change: StoreChange) async throws {
         let payload: String
         switch change {
         case .changed(let context, let generation, let by): payload = "changed\t\(by)\t\(generation)\t\(context)"
@@ -212,7 +212,7 @@ extension PostgresState {
         case .renewalRequested(let context, let invalid, let by): payload = "renew\t\(by)\t\(invalid ?? -1)\t\(context)"
         case .resync: return
         }
-        _ = try run(connection, "SELECT pg_notify(\(Self.channel), \(payload))")
+        _ = try await self.run(connection, "SELECT pg_notify(\(Self.channel), \(payload))")
     }
 
     static func parse(_ payload: String) -> StoreChange? {

@@ -53,8 +53,14 @@ struct BunqRenewer: SessionRenewer {
                 _ = try await advance(name, incarnation, &context, logger: logger)
             }
             if let cluster { try await cluster.beginSessionCall(name) }
-            defer { cluster?.endSessionCall() }
-            guard let session = try await advance(name, incarnation, &context, logger: logger) else {
+            let advanced: Result<BunqSession?, any Error>
+            do {
+                advanced = .success(try await advance(name, incarnation, &context, logger: logger))
+            } catch {
+                advanced = .failure(error)
+            }
+            await cluster?.endSessionCall()
+            guard let session = try advanced.get() else {
                 // confirm_device found the interrupted device-server call never bound the device: it is
                 // registered at the next attempt.
                 throw RenewalError(.retryable, "the device was not bound; registering it", code: "device_not_bound")
@@ -79,7 +85,7 @@ struct BunqRenewer: SessionRenewer {
     /// The full registration (with its secrets) comes from the store only now, for this renewal, with the
     /// incarnation its writes must present.
     private func load(_ name: String) async throws -> (StoredContext, UInt64, Logger) {
-        guard let incarnation = await owner.incarnation(name), let context = try store.context(name) else {
+        guard let incarnation = await owner.incarnation(name), let context = try await store.context(name) else {
             throw ContextOwner.gone(name)
         }
         var logger = logger

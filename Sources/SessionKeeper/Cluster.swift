@@ -80,6 +80,7 @@ final class Cluster: Sendable {
     var status: ClusterStatus {
         var status = state.withLock { $0 }
         status.leasesHeld = book.count
+        status.storeReachable = store.calls.health.reachable
         return status
     }
 
@@ -100,7 +101,7 @@ final class Cluster: Sendable {
         }
         // Leaving: every lease released, so the others take over at their next round rather than a period later.
         do {
-            try store.leave(instance: settings.instance, spacing: spacing)
+            try await store.leave(instance: settings.instance, spacing: spacing)
         } catch {
             logger.warning("could not leave the cluster; its leases run out by themselves", metadata: ["bunq.error": "\(error)"])
         }
@@ -116,10 +117,6 @@ final class Cluster: Sendable {
                 // The first round only announces this daemon: daemons starting together see each other before
                 // anyone takes a share, so the first shares are already even.
                 try await round(owner, scheduler, acquire: rounds > 0)
-                if failures > 0 {
-                    logger.notice("state store reachable again", metadata: ["bunq.store": "\(store.location)"])
-                    state.withLock { $0.storeReachable = true }
-                }
                 if failures > 0 || rounds % 3 == 1 { try await resync(owner, scheduler, events) }
                 if rounds == 0 { delay = min(delay, 1) }
                 failures = 0
@@ -129,11 +126,8 @@ final class Cluster: Sendable {
                 if let error = error as? StoreError, error.code == .locked {
                     // Reachable, but this daemon must not take part: it renews nothing until the other one goes.
                     if failures == 1 { logger.error("duplicate cluster instance", metadata: ["bunq.error": "\(error.message)"]) }
-                } else if failures == 1 {
-                    logger.warning("state store unreachable: serving the sessions held, renewing nothing until it answers",
-                                   metadata: ["bunq.store": "\(store.location)", "bunq.error": "\(error)"])
-                    state.withLock { $0.storeReachable = false }
                 }
+                // An unreachable store is logged once by the store's calls (and once when it is back).
                 // Reconnect with backoff: 0.5 s, 1 s, 2 s … up to a round.
                 delay = min(settings.roundInterval, 0.25 * Double(1 << min(failures, 8)))
             }
@@ -170,13 +164,13 @@ final class Cluster: Sendable {
     private func round(_ owner: ContextOwner, _ scheduler: SessionScheduler<ContinuousClock>, acquire: Bool) async throws {
         let started = ContinuousClock.now
         let instance = settings.instance
-        let (members, contexts) = try store.heartbeat(instance: instance, process: process, egressGroup: settings.egressGroup,
+        let (members, contexts) = try await store.heartbeat(instance: instance, process: process, egressGroup: settings.egressGroup,
                                                       window: settings.leaseDuration)
-        var held = try store.renewLeases(instance: instance, seconds: settings.leaseDuration)
+        var held = try await store.renewLeases(instance: instance, seconds: settings.leaseDuration)
         let target = ClusterSettings.fairShare(contexts: contexts, members: members, instance: instance,
                                                egressGroup: settings.egressGroup)
         if acquire, held.count < target {
-            held += try store.acquireLeases(instance: instance, seconds: settings.leaseDuration, limit: target - held.count)
+            held += try await store.acquireLeases(instance: instance, seconds: settings.leaseDuration, limit: target - held.count)
         }
         if held.count > target {
             // Give back the surplus that is idle here (a renewal under way keeps its lease to the end).
@@ -185,7 +179,7 @@ final class Cluster: Sendable {
                 if await !scheduler.isBusy(grant.context) { surplus.append(grant.context) }
             }
             if !surplus.isEmpty {
-                try store.releaseLeases(instance: instance, surplus)
+                try await store.releaseLeases(instance: instance, surplus)
                 held.removeAll { surplus.contains($0.context) }
             }
         }
@@ -208,7 +202,7 @@ final class Cluster: Sendable {
     /// Reads one context from the store: adopted when newer, followed when new here, forgotten when gone.
     @discardableResult
     private func refresh(_ name: String, _ owner: ContextOwner, _ events: EventBroadcaster? = nil) async throws -> Bool {
-        guard let stored = try store.context(name) else {
+        guard let stored = try await store.context(name) else {
             await owner.forget(name)
             return false
         }
@@ -227,7 +221,7 @@ final class Cluster: Sendable {
     /// generations only, then each context that changed (no token is decrypted for one that did not).
     private func resync(_ owner: ContextOwner, _ scheduler: SessionScheduler<ContinuousClock>, _ events: EventBroadcaster) async throws {
         let known = await owner.generations  // before the read: a context created here meanwhile is not "removed"
-        let stored = try store.generations()
+        let stored = try await store.generations()
         for (name, generation) in stored where known[name].map({ generation > $0 }) ?? true {
             try await refresh(name, owner, events)
         }
@@ -267,9 +261,9 @@ final class Cluster: Sendable {
 
     /// Asks whichever daemon holds the context's lease to renew it; false when the store cannot be told.
     @discardableResult
-    func askHolder(_ name: String, invalid: Int? = nil) -> Bool {
+    func askHolder(_ name: String, invalid: Int? = nil) async -> Bool {
         do {
-            try store.announce(.renewalRequested(context: name, invalid: invalid, by: settings.instance))
+            try await store.announce(.renewalRequested(context: name, invalid: invalid, by: settings.instance))
             return true
         } catch {
             logger.warning("cannot ask the lease holder to renew", metadata: ["bunq.context": "\(name)", "bunq.error": "\(error)"])
@@ -288,7 +282,7 @@ final class Cluster: Sendable {
             guard spacing > 0 else { return }
             let wait: Double?
             do {
-                wait = try store.claimSessionServer(egressGroup: settings.egressGroup, instance: settings.instance,
+                wait = try await store.claimSessionServer(egressGroup: settings.egressGroup, instance: settings.instance,
                                                     hold: 30 + spacing)
             } catch {
                 throw RenewalError(.retryable, "the state store is unreachable: no session is opened that could not be saved",
@@ -303,10 +297,10 @@ final class Cluster: Sendable {
     }
 
     /// After the call: the group's next one may start one spacing from now.
-    func endSessionCall() {
+    func endSessionCall() async {
         guard spacing > 0 else { return }
         do {
-            try store.releaseSessionServer(egressGroup: settings.egressGroup, instance: settings.instance, spacing: spacing)
+            try await store.releaseSessionServer(egressGroup: settings.egressGroup, instance: settings.instance, spacing: spacing)
         } catch {
             // The claim's hold runs out by itself.
             logger.debug("could not release the session-server slot", metadata: ["bunq.error": "\(error)"])

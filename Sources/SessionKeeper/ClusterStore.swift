@@ -49,38 +49,38 @@ public protocol ClusterStore: StateBackend {
     /// `process` names this run of the daemon: a heartbeat under an instance name another live process holds is
     /// refused (`locked`).
     func heartbeat(instance: String, process: String, egressGroup: String,
-                   window: Double) throws -> (members: [ClusterMember], contexts: Int)
+                   window: Double) async throws -> (members: [ClusterMember], contexts: Int)
     /// Every context's generation (a resync's first, cheap read).
-    func generations() throws -> [String: Int]
+    func generations() async throws -> [String: Int]
     /// Extends, by `seconds` from now, every unexpired lease `instance` holds; returns them.
-    func renewLeases(instance: String, seconds: Double) throws -> [LeaseGrant]
+    func renewLeases(instance: String, seconds: Double) async throws -> [LeaseGrant]
     /// Takes up to `limit` leases that nobody holds (never granted, expired or released) for `seconds`, each with a
     /// fence higher than any before it.
-    func acquireLeases(instance: String, seconds: Double, limit: Int) throws -> [LeaseGrant]
+    func acquireLeases(instance: String, seconds: Double, limit: Int) async throws -> [LeaseGrant]
     /// Gives leases up at once (for another daemon to take); the fences stay, so no late write passes.
-    func releaseLeases(instance: String, _ contexts: [String]) throws
+    func releaseLeases(instance: String, _ contexts: [String]) async throws
     /// Leaves the cluster on shutdown: every lease released, the membership ended, so others take over at once;
     /// a session-server slot it holds opens `spacing` seconds from now.
-    func leave(instance: String, spacing: Double) throws
+    func leave(instance: String, spacing: Double) async throws
     /// Creates a context's row unless it exists, with its lease to `instance` for `leaseSeconds` (the creator
     /// bootstraps it); nil when another daemon created it first (registration happens once per identity, by
     /// whoever holds its lease).
     func insertRegistration(_ name: String, kind: StoredContext.Kind, _ registration: IdentityRegistration,
-                            by instance: String, leaseSeconds: Double) throws -> LeaseGrant?
+                            by instance: String, leaseSeconds: Double) async throws -> LeaseGrant?
     /// A bootstrap step's registration, written only under the lease `fence` (`fenced` otherwise).
-    func updateRegistration(_ name: String, _ registration: IdentityRegistration, fence: Int64, by instance: String) throws
+    func updateRegistration(_ name: String, _ registration: IdentityRegistration, fence: Int64, by instance: String) async throws
     /// A new session, written only under the lease `fence` (`fenced` otherwise) and only above the stored
     /// generation; notifies the other daemons.
     func saveSession(_ name: String, _ session: SessionInfo, generation: Int, registration: IdentityRegistration,
-                     fence: Int64, by instance: String) throws
+                     fence: Int64, by instance: String) async throws
     /// Claims the egress group's session-server slot for `hold` seconds at most: nil when granted, else the
     /// seconds until it opens.
-    func claimSessionServer(egressGroup: String, instance: String, hold: Double) throws -> Double?
+    func claimSessionServer(egressGroup: String, instance: String, hold: Double) async throws -> Double?
     /// Ends the claimed call: the group's next call may start `spacing` seconds from now.
-    func releaseSessionServer(egressGroup: String, instance: String, spacing: Double) throws
+    func releaseSessionServer(egressGroup: String, instance: String, spacing: Double) async throws
     /// Tells the other daemons that a context was removed or created outside a lease (an OAuth completion).
-    func announce(_ change: StoreChange) throws
+    func announce(_ change: StoreChange) async throws
     /// Hands every change by any daemon to `handle` as it is committed, reconnecting by itself (then handing
-    /// `.resync`), until the calling task is cancelled.
+    /// `.resync`), until the calling task is cancelled. Its own connection: a listener never waits on a call.
     func listen(_ handle: @escaping @Sendable (StoreChange) async -> Void) async
 }

@@ -11,6 +11,12 @@ import Foundation
 /// removed and created anew under the same name) those writes are refused, so an in-flight renewal cannot bring
 /// a removed context back, in memory or in the store. A removal is the tombstone: the row is deleted (securely:
 /// its pages are overwritten) and the incarnation retired.
+///
+/// Store calls are asynchronous, so the actor could interleave two changes of one context across them; every
+/// change that writes the store therefore holds that context's turn (`turn`) from its check to its update in
+/// memory, and checks the incarnation again after the write. Changes of different contexts, reads and snapshots
+/// go on meanwhile. Whoever holds a registration publishes its installation key (`signingKeys`), so serving a
+/// signature reads memory only.
 actor ContextOwner {
     private struct Owned {
         var record: ContextRecord
@@ -25,6 +31,10 @@ actor ContextOwner {
     /// In a cluster: the shared store, the leases held here and this daemon's name. Sessions and bootstrap steps
     /// are then written only under the context's lease, and contexts come and go through the store.
     private let fencing: Fencing?
+    /// Installation keys as the socket and the proxy read them.
+    private let signingKeys: SigningKeys
+    /// Contexts with a change under way, and the changes waiting for their turn (first come, first served).
+    private var turns: [String: [CheckedContinuation<Void, Never>]] = [:]
 
     struct Fencing: Sendable {
         let store: any ClusterStore
@@ -35,20 +45,54 @@ actor ContextOwner {
         let localDuration: Double
 
         /// Creates the context's row with its lease to this daemon; false when another daemon created it first.
-        func insert(_ name: String, _ kind: StoredContext.Kind, _ registration: IdentityRegistration) throws -> LeaseGrant? {
+        func insert(_ name: String, _ kind: StoredContext.Kind, _ registration: IdentityRegistration) async throws -> LeaseGrant? {
             let started = ContinuousClock.now
-            guard let grant = try store.insertRegistration(name, kind: kind, registration, by: instance,
+            guard let grant = try await store.insertRegistration(name, kind: kind, registration, by: instance,
                                                            leaseSeconds: leaseDuration) else { return nil }
             book.grant(grant, until: started + .seconds(localDuration))
             return grant
         }
     }
 
-    init(store: any StateBackend, leases: LeaseTable, scheduler: SessionScheduler<ContinuousClock>, fencing: Fencing? = nil) {
+    init(store: any StateBackend, leases: LeaseTable, scheduler: SessionScheduler<ContinuousClock>, signingKeys: SigningKeys,
+         fencing: Fencing? = nil) {
         self.store = store
         self.leases = leases
         self.scheduler = scheduler
+        self.signingKeys = signingKeys
         self.fencing = fencing
+    }
+
+    /// Waits for the context's turn: one change of a context at a time, across its store calls.
+    private func turn(_ name: String) async {
+        guard turns[name] != nil else {
+            turns[name] = []
+            return
+        }
+        await withCheckedContinuation { turns[name, default: []].append($0) }
+    }
+
+    /// Ends the turn: the next waiting change of the context goes on.
+    private func endTurn(_ name: String) {
+        guard var waiting = turns[name], !waiting.isEmpty else {
+            turns[name] = nil
+            return
+        }
+        let next = waiting.removeFirst()
+        turns[name] = waiting
+        next.resume()
+    }
+
+    /// `body` in the context's turn.
+    private func inTurn<T>(_ name: String, _ body: () async throws -> T) async rethrows -> T {
+        await turn(name)
+        defer { endTurn(name) }
+        return try await body()
+    }
+
+    /// Publishes a registration's installation key; a key that does not parse is found again by its renewal.
+    private func publishKey(_ name: String, _ registration: IdentityRegistration) {
+        try? signingKeys.publish(name, registration)
     }
 
     /// Whether this daemon renews a context it has just taken on: always alone, under its lease in a cluster.
@@ -87,22 +131,31 @@ actor ContextOwner {
     @discardableResult
     func create(_ name: String, kind: StoredContext.Kind, _ registration: IdentityRegistration,
                 schedule: Bool = true) async throws -> UInt64 {
+        try await inTurn(name) { try await createInTurn(name, kind: kind, registration, schedule: schedule) }
+    }
+
+    private func createInTurn(_ name: String, kind: StoredContext.Kind, _ registration: IdentityRegistration,
+                              schedule: Bool) async throws -> UInt64 {
         guard contexts[name] == nil else {
             throw KeeperError(.store, "context \(name) exists already")
         }
         if let fencing {
             // Several daemons may start with one new identity at once: the first creates it, the others follow it,
             // and whoever takes its lease registers it, once.
-            if try fencing.insert(name, kind, registration) == nil {
-                guard let stored = try store.context(name) else { throw StoreError(.missing, "context \(name) vanished") }
+            if try await fencing.insert(name, kind, registration) == nil {
+                guard let stored = try await store.context(name) else { throw StoreError(.missing, "context \(name) vanished") }
+                guard contexts[name] == nil else { throw KeeperError(.store, "context \(name) exists already") }
                 follow(stored.record)
+                publishKey(name, stored.registration)
                 await scheduler.add(name, session: stored.session, generation: stored.generation, held: holds(name))
                 await publish(name)
                 return contexts[name]!.incarnation
             }
         } else {
-            try store.saveRegistration(name, kind: kind, registration)
+            try await store.saveRegistration(name, kind: kind, registration)
         }
+        guard contexts[name] == nil else { throw KeeperError(.store, "context \(name) exists already") }
+        publishKey(name, registration)
         let owned = Owned(record: StoredContext(name: name, kind: kind, registration: registration).record,
                           incarnation: next())
         contexts[name] = owned
@@ -116,18 +169,25 @@ actor ContextOwner {
     /// Creates a context that already has its first session (an OAuth user's, opened under a provisional name).
     func createLive(_ name: String, kind: StoredContext.Kind, _ registration: IdentityRegistration,
                     session: SessionInfo) async throws {
+        try await inTurn(name) { try await createLiveInTurn(name, kind: kind, registration, session: session) }
+    }
+
+    private func createLiveInTurn(_ name: String, kind: StoredContext.Kind, _ registration: IdentityRegistration,
+                                  session: SessionInfo) async throws {
         guard contexts[name] == nil else { throw KeeperError(.store, "context \(name) exists already") }
         if let fencing {
             // Created with its lease to this daemon, which renews it until a lease round gives it to another.
-            guard let grant = try fencing.insert(name, kind, registration) else {
+            guard let grant = try await fencing.insert(name, kind, registration) else {
                 throw KeeperError(.store, "context \(name) exists already")
             }
-            try fencing.store.saveSession(name, session, generation: 1, registration: registration, fence: grant.fence,
-                                          by: fencing.instance)
+            try await fencing.store.saveSession(name, session, generation: 1, registration: registration, fence: grant.fence,
+                                                by: fencing.instance)
         } else {
-            try store.saveRegistration(name, kind: kind, registration)
-            try store.saveSession(name, session, generation: 1, registration: registration)
+            try await store.saveRegistration(name, kind: kind, registration)
+            try await store.saveSession(name, session, generation: 1, registration: registration)
         }
+        guard contexts[name] == nil else { throw KeeperError(.store, "context \(name) exists already") }
+        publishKey(name, registration)
         contexts[name] = Owned(record: StoredContext(name: name, kind: kind, registration: registration, session: session,
                                                      generation: 1).record, incarnation: next())
         await scheduler.add(name, session: session, generation: 1, held: holds(name))
@@ -138,15 +198,19 @@ actor ContextOwner {
     /// are deleted, then the scheduler forgets it. Returns what was stored, so the caller can end the session at
     /// bunq afterwards; nil when there was no such context.
     func remove(_ name: String) async throws -> StoredContext? {
+        try await inTurn(name) { try await removeInTurn(name) }
+    }
+
+    private func removeInTurn(_ name: String) async throws -> StoredContext? {
         guard let owned = contexts[name] else { return nil }
         leases.remove(name)
         contexts[name] = nil
         // Read before the delete, to end the session at bunq afterwards; unreadable, there is nothing to end.
         let kind = owned.record.kind
-        let stored = (try? store.context(name)) ?? StoredContext(name: name, kind: kind, registration: IdentityRegistration(
+        let stored = (try? await store.context(name)) ?? StoredContext(name: name, kind: kind, registration: IdentityRegistration(
             kind: kind == .provider ? .psd2Provider : kind == .apiKey ? .apiKey : .oauthUser))
         do {
-            try store.removeContext(name)
+            try await store.removeContext(name)
         } catch {
             // Not removed after all: it stays owned (a retried removal or reload finishes the job).
             contexts[name] = owned
@@ -154,7 +218,8 @@ actor ContextOwner {
             throw error
         }
         await scheduler.remove(name)
-        if let fencing { try? fencing.store.announce(.removed(context: name, by: fencing.instance)) }
+        signingKeys.forget(name)
+        if let fencing { try? await fencing.store.announce(.removed(context: name, by: fencing.instance)) }
         return stored
     }
 
@@ -191,6 +256,7 @@ actor ContextOwner {
         guard contexts[name] != nil else { return }
         leases.remove(name)
         contexts[name] = nil
+        signingKeys.forget(name)
         await scheduler.remove(name)
     }
 
@@ -208,15 +274,20 @@ actor ContextOwner {
     // MARK: Writes by a renewal (conditioned on its incarnation)
 
     /// A bootstrap step's result. Refused (`gone`) when the context is no longer `incarnation`.
-    func saveRegistration(_ name: String, incarnation: UInt64, _ registration: IdentityRegistration) throws {
-        guard var owned = contexts[name], owned.incarnation == incarnation else { throw Self.gone(name) }
+    func saveRegistration(_ name: String, incarnation: UInt64, _ registration: IdentityRegistration) async throws {
+        await turn(name)
+        defer { endTurn(name) }
+        guard contexts[name]?.incarnation == incarnation else { throw Self.gone(name) }
         if let fencing {
-            try fenced(name, fencing) { fence in
-                try fencing.store.updateRegistration(name, registration, fence: fence, by: fencing.instance)
+            try await fenced(name, fencing) { fence in
+                try await fencing.store.updateRegistration(name, registration, fence: fence, by: fencing.instance)
             }
         } else {
-            try store.updateRegistration(name, registration)
+            try await store.updateRegistration(name, registration)
         }
+        // Forgotten meanwhile (another daemon removed it): the write was refused or will be deleted with the row.
+        guard var owned = contexts[name], owned.incarnation == incarnation else { throw Self.gone(name) }
+        publishKey(name, registration)
         owned.record.serverPublicKeyPEM = registration.serverPublicKeyPEM
         contexts[name] = owned
     }
@@ -224,16 +295,20 @@ actor ContextOwner {
     /// A new session, committed before anyone may use it. Refused (`gone`) when the context is no longer
     /// `incarnation`.
     func commitSession(_ name: String, incarnation: UInt64, _ session: SessionInfo, generation: Int,
-                       registration: IdentityRegistration) throws {
-        guard var owned = contexts[name], owned.incarnation == incarnation else { throw Self.gone(name) }
+                       registration: IdentityRegistration) async throws {
+        await turn(name)
+        defer { endTurn(name) }
+        guard contexts[name]?.incarnation == incarnation else { throw Self.gone(name) }
         if let fencing {
-            try fenced(name, fencing) { fence in
-                try fencing.store.saveSession(name, session, generation: generation, registration: registration,
-                                              fence: fence, by: fencing.instance)
+            try await fenced(name, fencing) { fence in
+                try await fencing.store.saveSession(name, session, generation: generation, registration: registration,
+                                                    fence: fence, by: fencing.instance)
             }
         } else {
-            try store.saveSession(name, session, generation: generation, registration: registration)
+            try await store.saveSession(name, session, generation: generation, registration: registration)
         }
+        guard var owned = contexts[name], owned.incarnation == incarnation else { throw Self.gone(name) }
+        publishKey(name, registration)
         owned.record.session = session
         owned.record.generation = generation
         owned.record.serverPublicKeyPEM = registration.serverPublicKeyPEM
@@ -242,10 +317,10 @@ actor ContextOwner {
 
     /// A write under the context's lease: refused here once the lease ran out on this daemon's clock, and by the
     /// store once another daemon holds it (its fence moved on). Either way the renewal ends as `lease_lost`.
-    private func fenced(_ name: String, _ fencing: Fencing, _ write: (Int64) throws -> Void) throws {
+    private func fenced(_ name: String, _ fencing: Fencing, _ write: (Int64) async throws -> Void) async throws {
         guard let fence = fencing.book.fence(name) else { throw RenewalError.lostLease(name) }
         do {
-            try write(fence)
+            try await write(fence)
         } catch let error as StoreError where error.code == .fenced {
             fencing.book.remove([name])
             throw RenewalError.lostLease(name)

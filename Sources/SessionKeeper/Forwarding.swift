@@ -21,16 +21,16 @@ extension Keeper {
     public var bunq: BunqClient { client }
 
     /// What forwarding a request in `context`'s current session needs; nil when no session may be handed out now
-    /// (renewing, expired, needs attention). Reads the store once per context, for its installation key.
-    public func forwardingSession(_ context: String) throws -> ForwardingSession? {
+    /// (renewing, expired, needs attention). From memory: the key the owner published (read from the store, within
+    /// its deadline, only for a context whose key was not published yet).
+    public func forwardingSession(_ context: String) async throws -> ForwardingSession? {
         guard let entry = leases.entry(context) else {
             throw KeeperError(.unknownContext, "no context named \(context)")
         }
         guard let session = entry.grantable(), let pem = entry.serverPublicKeyPEM else { return nil }
-        let load = { [store] in try store.context(context) }
-        return ForwardingSession(token: session.token, generation: entry.generation,
-                                 signingKey: try signingKeys.key(for: context, load: load),
-                                 emptyBodySignature: try signingKeys.emptyBodySignature(for: context, load: load),
-                                 serverKey: try serverKeys.key(for: context, pem: pem))
+        let key = try await signingKey(context)
+        guard let emptyBody = try signingKeys.emptyBodySignature(for: context) else { return nil }
+        return ForwardingSession(token: session.token, generation: entry.generation, signingKey: key,
+                                 emptyBodySignature: emptyBody, serverKey: try serverKeys.key(for: context, pem: pem))
     }
 }

@@ -50,6 +50,9 @@ public final class Keeper: Service, Sendable {
     /// daemon supplies PostgreSQL's, which this module does not link).
     public typealias StoreOpener = @Sendable (_ key: SymmetricKey, _ keySource: String) throws -> any StateBackend
 
+    /// The state store (a PostgreSQL store is also a `Service` the daemon runs, first and stopped last).
+    public var stateBackend: any StateBackend { store }
+
     public init(configuration: KeeperConfiguration, psd2: PSD2Material?, logger: Logger,
                 restoreDelay: Duration = .zero, openStore: StoreOpener? = nil) throws {
         self.configuration = configuration
@@ -64,7 +67,8 @@ public final class Keeper: Service, Sendable {
                                          stateDirectory: configuration.stateDirectory, file: configuration.masterKeyFile)
         switch (configuration.backend, openStore) {
         case (.sqlite, _):
-            store = try StateStore(directory: configuration.stateDirectory, masterKey: key, keySource: keySource)
+            store = try StateStore(directory: configuration.stateDirectory, masterKey: key, keySource: keySource,
+                                   timeout: configuration.storeTimeout, logger: logger)
         case (.postgresql, let openStore?):
             store = try openStore(key, keySource)
         case (.postgresql, nil):
@@ -96,7 +100,7 @@ public final class Keeper: Service, Sendable {
         renewer.cluster = cluster
         scheduler = SessionScheduler(policy: configuration.policy, budget: configuration.sessionServerBudget,
                                      renewer: renewer, maxConcurrent: configuration.maxConcurrentRenewals)
-        owner = ContextOwner(store: store, leases: leases, scheduler: scheduler, fencing: cluster.map {
+        owner = ContextOwner(store: store, leases: leases, scheduler: scheduler, signingKeys: signingKeys, fencing: cluster.map {
             ContextOwner.Fencing(store: $0.store, book: $0.book, instance: $0.settings.instance,
                                  leaseDuration: $0.settings.leaseDuration, localDuration: $0.settings.localDuration)
         })
@@ -109,7 +113,7 @@ public final class Keeper: Service, Sendable {
     /// reload would; their sessions are ended at bunq afterwards, off the start-up path (`dropped`).
     @discardableResult
     public func restore() async throws -> [String] {
-        let records = Dictionary(uniqueKeysWithValues: try store.records().map { ($0.name, $0) })
+        let records = Dictionary(uniqueKeysWithValues: try await store.records().map { ($0.name, $0) })
         var kept: [ContextRecord] = []
         var added: [StoredContext] = []
         var dropped: [String] = []
@@ -122,8 +126,9 @@ public final class Keeper: Service, Sendable {
         }
         for identity in configuration.apiKeys {
             if let record = records[identity.name], record.kind == .apiKey,
-               try store.context(identity.name)?.registration.secret == identity.key {
+               let stored = try await store.context(identity.name), stored.registration.secret == identity.key {
                 kept.append(record)
+                try? signingKeys.publish(identity.name, stored.registration)
             } else {
                 if records[identity.name] != nil {
                     logger.notice("API key changed: registering the identity anew",
@@ -155,12 +160,12 @@ public final class Keeper: Service, Sendable {
             try await owner.create(context.name, kind: context.kind, context.registration)
         }
         let wanted = kept + added.map(\.record)
-        for record in wanted {
-            // One line per identity for small deployments; at scale, only the summary below.
-            logger.log(level: wanted.count <= 100 ? .info : .debug,
-                       record.session == nil ? "identity added" : "identity restored", metadata: [
+        // One line per identity for small deployments; at scale, only the summary below.
+        for record in wanted where wanted.count <= 100 {
+            let step = await nextStep(record.name, added)
+            logger.info(record.session == nil ? "identity added" : "identity restored", metadata: [
                 "bunq.context": "\(record.name)",
-                "bunq.next_step": "\(nextStep(record.name, added))",
+                "bunq.next_step": "\(step)",
                 "bunq.expires_at": "\(record.session.map { ISO8601DateFormatter().string(from: $0.expiresAt) } ?? "-")",
             ])
         }
@@ -170,9 +175,31 @@ public final class Keeper: Service, Sendable {
     }
 
     /// The next bootstrap step, for the start-up log (read from the store only when that line is logged).
-    private func nextStep(_ name: String, _ added: [StoredContext]) -> String {
+    private func nextStep(_ name: String, _ added: [StoredContext]) async -> String {
         if let fresh = added.first(where: { $0.name == name }) { return fresh.registration.nextStep.rawValue }
-        return (try? store.context(name))?.registration.nextStep.rawValue ?? "?"
+        guard let stored = try? await store.context(name) else { return "?" }
+        try? signingKeys.publish(name, stored.registration)
+        return stored.registration.nextStep.rawValue
+    }
+
+    /// Publishes the installation key of every context restored without one (after READY, in the background), so
+    /// `request.sign` and the proxy answer from memory, also while the store is unreachable. A context the store
+    /// cannot give now is read again at its first signature or its next renewal.
+    func warmSigningKeys() async {
+        var failures = 0
+        for name in await owner.names.sorted() where !signingKeys.has(name) {
+            guard !Task.isCancelled else { return }
+            do {
+                _ = try await signingKey(name)
+                failures = 0
+            } catch let error as StoreError where error.code == .timeout || error.code == .database {
+                // Unreachable: the rest waits for first use rather than a deadline each.
+                failures += 1
+                if failures >= 3 { return }
+            } catch {
+                continue
+            }
+        }
     }
 
     /// Runs the renewal loop and logs its events until shutdown. A restore that fails (the state cannot be read)
@@ -180,6 +207,7 @@ public final class Keeper: Service, Sendable {
     public func run() async throws {
         do {
             if restoreDelay > .zero { try? await cancelWhenGracefulShutdown { [restoreDelay] in try await Task.sleep(for: restoreDelay) } }
+            try await store.prepare()
             // Asked to stop before the state was even read: nothing to restore, nothing to run.
             if Task.isCancelled || Task.isShuttingDownGracefully {
                 restored.fail()
@@ -195,6 +223,7 @@ public final class Keeper: Service, Sendable {
         restored.fire()
         await withDiscardingTaskGroup { group in
             group.addTask { [self] in await endDroppedSessions() }
+            group.addTask { [self] in await cancelWhenGracefulShutdown { await self.warmSigningKeys() } }
             group.addTask { [self] in await cancelWhenGracefulShutdown { await self.watchCertificate() } }
             group.addTask { [scheduler] in await cancelWhenGracefulShutdown { await scheduler.run() } }
             group.addTask { [self] in await logEvents() }
@@ -322,7 +351,7 @@ public final class Keeper: Service, Sendable {
         if let cluster, !cluster.holds(context) {
             // Another daemon renews it: asked to, this one waits for the session it commits.
             outcome = await awaitingHolder(context) { [scheduler] in await scheduler.renewNow(context) } ask: {
-                cluster.askHolder(context)
+                await cluster.askHolder(context)
             }
         } else {
             outcome = await scheduler.renewNow(context)
@@ -376,7 +405,7 @@ public final class Keeper: Service, Sendable {
         let outcome: Result<SessionInfo, RenewalError>?
         if let cluster, !cluster.holds(context) {
             outcome = await awaitingHolder(context) { [scheduler] in await scheduler.renewal(of: context, after: generation) } ask: {
-                cluster.askHolder(context, invalid: generation)
+                await cluster.askHolder(context, invalid: generation)
             }
         } else {
             outcome = await scheduler.renewal(of: context, after: generation)
@@ -399,11 +428,11 @@ public final class Keeper: Service, Sendable {
     /// holder was asked; a holder that does not answer within two lease periods (none alive, or the store
     /// unreachable) ends the wait with a retryable failure.
     private func awaitingHolder(_ context: String, _ wait: @escaping @Sendable () async -> Result<SessionInfo, RenewalError>?,
-                                ask: @Sendable () -> Bool) async -> Result<SessionInfo, RenewalError>? {
+                                ask: @Sendable () async -> Bool) async -> Result<SessionInfo, RenewalError>? {
         let patience = (configuration.cluster?.leaseSeconds ?? 30) * 2 + 30
         return await withTaskGroup(of: Result<SessionInfo, RenewalError>??.self) { group in
             group.addTask { await wait() }
-            guard ask() else {
+            guard await ask() else {
                 group.cancelAll()
                 return .failure(RenewalError(.retryable, "the state store is unreachable: the holder of \(context) cannot be asked",
                                              code: "store_unreachable"))
@@ -417,6 +446,9 @@ public final class Keeper: Service, Sendable {
             return first ?? nil
         }
     }
+
+    /// The state store's health: `daemon.status.state`, the STATUS line.
+    public var storeHealth: StoreHealth { store.calls.health }
 
     /// `daemon.status.cluster`: nil alone on a store.
     public var clusterStatus: ClusterStatus? { cluster?.status }
@@ -477,10 +509,13 @@ public final class Keeper: Service, Sendable {
             line += "; session-server budget \(Int((budget.utilisation * 100).rounded()))%"
             if !budget.late.isEmpty { line += ", \(budget.late.count) will run late" }
         }
-        if let cluster {
+        let health = store.calls.health
+        if !health.reachable {
+            let since = health.failingSince.map { " for \(max(0, Int(Date().timeIntervalSince($0))))s" } ?? ""
+            line += "; STATE STORE UNREACHABLE\(since), serving held sessions"
+        } else if let cluster {
             let status = cluster.status
-            line += status.storeReachable ? "; \(status.leasesHeld) leases, \(status.members.count) daemons"
-                : "; STATE STORE UNREACHABLE, serving held sessions"
+            line += "; \(status.leasesHeld) leases, \(status.members.count) daemons"
         }
         if let (name, at) = await scheduler.nextDue() {
             let seconds = max(0, Int(at.timeIntervalSinceNow))

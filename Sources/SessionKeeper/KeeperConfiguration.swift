@@ -71,6 +71,8 @@ public struct KeeperConfiguration: Sendable {
     public let postgres: PostgresSettings?
     /// The master key's file (`state.master_key_file`), when configured: then it must exist, never generated.
     public let masterKeyFile: String?
+    /// Each store call's deadline (`state.timeout`, default 2 s): past it the call fails with `store_timeout`.
+    public let storeTimeout: Duration
     /// This daemon's place in the cluster of daemons on the store (`cluster:`); with PostgreSQL only.
     public let cluster: ClusterSettings?
     /// Where Prometheus scrapes `GET /metrics` (`metrics.listen`); nil: no metrics.
@@ -96,7 +98,7 @@ public struct KeeperConfiguration: Sendable {
         ["bunq", "permitted_ips"], ["bunq", "source_address"],
         ["socket", "path"], ["socket", "max_connections"], ["socket", "max_connections_per_uid"], ["socket", "idle_timeout"],
         ["socket", "request_timeout"], ["socket", "send_timeout"], ["socket", "event_loops"], ["state", "directory"],
-        ["state", "backend"], ["state", "master_key_file"], ["state", "postgresql"],
+        ["state", "backend"], ["state", "master_key_file"], ["state", "postgresql"], ["state", "timeout"],
         ["cluster", "instance"], ["cluster", "egress_group"], ["cluster", "lease_seconds"], ["metrics", "listen"],
         ["proxy", "socket"], ["proxy", "max_body_bytes"], ["proxy", "timeout"], ["proxy", "max_connections"],
         ["proxy", "max_connections_per_uid"], ["proxy", "idle_timeout"],
@@ -156,6 +158,15 @@ public struct KeeperConfiguration: Sendable {
 
         func fail(_ key: String, _ reason: String) -> ConfigurationError {
             ConfigurationError(file: file, key: key, reason: reason)
+        }
+
+        /// A duration in seconds: a number of seconds, or a number with `ms`, `s` or `m`.
+        static func seconds(_ text: String) -> Double? {
+            let trimmed = text.trimmingCharacters(in: .whitespaces)
+            for (suffix, scale) in [("ms", 0.001), ("s", 1.0), ("m", 60.0)] where trimmed.hasSuffix(suffix) {
+                return Double(trimmed.dropLast(suffix.count)).map { $0 * scale }.flatMap { $0.isFinite ? $0 : nil }
+            }
+            return Double(trimmed).flatMap { $0.isFinite ? $0 : nil }
         }
 
         static func environmentName(_ path: [String]) -> String {
@@ -294,6 +305,15 @@ public struct KeeperConfiguration: Sendable {
             let masterKeyFile = try string(["state", "master_key_file"])
             if let masterKeyFile, !masterKeyFile.hasPrefix("/") {
                 throw fail("state.master_key_file", "must be an absolute path")
+            }
+            let storeTimeout: Duration
+            if let text = try string(["state", "timeout"]) {
+                guard let seconds = Self.seconds(text), seconds >= 0.05, seconds <= 300 else {
+                    throw fail("state.timeout", "must be a duration from 50ms to 300s (2s, 500ms, 1.5), not '\(text)'")
+                }
+                storeTimeout = .milliseconds(Int64((seconds * 1_000).rounded()))
+            } else {
+                storeTimeout = .seconds(2)
             }
             var postgres: PostgresSettings?
             if backend == .postgresql {
@@ -452,7 +472,7 @@ public struct KeeperConfiguration: Sendable {
                 socketPath: socketPath, maxConnections: maxConnections, maxConnectionsPerUID: maxPerUID,
                 idleTimeout: idleTimeout, requestTimeout: requestTimeout, sendTimeout: sendTimeout, eventLoops: eventLoops,
                 stateDirectory: stateDirectory, backend: backend, postgres: postgres, masterKeyFile: masterKeyFile,
-                cluster: cluster, metricsListen: metricsListen, proxy: proxy, credentialsDirectory: credentials, provider: provider, apiKeys: apiKeys,
+                storeTimeout: storeTimeout, cluster: cluster, metricsListen: metricsListen, proxy: proxy, credentialsDirectory: credentials, provider: provider, apiKeys: apiKeys,
                 policy: RenewalPolicy(safetyMargin: TimeInterval(margin), backoffBase: backoffBase,
                                       backoffMax: TimeInterval(backoffMax)),
                 maxConcurrentRenewals: concurrency, minManualRenewalInterval: TimeInterval(minManual),

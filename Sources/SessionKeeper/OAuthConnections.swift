@@ -28,7 +28,7 @@ extension Keeper {
             throw KeeperError(.noProvider, "no provider is configured (provider: in the configuration)")
         }
         guard case .granted(let token, let userId, _, _, _)? = await scheduler.lease("provider"),
-              let context = try store.context("provider") else {
+              let context = try await store.context("provider") else {
             throw KeeperError(.providerNotLive, "the provider has no live session yet; try again shortly")
         }
         return (try context.registration.installationContext(), token, userId)
@@ -45,7 +45,7 @@ extension Keeper {
         let client = try await oauthClient(installation, token: token, userId: userId)
         let (url, state) = try self.client.authorizeURL(clientId: client.clientId, redirectURI: redirect)
         let expiresAt = Date().addingTimeInterval(OAuthStates.lifetime)
-        try store.saveOAuthState(state, redirectURI: redirect, expiresAt: expiresAt)
+        try await store.saveOAuthState(state, redirectURI: redirect, expiresAt: expiresAt)
         return OAuthAuthorization(url: url, state: state, redirectURI: redirect, expiresAt: expiresAt)
     }
 
@@ -67,7 +67,7 @@ extension Keeper {
     /// Completes an authorization: checks the single-use `state`, exchanges the code, registers the user's own
     /// identity and brings it live. Returns its context name (`name`, else `user-<bunq user id>`).
     public func completeOAuth(code: String, state: String, name: String? = nil) async throws -> String {
-        guard let redirect = try store.takeOAuthState(state, now: Date()) else {
+        guard let redirect = try await store.takeOAuthState(state, now: Date()) else {
             throw KeeperError(.invalidOAuthState, "the OAuth state is unknown, already used, or older than 10 minutes")
         }
         if let name, !KeeperConfiguration.Reader.isValidName(name) || configuredNames.contains(name) {
@@ -97,7 +97,7 @@ extension Keeper {
         }
         let finalName = name ?? "user-\(session.grantedByUserId ?? session.userId)"
         if await owner.record(finalName) != nil { try await removeContext(finalName, endSession: true) }
-        guard let opened = try store.context(provisional) else {
+        guard let opened = try await store.context(provisional) else {
             throw KeeperError(.unknownContext, "the pending connection was removed")
         }
         let stored = SessionInfo(id: session.id, token: session.token, userId: session.userId,

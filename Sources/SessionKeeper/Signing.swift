@@ -4,20 +4,39 @@ import Foundation
 import Synchronization
 
 /// Parsed installation keys, keyed by context and installation token (a new installation replaces the key).
+///
+/// The context's owner publishes a key whenever it holds the registration (restore's warm-up, a bootstrap step,
+/// a renewal, an OAuth completion), so serving a signature reads memory only. A key not published yet (a context
+/// restored moments ago, before the warm-up reached it) is read from the store once, within the store's deadline.
 final class SigningKeys: Sendable {
     /// Per context: the parsed key of its installation, and once asked for, the signature of the empty body
     /// (every GET and DELETE). PKCS#1 v1.5 is deterministic, so a cached signature is the very one a new
     /// computation would give; a new installation replaces the entry, and with it the signature.
-    private let keys = Mutex<[String: (installationToken: String, key: RSAPrivateKey, emptyBody: String?)]>([:])
+    private let keys = Mutex<[String: Entry]>([:])
 
-    /// The context's parsed installation key; `load` reads the full context from the store on a miss.
-    func key(for name: String, load: () throws -> StoredContext?) throws -> RSAPrivateKey {
-        try entry(name, load: load).key
+    struct Entry: Sendable {
+        let installationToken: String
+        let key: RSAPrivateKey
+        var emptyBody: String?
     }
 
-    /// The base64 signature of the empty body with the context's installation key, made once per key.
-    func emptyBodySignature(for name: String, load: () throws -> StoredContext?) throws -> String {
-        let entry = try entry(name, load: load)
+    /// Publishes the registration's installation key (parsed only when the installation changed).
+    func publish(_ name: String, _ registration: IdentityRegistration) throws {
+        guard let pem = registration.installationKeyPEM, let token = registration.installationToken else { return }
+        if keys.withLock({ $0[name]?.installationToken == token }) { return }
+        let entry = Entry(installationToken: token, key: try RSAPrivateKey(pem: pem))
+        keys.withLock { $0[name] = entry }
+    }
+
+    /// The context's parsed key, if published; never reads the store.
+    func cachedKey(for name: String) -> RSAPrivateKey? { keys.withLock { $0[name]?.key } }
+
+    func has(_ name: String) -> Bool { keys.withLock { $0[name] != nil } }
+
+    /// The base64 signature of the empty body with the context's published key, made once per key; nil when no
+    /// key is published.
+    func emptyBodySignature(for name: String) throws -> String? {
+        guard let entry = keys.withLock({ $0[name] }) else { return nil }
         if let signature = entry.emptyBody { return signature }
         let signature = try entry.key.base64Signature(for: [UInt8]())
         keys.withLock { keys in
@@ -26,21 +45,6 @@ final class SigningKeys: Sendable {
         return signature
     }
 
-    private func entry(_ name: String, load: () throws -> StoredContext?) throws
-        -> (installationToken: String, key: RSAPrivateKey, emptyBody: String?) {
-        if let cached = keys.withLock({ $0[name] }) { return cached }
-        guard let context = try load(), let pem = context.registration.installationKeyPEM,
-              let token = context.registration.installationToken else {
-            throw KeeperError(.unknownContext, "context \(name) has no installation yet")
-        }
-        let entry = (installationToken: token, key: try RSAPrivateKey(pem: pem), emptyBody: String?.none)
-        keys.withLock { $0[name] = entry }
-        return entry
-    }
-
-    /// The context's parsed key if it is already cached; never reads the store.
-    func cachedKey(for name: String) -> RSAPrivateKey? { keys.withLock { $0[name]?.key } }
-
     func forget(_ context: String) { _ = keys.withLock { $0.removeValue(forKey: context) } }
 }
 
@@ -48,29 +52,36 @@ extension Keeper {
     /// The base64 RSA-SHA256 signature of `body` with the context's installation key: what bunq expects in
     /// `X-Bunq-Client-Signature`. The key never leaves the daemon.
     public func sign(_ contextName: String, body: [UInt8]) async throws -> String {
-        guard let record = await owner.record(contextName) else {
+        guard leases.entry(contextName) != nil else {
             throw KeeperError(.unknownContext, "no context named \(contextName)")
         }
-        let key = try signingKeys.key(for: record.name) { try store.context(record.name) }
-        return try key.base64Signature(for: body)
+        return try await signingKey(contextName).base64Signature(for: body)
     }
 
-    /// `sign` without suspending and without touching the store: nil when the context's key is not parsed yet
-    /// (use `signBlocking` off the event loop then). About 0.2 ms of CPU, cheap enough to run where the request
-    /// arrived instead of paying two thread hand-offs.
+    /// The context's published key; one not published yet is read from the store (within its deadline) and
+    /// published.
+    func signingKey(_ name: String) async throws -> RSAPrivateKey {
+        if let key = signingKeys.cachedKey(for: name) { return key }
+        guard let context = try await store.context(name) else {
+            throw KeeperError(.unknownContext, "no context named \(name)")
+        }
+        try signingKeys.publish(name, context.registration)
+        guard let key = signingKeys.cachedKey(for: name) else {
+            throw KeeperError(.unknownContext, "context \(name) has no installation yet")
+        }
+        return key
+    }
+
+    /// Whether `request.sign` for the context can be answered from memory alone.
+    public func hasSigningKey(_ contextName: String) -> Bool { signingKeys.has(contextName) }
+
+    /// `sign` without suspending and without touching the store: nil when the context's key is not published
+    /// yet (use `sign` then). About 0.2 ms of CPU, cheap enough to run where the request arrived instead of
+    /// paying two thread hand-offs.
     public func signIfKeyLoaded(_ contextName: String, body: [UInt8]) throws -> String? {
         guard leases.entry(contextName) != nil else {
             throw KeeperError(.unknownContext, "no context named \(contextName)")
         }
         return try signingKeys.cachedKey(for: contextName)?.base64Signature(for: body)
-    }
-
-    /// `sign` without suspending, for a blocking-work thread pool: the context is checked in the lease table and
-    /// the key comes from the parsed-key cache (read from the store on a miss).
-    public func signBlocking(_ contextName: String, body: [UInt8]) throws -> String {
-        guard leases.entry(contextName) != nil else {
-            throw KeeperError(.unknownContext, "no context named \(contextName)")
-        }
-        return try signingKeys.key(for: contextName) { try store.context(contextName) }.base64Signature(for: body)
     }
 }

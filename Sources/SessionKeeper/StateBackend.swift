@@ -8,34 +8,41 @@ import Foundation
 /// suite. Every write is a transaction, durable before it returns; a write for a context that does not exist
 /// (removed meanwhile) is refused with `StoreError.missing`, never an upsert that brings it back.
 ///
-/// The calls block the calling thread until the engine answers (SQLite's fsync, PostgreSQL's round trip); they are
-/// never made on an event loop.
+/// Every call is asynchronous and has a deadline (`calls.timeout`, `state.timeout`): the engines never run on
+/// Swift's cooperative threads (GRDB's own queues; postgres-nio's event loops), nothing waits synchronously, and
+/// a store that does not answer costs the caller the deadline and `StoreError(.timeout)`, never a stalled daemon.
+/// Serving tokens and signatures never calls the store at all.
 public protocol StateBackend: Sendable {
     /// Where the state is, for messages (a path, or a PostgreSQL URL without its password).
     var location: String { get }
+    /// The deadline, counts and health of every call.
+    var calls: StoreCalls { get }
+    /// Migrates and checks the master key; called once before anything else (a PostgreSQL store's client must be
+    /// running: see `PostgresState.run`).
+    func prepare() async throws
     /// Every context with its decrypted registration and session.
-    func contexts() throws -> [StoredContext]
-    func context(_ name: String) throws -> StoredContext?
+    func contexts() async throws -> [StoredContext]
+    func context(_ name: String) async throws -> StoredContext?
     /// What start-up needs of every context, without decrypting registrations.
-    func records() throws -> [ContextRecord]
+    func records() async throws -> [ContextRecord]
     /// Stores a context's registration, creating the context when new.
-    func saveRegistration(_ name: String, kind: StoredContext.Kind, _ registration: IdentityRegistration) throws
+    func saveRegistration(_ name: String, kind: StoredContext.Kind, _ registration: IdentityRegistration) async throws
     /// Stores a bootstrap step's registration of an existing context (`missing` when it is gone).
-    func updateRegistration(_ name: String, _ registration: IdentityRegistration) throws
+    func updateRegistration(_ name: String, _ registration: IdentityRegistration) async throws
     /// Stores a new session with the registration that opened it and the new generation (`missing` when gone).
-    func saveSession(_ name: String, _ session: SessionInfo, generation: Int, registration: IdentityRegistration) throws
+    func saveSession(_ name: String, _ session: SessionInfo, generation: Int, registration: IdentityRegistration) async throws
     /// Stores many contexts in one transaction; existing names are replaced.
-    func importContexts(_ contexts: [StoredContext]) throws
+    func importContexts(_ contexts: [StoredContext]) async throws
     /// Forgets a context and its secrets.
-    func removeContext(_ name: String) throws
+    func removeContext(_ name: String) async throws
     /// The schema migrations applied, in order.
-    func appliedMigrations() throws -> [String]
+    func appliedMigrations() async throws -> [String]
     /// Remembers an OAuth `state` issued for `redirectURI` until `expiresAt` (kept as its SHA-256 digest, never
     /// in the clear), and forgets expired ones: a state issued through one daemon completes through any other.
-    func saveOAuthState(_ state: String, redirectURI: String, expiresAt: Date) throws
+    func saveOAuthState(_ state: String, redirectURI: String, expiresAt: Date) async throws
     /// Consumes a state: the redirect URI it was issued for, or nil when it is unknown, used or expired. Atomic:
     /// two daemons completing one state at once get it once.
-    func takeOAuthState(_ state: String, now: Date) throws -> String?
+    func takeOAuthState(_ state: String, now: Date) async throws -> String?
 }
 
 /// The engines a state can live in (`state.backend`).

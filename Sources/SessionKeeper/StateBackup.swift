@@ -63,7 +63,7 @@ public enum StateBackup {
     /// from where it was kept): a restore never replaces a state. The backup must open with `masterKey`; a wrong
     /// key leaves the directory as it was. Migrates an older backup to the current schema.
     public static func restore(_ backup: String, into stateDirectory: String, masterKey: SymmetricKey,
-                               keySource: String) throws -> Outcome {
+                               keySource: String) async throws -> Outcome {
         guard FileManager.default.fileExists(atPath: backup) else {
             throw StoreError(.database, "the backup \(backup) does not exist")
         }
@@ -89,7 +89,7 @@ public enum StateBackup {
             try sync(target)
             // Opening it checks the key and migrates: the state a daemon will start from.
             let store = try StateStore(directory: stateDirectory, masterKey: masterKey, keySource: keySource)
-            let contexts = try store.records().count
+            let contexts = try await store.records().count
             let bytes = (try? FileManager.default.attributesOfItem(atPath: target)[.size] as? Int) ?? 0
             return Outcome(contexts: contexts, bytes: bytes)
         } catch {

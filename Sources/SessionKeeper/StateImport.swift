@@ -13,18 +13,18 @@ public enum StateImport {
         public var kept: [String] = []
     }
 
-    public static func run(from source: any StateBackend, into target: any StateBackend) throws -> Outcome {
+    public static func run(from source: any StateBackend, into target: any StateBackend) async throws -> Outcome {
         var outcome = Outcome()
         var copies: [StoredContext] = []
-        for context in try source.contexts() {
-            if let existing = try target.context(context.name), existing.generation >= context.generation {
+        for context in try await source.contexts() {
+            if let existing = try await target.context(context.name), existing.generation >= context.generation {
                 outcome.kept.append(context.name)
             } else {
                 copies.append(context)
                 outcome.imported.append(context.name)
             }
         }
-        if !copies.isEmpty { try target.importContexts(copies) }
+        if !copies.isEmpty { try await target.importContexts(copies) }
         return outcome
     }
 }

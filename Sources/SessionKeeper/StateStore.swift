@@ -2,6 +2,7 @@ import BunqAPI
 import BunqCrypto
 import Foundation
 import GRDB
+import Logging
 
 /// A context as stored: its registration with bunq and its current session.
 public struct StoredContext: Sendable, Equatable {
@@ -61,17 +62,25 @@ public final class StateStore: StateBackend {
     private let sealer: StateSealer
     public let path: String
     public var location: String { path }
+    public let calls: StoreCalls
 
     /// Opens (creating when needed) the store in `directory` (created 0700) with files 0600, migrates it, and
     /// checks that `masterKey` (read from `keySource`) is the key that sealed it: a wrong key is an error here,
     /// at start, not a decryption failure per context later.
-    public init(directory: String, masterKey: SymmetricKey, keySource: String = "the master key") throws {
+    ///
+    /// Opening is synchronous (a local file, once, before anything is served); every call after it is
+    /// asynchronous, on GRDB's own queues, within `timeout`. SQLite waits for another writer's lock at most that
+    /// long too (its busy timeout), so a write transaction held elsewhere costs a call the deadline, not more.
+    public init(directory: String, masterKey: SymmetricKey, keySource: String = "the master key",
+                timeout: Duration = .seconds(2), logger: Logger = Logger(label: "bunq-sessiond")) throws {
         try Self.prepareDirectory(directory)
         path = directory + "/" + Self.fileName
         sealer = StateSealer(key: masterKey)
+        calls = StoreCalls(location: path, timeout: timeout, logger: logger)
         do {
             var configuration = Configuration()
-            configuration.busyMode = .timeout(10)
+            configuration.busyMode = .timeout(max(0.05, Double(timeout.components.seconds)
+                + Double(timeout.components.attoseconds) / 1e18))
             // WAL's default NORMAL survives a crash but may lose the last commits to a power loss; a session or
             // the marker that prevents a second device must not be lost once used.
             // secure_delete: a removed context's pages are overwritten, not left in the file's free list.
@@ -115,9 +124,12 @@ public final class StateStore: StateBackend {
         }
     }
 
+    /// Nothing to do: opening migrated and checked the key.
+    public func prepare() async throws {}
+
     /// SQLite's `synchronous` setting on the store's connections (2: FULL).
-    public func synchronousSetting() throws -> Int {
-        try pool.read { db in try Int.fetchOne(db, sql: "PRAGMA synchronous") ?? -1 }
+    public func synchronousSetting() async throws -> Int {
+        try await pool.read { db in try Int.fetchOne(db, sql: "PRAGMA synchronous") ?? -1 }
     }
 
     static func prepareDirectory(_ directory: String) throws {
@@ -177,15 +189,15 @@ public final class StateStore: StateBackend {
     }
 
     /// The schema migrations applied, in order.
-    public func appliedMigrations() throws -> [String] {
-        try pool.read { try Self.migrator.appliedMigrations($0) }
+    public func appliedMigrations() async throws -> [String] {
+        try await calls.run("read_migrations") { [pool] in try await pool.read { try Self.migrator.appliedMigrations($0) } }
     }
 
     // MARK: Reads
 
-    public func contexts() throws -> [StoredContext] {
-        try wrap("read the contexts") {
-            try pool.read { db in
+    public func contexts() async throws -> [StoredContext] {
+        try await call("read_contexts", "read the contexts") { [self] in
+            try await pool.read { db in
                 try Row.fetchAll(db, sql: """
                     SELECT c.name, c.kind, c.registration, c.generation, s.session_id, s.token, s.user_id, s.created, s.expires_at
                     FROM context c LEFT JOIN session s ON s.context = c.name ORDER BY c.name
@@ -194,9 +206,9 @@ public final class StateStore: StateBackend {
         }
     }
 
-    public func context(_ name: String) throws -> StoredContext? {
-        try wrap("read context \(name)") {
-            try pool.read { db in
+    public func context(_ name: String) async throws -> StoredContext? {
+        try await call("read_context", "read context \(name)") { [self] in
+            try await pool.read { db in
                 try Row.fetchOne(db, sql: """
                     SELECT c.name, c.kind, c.registration, c.generation, s.session_id, s.token, s.user_id, s.created, s.expires_at
                     FROM context c LEFT JOIN session s ON s.context = c.name WHERE c.name = ?
@@ -207,9 +219,9 @@ public final class StateStore: StateBackend {
 
     /// What start-up needs of every context, without decrypting registrations: name, kind, generation, session
     /// and bunq's (public) server key. Identical server keys share one string.
-    public func records() throws -> [ContextRecord] {
-        try wrap("read the context records") {
-            try pool.read { db in
+    public func records() async throws -> [ContextRecord] {
+        try await call("read_records", "read the context records") { [self] in
+            try await pool.read { db in
                 var interned: [String: String] = [:]
                 return try Row.fetchAll(db, sql: """
                     SELECT c.name, c.kind, c.generation, c.server_public_key, s.session_id, s.token, s.user_id, s.created,
@@ -253,9 +265,9 @@ public final class StateStore: StateBackend {
 
     // MARK: OAuth states
 
-    public func saveOAuthState(_ state: String, redirectURI: String, expiresAt: Date) throws {
-        try wrap("save an OAuth state") {
-            try pool.write { db in
+    public func saveOAuthState(_ state: String, redirectURI: String, expiresAt: Date) async throws {
+        try await call("save_oauth_state", "save an OAuth state") { [self] in
+            try await pool.write { db in
                 try db.execute(sql: "DELETE FROM oauth_state WHERE expires_at <= ?", arguments: [Date().timeIntervalSince1970])
                 try db.execute(sql: "INSERT OR REPLACE INTO oauth_state (digest, redirect_uri, expires_at) VALUES (?, ?, ?)",
                                arguments: [StateSealer.stateDigest(state), redirectURI, expiresAt.timeIntervalSince1970])
@@ -263,9 +275,9 @@ public final class StateStore: StateBackend {
         }
     }
 
-    public func takeOAuthState(_ state: String, now: Date) throws -> String? {
-        try wrap("take an OAuth state") {
-            try pool.write { db in
+    public func takeOAuthState(_ state: String, now: Date) async throws -> String? {
+        try await call("take_oauth_state", "take an OAuth state") { [self] in
+            try await pool.write { db in
                 let row = try Row.fetchOne(db, sql: "DELETE FROM oauth_state WHERE digest = ? RETURNING redirect_uri, expires_at",
                                            arguments: [StateSealer.stateDigest(state)])
                 guard let row, (row["expires_at"] as Double) > now.timeIntervalSince1970 else { return nil }
@@ -277,10 +289,10 @@ public final class StateStore: StateBackend {
     // MARK: Writes (each a transaction, durable before the caller goes on)
 
     /// Stores a context's registration, creating the context when new.
-    public func saveRegistration(_ name: String, kind: StoredContext.Kind, _ registration: IdentityRegistration) throws {
+    public func saveRegistration(_ name: String, kind: StoredContext.Kind, _ registration: IdentityRegistration) async throws {
         let sealed = try sealer.sealRegistration(registration, name)
-        try wrap("save the registration of \(name)") {
-            try pool.write { db in
+        try await call("save_registration", "save the registration of \(name)") { [self] in
+            try await pool.write { db in
                 let now = Date().timeIntervalSince1970
                 try db.execute(sql: """
                     INSERT INTO context (name, kind, registration, server_public_key, created_at, updated_at)
@@ -294,10 +306,10 @@ public final class StateStore: StateBackend {
 
     /// Stores a bootstrap step's registration of an existing context; a context removed meanwhile is not
     /// re-created (`missing`).
-    public func updateRegistration(_ name: String, _ registration: IdentityRegistration) throws {
+    public func updateRegistration(_ name: String, _ registration: IdentityRegistration) async throws {
         let sealed = try sealer.sealRegistration(registration, name)
-        try wrap("save the registration of \(name)") {
-            try pool.write { db in
+        try await call("save_registration", "save the registration of \(name)") { [self] in
+            try await pool.write { db in
                 try db.execute(sql: """
                     UPDATE context SET registration = ?, server_public_key = ?, updated_at = ? WHERE name = ?
                     """, arguments: [sealed, registration.serverPublicKeyPEM, Date().timeIntervalSince1970, name])
@@ -308,11 +320,11 @@ public final class StateStore: StateBackend {
 
     /// Stores a new session together with the registration that opened it and the new generation.
     public func saveSession(_ name: String, _ session: SessionInfo, generation: Int,
-                            registration: IdentityRegistration) throws {
+                            registration: IdentityRegistration) async throws {
         let sealedToken = try sealer.sealToken(session, name)
         let sealedRegistration = try sealer.sealRegistration(registration, name)
-        try wrap("save the session of \(name)") {
-            try pool.write { db in
+        try await call("save_session", "save the session of \(name)") { [self] in
+            try await pool.write { db in
                 try db.execute(sql: """
                     UPDATE context SET registration = ?, server_public_key = ?, generation = ?, updated_at = ? WHERE name = ?
                     """, arguments: [sealedRegistration, registration.serverPublicKeyPEM, generation,
@@ -328,13 +340,13 @@ public final class StateStore: StateBackend {
     }
 
     /// Stores many contexts in one transaction (imports, benchmarks); existing names are replaced.
-    public func importContexts(_ contexts: [StoredContext]) throws {
+    public func importContexts(_ contexts: [StoredContext]) async throws {
         let sealed = try contexts.map { context in
             (context, try sealer.sealRegistration(context.registration, context.name),
              try context.session.map { try sealer.sealToken($0, context.name) })
         }
-        try wrap("import \(contexts.count) contexts") {
-            try pool.write { db in
+        try await call("import_contexts", "import \(contexts.count) contexts", timeout: .seconds(600)) { [self] in
+            try await pool.write { db in
                 let now = Date().timeIntervalSince1970
                 for (context, registration, token) in sealed {
                     try db.execute(sql: """
@@ -357,16 +369,35 @@ public final class StateStore: StateBackend {
 
     /// Forgets a context and its secrets: the rows are deleted with their pages overwritten (`secure_delete`),
     /// and the write-ahead log is checkpointed and truncated so no copy of them stays there either.
-    public func removeContext(_ name: String) throws {
-        try wrap("remove \(name)") {
-            try pool.write { db in
+    public func removeContext(_ name: String) async throws {
+        try await call("remove_context", "remove \(name)") { [self] in
+            try await pool.write { db in
                 try db.execute(sql: "DELETE FROM session WHERE context = ?", arguments: [name])
                 try db.execute(sql: "DELETE FROM context WHERE name = ?", arguments: [name])
             }
         }
         // Best effort: a reader in progress can keep the log from being truncated now; the next removal or
         // checkpoint does it.
-        _ = try? pool.writeWithoutTransaction { db in try db.checkpoint(.truncate) }
+        _ = try? await pool.writeWithoutTransaction { db in try db.checkpoint(.truncate) }
+    }
+
+    /// A call within the deadline, its failures as `StoreError`s naming the file.
+    private func call<T: Sendable>(_ operation: String, _ what: String, timeout: Duration? = nil,
+                                   _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+        try await calls.run(operation, timeout: timeout) { [path] in
+            do {
+                return try await body()
+            } catch let error as StoreError {
+                throw error
+            } catch is CancellationError {
+                throw CancellationError()
+            } catch let error as DatabaseError where error.resultCode == .SQLITE_BUSY {
+                // Another writer held the database for the whole deadline (SQLite's busy timeout is the deadline).
+                throw StoreError(.timeout, "the state database \(path) stayed locked by another writer", cause: error)
+            } catch {
+                throw StoreError(.database, "cannot \(what) in \(path)", cause: error)
+            }
+        }
     }
 
     private func wrap<T>(_ what: String, _ body: () throws -> T) throws -> T {

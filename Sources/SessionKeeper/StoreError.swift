@@ -11,6 +11,8 @@ public struct StoreError: Error, Sendable, CustomStringConvertible {
         case missing
         /// A write under a lease this daemon no longer holds (another daemon took it over): refused.
         case fenced
+        /// The store did not answer within `state.timeout`: the call was given up, not waited for.
+        case timeout = "store_timeout"
     }
 
     public let code: Code

@@ -1,6 +1,7 @@
 import Logging
 import NIOCore
 import SessionKeeper
+import UnixListener
 import SessionProtocol
 import Synchronization
 

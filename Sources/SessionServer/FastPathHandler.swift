@@ -1,6 +1,7 @@
 import NIOCore
 import NIOPosix
 import SessionKeeper
+import UnixListener
 import SessionProtocol
 import Synchronization
 

@@ -2,6 +2,7 @@ import Logging
 import NIOCore
 import SessionProtocol
 import Synchronization
+import UnixListener
 
 /// One framed input: a line (without its `\n`, and without a trailing `\r`), or notice that a line exceeded the
 /// limit (the connection is then answered -32600 and closed; nothing after it is read).

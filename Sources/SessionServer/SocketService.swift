@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import Metrics
 import SessionKeeper
+import UnixListener
 import SessionProtocol
 import Synchronization
 
@@ -108,13 +109,13 @@ public final class SocketService: Sendable {
         ])
     }
 
-    // MARK: request.sign (RSA work on the event loop when the key is parsed; a first use, which reads the
-    // store, on a thread pool; never on Swift's cooperative pool)
+    // MARK: request.sign (RSA work on the event loop or SwiftNIO's blocking pool with the key the owner published;
+    // a key not published yet takes the slow path, which reads it from the store within the store's deadline)
 
     /// The parsed request, when it is a well-formed `request.sign` the caller may make; else nil (slow path).
     func signInput(_ request: RPCRequest, peer: PeerCredentials) -> (context: String, body: [UInt8])? {
         guard let context = request.string("context"), access.mayUse(peer, context),
-              keeper.leases.entry(context) != nil else { return nil }
+              keeper.leases.entry(context) != nil, keeper.hasSigningKey(context) else { return nil }
         if let text = request.string("body") { return (context, Array(text.utf8)) }
         if let encoded = request.string("body_base64"), let data = Data(base64Encoded: encoded) { return (context, Array(data)) }
         return nil
@@ -132,10 +133,14 @@ public final class SocketService: Sendable {
         }
     }
 
-    /// The answer, signing on the calling thread (a blocking pool's): the key is read from the store on a miss.
+    /// The answer, signing on the calling thread (a blocking pool's) with the published key (`signInput` checked
+    /// there is one: it is never removed but with its context).
     func signBlocking(_ context: String, _ body: [UInt8], id: RPCID) -> [UInt8] {
         do {
-            let answer = RPCCodec.result(id: id, "{\"signature\":\(JSONText.quote(try keeper.signBlocking(context, body: body)))}")
+            guard let signature = try keeper.signIfKeyLoaded(context, body: body) else {
+                throw KeeperError(.unknownContext, "no context named \(context)")
+            }
+            let answer = RPCCodec.result(id: id, "{\"signature\":\(JSONText.quote(signature))}")
             metrics.count(RPCMethod.requestSign.rawValue, nil)
             return answer
         } catch {
@@ -177,6 +182,11 @@ public final class SocketService: Sendable {
                 return (RPCCodec.error(id: id, code, "Needs attention", data: ["state": "needs_attention", "reason": error.message]), code)
             }
             return (RPCCodec.error(id: id, code, error.message), code)
+        } catch let error as StoreError where error.code == .timeout || error.code == .database {
+            // What the request needed from the store could not be had now (the store's own log line says why,
+            // once): unavailable, try again; the connection and everything served from memory go on.
+            return (RPCCodec.error(id: id, .sessionUnavailable, "The state store is unavailable; try again",
+                                   data: ["state": "store_unavailable", "reason": error.code.rawValue]), .sessionUnavailable)
         } catch {
             logger.error("request failed", metadata: ["bunq.method": "\(request.method)", "error": "\(error)"])
             return (RPCCodec.error(id: id, .internalError, "Internal error"), .internalError)
@@ -336,10 +346,17 @@ public final class SocketService: Sendable {
                 "budget": ["session_server": Self.budgetJSON(keeper.budget)],
             ]
             if let cluster = keeper.clusterStatus { status["cluster"] = Self.clusterJSON(cluster) }
-            // Where the state is, for admins only (`bunq-sessionctl backup` copies it from there).
+            // The store's health: tokens and signatures are served from memory whatever it says.
+            let health = keeper.storeHealth
+            status["store"] = ["backend": keeper.configuration.backend.rawValue, "reachable": health.reachable,
+                               "failing_since": health.failingSince.map(JSONText.timestamp) ?? NSNull(),
+                               "consecutive_failures": health.consecutiveFailures] as [String: Any]
+            // Where the state is, and what the store last said, for admins only (`bunq-sessionctl backup` copies
+            // it from there).
             if admin {
                 status["state"] = ["backend": keeper.configuration.backend.rawValue,
-                                   "directory": keeper.configuration.stateDirectory]
+                                   "directory": keeper.configuration.stateDirectory,
+                                   "last_error": health.lastError ?? NSNull()] as [String: Any]
             }
             return JSONText.encode(status)
         }

@@ -12,7 +12,7 @@ import Glibc
 /// bunq-sandbox. A benchmark, not a test: it prints figures (also as README table rows).
 @main
 struct Bench {
-    static func main() throws {
+    static func main() async throws {
         guard CommandLine.arguments.count >= 2 else {
             emit("usage: bunq-sessiond-bench BIN_DIR   (the directory holding bunq-sessiond and bunq-sandbox)")
             exit(2)
@@ -118,14 +118,14 @@ struct Bench {
         // 2. Start-up and memory with many stored identities: a restart of a large deployment, in the same state
         // as above (so `ops` is restored, not registered anew, and READY waits for no registration).
         let bigState = work + "/state"
-        let seeded = try seed(bigState, count: identities)
+        let seeded = try await seed(bigState, count: identities)
         let bigConfig = try writeConfig(work, base: base, state: bigState, name: "big.yaml", socket: work + "/big.socket")
         let started = Date()
         let big = try Child(bin + "/bunq-sessiond", ["--config", bigConfig], log: work + "/big.log")
         defer { big.stop() }
         guard big.waitFor("[bunq_sessiond] ready", timeout: 120) else { fatalError("not ready: \(big.log.suffix(2000))") }
         let ready = Date().timeIntervalSince(started)
-        Thread.sleep(forTimeInterval: 1)
+        usleep(1_000_000)
         let rss = residentMegabytes(big.process.processIdentifier)
         let bigGet = load(work + "/big.socket",
                           #"{"jsonrpc":"2.0","id":1,"method":"session.get","params":{"context":"user-\#(identities / 2)"}}"#,
@@ -420,7 +420,7 @@ struct Bench {
     }
 
     /// Stores `count` OAuth-user identities with sessions valid for a week, as a large deployment would have.
-    static func seed(_ directory: String, count: Int) throws -> Int {
+    static func seed(_ directory: String, count: Int) async throws -> Int {
         let key = try MasterKey.load(credentialsDirectory: nil, stateDirectory: directory)
         let store = try StateStore(directory: directory, masterKey: key)
         let installationKey = try RSAPrivateKey.generateBlocking()
@@ -432,7 +432,7 @@ struct Bench {
         template.sessionsOpened = 1
         let now = Date()
         for chunk in stride(from: 0, to: count, by: 10_000) {
-            try store.importContexts((chunk..<min(count, chunk + 10_000)).map { index in
+            try await store.importContexts((chunk..<min(count, chunk + 10_000)).map { index in
                 var registration = template
                 registration.secret = String(format: "%064x", index)
                 registration.installationToken = String(format: "%064x", index + 1)

@@ -58,7 +58,7 @@ struct BunqSessiondCommand: AsyncParsableCommand {
 
     /// `--import-state DIR`: the SQLite state in DIR (locked, so no daemon writes it meanwhile; opened with its own
     /// key: DIR/master.key, else the configured one) into the configured PostgreSQL store (with the store's key).
-    static func importState(from directory: String, settings: KeeperConfiguration) throws {
+    static func importState(from directory: String, settings: KeeperConfiguration) async throws {
         guard let postgres = settings.postgres else {
             let message = "bunq-sessiond: configuration error: state.backend: --import-state copies into PostgreSQL; "
                 + "this configuration's backend is \(settings.backend.rawValue)\n"
@@ -86,8 +86,8 @@ struct BunqSessiondCommand: AsyncParsableCommand {
                                            keySource: MasterKey.source(credentialsDirectory: settings.credentialsDirectory,
                                                                        stateDirectory: settings.stateDirectory,
                                                                        file: settings.masterKeyFile),
-                                           logger: Logger(label: "bunq-sessiond"))
-            let outcome = try StateImport.run(from: source, into: target)
+                                           timeout: settings.storeTimeout, logger: Logger(label: "bunq-sessiond"))
+            let outcome = try await target.withRunning { try await StateImport.run(from: source, into: target) }
             print("bunq-sessiond: imported \(outcome.imported.count) contexts from \(database) into \(target.location)"
                 + (outcome.imported.isEmpty ? "" : " (\(outcome.imported.joined(separator: ", ")))")
                 + "; kept \(outcome.kept.count) the store already had at the same or a newer generation")
@@ -99,7 +99,7 @@ struct BunqSessiondCommand: AsyncParsableCommand {
 
     /// `--restore BACKUP`: a backup made by `bunq-sessionctl backup` becomes the state of the configured (empty)
     /// state directory; the next normal start serves every identity in it without registering anything again.
-    static func restoreState(from backup: String, settings: KeeperConfiguration) throws {
+    static func restoreState(from backup: String, settings: KeeperConfiguration) async throws {
         guard settings.backend == .sqlite else {
             let message = "bunq-sessiond: configuration error: state.backend: --restore restores an SQLite state; "
                 + "a PostgreSQL store is restored with PostgreSQL's own tools\n"
@@ -116,7 +116,7 @@ struct BunqSessiondCommand: AsyncParsableCommand {
             }
             let key = try MasterKey.load(credentialsDirectory: settings.credentialsDirectory,
                                          stateDirectory: settings.stateDirectory, file: settings.masterKeyFile)
-            let outcome = try StateBackup.restore(backup, into: settings.stateDirectory, masterKey: key, keySource: keySource)
+            let outcome = try await StateBackup.restore(backup, into: settings.stateDirectory, masterKey: key, keySource: keySource)
             print("bunq-sessiond: restored \(outcome.contexts) contexts (\(outcome.bytes) bytes) from \(backup) into "
                 + "\(settings.stateDirectory); start the daemon to serve them")
         } catch {
@@ -154,11 +154,11 @@ struct BunqSessiondCommand: AsyncParsableCommand {
         }
 
         if let importState {
-            try Self.importState(from: importState, settings: settings)
+            try await Self.importState(from: importState, settings: settings)
             return
         }
         if let restore {
-            try Self.restoreState(from: restore, settings: settings)
+            try await Self.restoreState(from: restore, settings: settings)
             return
         }
 
@@ -187,7 +187,8 @@ struct BunqSessiondCommand: AsyncParsableCommand {
             if let postgres = settings.postgres {
                 let storeLogger = logger
                 openStore = { key, source in
-                    try PostgresState(settings: postgres, masterKey: key, keySource: source, logger: storeLogger)
+                    try PostgresState(settings: postgres, masterKey: key, keySource: source, timeout: settings.storeTimeout,
+                                      logger: storeLogger)
                 }
             }
             keeper = try Keeper(configuration: settings, psd2: psd2, logger: logger,
@@ -217,7 +218,10 @@ struct BunqSessiondCommand: AsyncParsableCommand {
         let socketFD = (inherited.first { $0.name == "api" } ?? (inherited.count == 1 && inherited.first?.name != "proxy" ? inherited.first : nil))?.fd
         let server = SocketServer(path: settings.socketPath, inheritedSocket: socketFD, service: service, limits: limits,
                                   logger: logger, releaseFreeMemory: ServiceManager.releaseFreeMemory)
-        var services: [any Service] = [keeper, server, Readiness(keeper: keeper, server: server, service: service, logger: logger),
+        // The store's own service (PostgreSQL's connection pool) first: the group stops services in reverse, so it
+        // goes last, after the keeper has left the cluster.
+        var services: [any Service] = (keeper.stateBackend as? any Service).map { [$0] } ?? []
+        services += [keeper, server, Readiness(keeper: keeper, server: server, service: service, logger: logger),
                                        Reloader(configPath: config, keeper: keeper, service: service, logger: logger)]
         if let proxy = settings.proxy {
             var proxyLimits = ProxyServer.Limits()

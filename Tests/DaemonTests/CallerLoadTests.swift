@@ -123,6 +123,8 @@ import TestSupport
                 while s.recv(65536): pass
                 print(json.dumps({kind:round(time.monotonic()-t0,1)}))
             except socket.timeout: print(json.dumps({kind:"open"}))
+            # Closed by the daemon while a drip was still unread on its side: the kernel resets instead.
+            except ConnectionResetError: print(json.dumps({kind:round(time.monotonic()-t0,1)}))
             """
         var watchers: [(String, ChildProcess)] = []
         for (kind, asCaller) in [("slowloris", true), ("empty", true), ("subscriber", false), ("subscriber-partial", false)] {
@@ -250,10 +252,17 @@ import TestSupport
         #expect((result?["rotated"] as? Int ?? .max) < 2_000, "what was sent before it blocked, not every rotation: \(reader.log)")
     }
 
-    @Test func outOfDescriptorsTheDaemonPausesAcceptInsteadOfSpinning() async throws {
+    /// Every Unix socket has the one listener: out of descriptors (RLIMIT_NOFILE used up by connections to the
+    /// JSON-RPC socket) while clients keep connecting to the socket under test, the daemon pauses accepting with a
+    /// backoff instead of spinning, and serves on that socket again as soon as descriptors are free.
+    @Test(arguments: ["socket", "proxy.sock", "metrics.sock"])
+    func outOfDescriptorsEveryListenerPausesInsteadOfSpinning(_ target: String) async throws {
         // 200 descriptors in all (soft and hard): about 170 connections fill them.
-        let running = try await RunningDaemon.start(access: "socket: {max_connections_per_uid: 4096}", provider: false,
-                                                    socketInConfig: true, wrapper: ["/usr/bin/prlimit", "--nofile=200:200"])
+        let running = try await RunningDaemon.start(access: """
+            socket: {max_connections_per_uid: 4096}
+            proxy: {socket: DIR/proxy.sock, max_connections: 4096, max_connections_per_uid: 4096}
+            metrics: {listen: "unix:DIR/metrics.sock"}
+            """, provider: false, socketInConfig: true, wrapper: ["/usr/bin/prlimit", "--nofile=200:200"])
         defer { running.stop() }
         let pid = running.daemon.process.processIdentifier
         let hold = """
@@ -263,26 +272,51 @@ import TestSupport
             for i in range(n):
                 s=socket.socket(socket.AF_UNIX); s.setblocking(False)
                 try: s.connect(path)
-                except BlockingIOError: pass
+                except (BlockingIOError, ConnectionRefusedError): pass
                 held.append(s)
             print("holding",flush=True)
             time.sleep(120)
             """
+        // Connects again and again (each attempt closed at once): clients that keep knocking.
+        let hammer = """
+            import socket,sys,time
+            path=sys.argv[1]
+            print("hammering",flush=True)
+            end=time.time()+60
+            while time.time()<end:
+                s=socket.socket(socket.AF_UNIX); s.setblocking(False)
+                try: s.connect(path)
+                except OSError: pass
+                s.close(); time.sleep(0.002)
+            """
         let holder = try ChildProcess("/usr/bin/python3", ["-c", hold, running.socket, "400"], log: running.dir.path("hold.log"))
+        defer { _ = holder.stop(signal: SIGKILL) }
         #expect(await holder.waitFor(.seconds(30)) { $0.contains("holding") }, "\(holder.log)")
-        #expect(running.daemon.waitForBlocking(20) { $0.contains("cannot accept connections") }, "\(running.daemon.log.suffix(2_000))")
+        #expect(await running.daemon.waitFor(.seconds(20)) { $0.contains("cannot accept connections") }, "\(running.daemon.log.suffix(2_000))")
+        let path = running.dir.path(target)
+        let knocker = try ChildProcess("/usr/bin/python3", ["-c", hammer, path], log: running.dir.path("hammer.log"))
+        defer { _ = knocker.stop(signal: SIGKILL) }
+        #expect(await knocker.waitFor(.seconds(30)) { $0.contains("hammering") }, "\(knocker.log)")
+        try await Task.sleep(for: .milliseconds(500))
         let before = try Proc.cpuSeconds(pid), start = ContinuousClock.now
         try await Task.sleep(for: .seconds(3))
         let cpu = try (Proc.cpuSeconds(pid) - before) / ((ContinuousClock.now - start) / .seconds(1))
-        #expect(cpu < 0.20, "daemon CPU while out of descriptors: \(Int(cpu * 100))% of a core")
-        // The shortage ends: the daemon accepts again.
+        #expect(cpu < 0.05, "daemon CPU while out of descriptors and \(target) is hammered: \(Int(cpu * 100))% of a core")
+        // The shortage ends: the socket under test serves again.
+        _ = knocker.stop(signal: SIGKILL)
         _ = holder.stop(signal: SIGKILL)
-        var served = false
-        for _ in 0..<50 where !served {
-            served = (try? result(RawSocketClient(running.socket).call(#"{"jsonrpc":"2.0","id":1,"method":"daemon.status"}"#))) != nil
-            if !served { try await Task.sleep(for: .milliseconds(200)) }
-        }
-        #expect(served, "served again once descriptors are free")
+        #expect(await eventually(within: .seconds(15)) {
+            switch target {
+            case "socket":
+                return (try? result(RawSocketClient(running.socket).call(#"{"jsonrpc":"2.0","id":1,"method":"daemon.status"}"#))) != nil
+            case "proxy.sock":
+                return (try? ProxyTests.request(path, running.dir, "/v1/user").status) == 200
+            default:
+                let output = try? Command.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--unix-socket", path,
+                                               "http://localhost/metrics"]).stdoutText
+                return output == "200"
+            }
+        }, "\(target) serves again once descriptors are free: \(running.daemon.log.suffix(1_500))")
     }
 }
 

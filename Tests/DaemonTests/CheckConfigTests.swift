@@ -55,6 +55,9 @@ import TestSupport
             ("bunq: [1, 2\n", [:], "(syntax): is not valid YAML"),
             // PostgreSQL: a URL, a shared key (never one a daemon generates), no password in the URL, TLS off loopback.
             ("api_keys: []\nstate: {backend: mysql}\n", [:], "state.backend: must be sqlite or postgresql, not 'mysql'"),
+            ("api_keys: []\nstate: {timeout: 0}\n", [:], "state.timeout: must be a duration from 50ms to 300s"),
+            ("api_keys: []\nstate: {timeout: soon}\n", [:], "state.timeout: must be a duration from 50ms to 300s (2s, 500ms, 1.5), not 'soon'"),
+            ("api_keys: []\n", ["BUNQ_SESSIOND_STATE_TIMEOUT": "10m"], "state.timeout: must be a duration from 50ms to 300s"),
             ("api_keys: []\nstate: {backend: postgresql}\n", [:], "state.postgresql.url: is required with state.backend: postgresql"),
             ("api_keys: []\nstate: {backend: postgresql, postgresql: {url: 'postgresql://u@127.0.0.1/db'}}\n", [:],
              "state.master_key_file: is required with state.backend: postgresql"),

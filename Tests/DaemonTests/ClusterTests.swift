@@ -276,3 +276,88 @@ import TestSupport
         #expect(try sandbox.stat("installations") == all.count, "nothing registered twice")
     }
 }
+
+extension ClusterTests {
+    /// One daemon of three cut off from PostgreSQL by dropped packets (a relay that stops forwarding: its
+    /// connections stay open and nothing answers, as a partition looks, not a refused connection): it stops
+    /// renewing once its leases lapse on its own clock, the other two take its contexts over and renew them, no
+    /// context gets two session-server calls for one renewal, and when the network heals it rejoins without a
+    /// restart. Under bunq's limits (scaled to a twentieth).
+    @Test func aDaemonPartitionedFromTheStoreHandsItsContextsOverAndRejoins() async throws {
+        // On a thread of its own: its socket clients block while they wait (see StoreOutageTests).
+        try await withTaskExecutorPreference(StoreOutageTests.executor) { try await partition() }
+    }
+
+    func partition() async throws {
+        if let reason = PostgresServer.unavailable {
+            #expect(!Skip.report("a partitioned cluster member: \(reason)"))
+            return
+        }
+        let server = try PostgresServer()
+        defer { server.stop() }
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let relayPort = try freeLoopbackPort()
+        let relay = try ChildProcess("/usr/bin/python3", ["-c", StoreOutageTests.relay, "\(relayPort)", "127.0.0.1", "\(server.port)"],
+                                     log: dir.path("relay.log"))
+        defer { _ = relay.stop(signal: SIGKILL) }
+        #expect(await relay.waitFor(.seconds(20)) { $0.contains("relaying") }, "\(relay.log)")
+        let sandbox = try await Sandbox.start(in: dir, ["--session-timeout", "600"], limits: .scaled(0.05))
+        defer { _ = sandbox.child.stop() }
+        let keyFile = try Self.masterKey(dir)
+        let base = try String(contentsOfFile: try writeConfig(dir, sandbox: sandbox, apiKey: try sandbox.newAPIKey(), provider: false,
+                                                              moreKeys: try (1...5).map { _ in try sandbox.newAPIKey() }),
+                              encoding: .utf8)
+        let limitedBefore = try sandbox.stat("rate_limited")
+        var members: [Member] = []
+        defer { for member in members { _ = member.child.stop() } }
+        for index in 0..<3 {
+            var config = Self.config(base, dir: dir, index: index, server: server, keyFile: keyFile,
+                                     source: "127.0.0.\(index + 2)", group: "ip-\(index + 2)")
+                .replacingOccurrences(of: "  backend: postgresql\n", with: "  backend: postgresql\n  timeout: 1s\n")
+            // Daemon 0 reaches the store through the relay.
+            if index == 0 { config = config.replacingOccurrences(of: ":\(server.port)/", with: ":\(relayPort)/") }
+            let path = try dir.write("config-\(index).yaml", config)
+            members.append(Member(index: index, socket: dir.path("socket-\(index)"),
+                                  child: try ChildProcess(Binaries.daemon, ["--config", path], log: dir.path("daemon-\(index).log"))))
+        }
+        for member in members {
+            #expect(await member.child.waitFor(.seconds(120)) { $0.contains("[bunq_sessiond] ready") }, "\(member.child.log)")
+        }
+        let names = ["ops"] + (1...5).map { "id-\($0)" }
+        #expect(await eventually(within: .seconds(30)) {
+            let held = members.map(\.leasesHeld)
+            return held.allSatisfy { $0 > 0 } && held.reduce(0, +) == names.count
+        }, "the leases spread: \(members.map(\.leasesHeld))")
+        #expect(await eventually(within: .seconds(60)) { names.allSatisfy { members[1].session($0) != nil } })
+        let cutOff = members[0]
+
+        // The partition: daemon 0's connections to the store stay open and nothing answers.
+        kill(relay.process.processIdentifier, SIGUSR1)
+        #expect(await eventually(within: .seconds(20)) { members[1].leasesHeld + members[2].leasesHeld == names.count },
+                "the others take the cut-off daemon's contexts over: \(members.map(\.leasesHeld))")
+        #expect(await eventually(within: .seconds(10)) { cutOff.leasesHeld == 0 }, "it renews nothing it cannot save")
+        #expect(names.allSatisfy { cutOff.session($0) != nil }, "it still serves what it holds")
+        // Every identity renewed now, by the daemons that hold it.
+        for name in names {
+            let reply = members[1].call("session.renew", #"{"context":"\#(name)","force":true}"#)
+            #expect(result(reply)?["renewed"] as? Bool == true, "\(name): \(reply)")
+        }
+
+        // The network heals: it rejoins by itself, takes its share again and serves the newest sessions.
+        kill(relay.process.processIdentifier, SIGUSR2)
+        #expect(await eventually(within: .seconds(30)) {
+            cutOff.cluster["store_reachable"] as? Bool == true && cutOff.leasesHeld > 0
+        }, "rejoined: \(cutOff.cluster) \(cutOff.child.log.suffix(2_000))")
+        #expect(await eventually(within: .seconds(20)) {
+            names.allSatisfy { cutOff.session($0)?.generation == members[1].session($0)?.generation }
+        }, "the rejoined daemon serves the sessions renewed meanwhile")
+
+        // One session-server call per session the store holds: none wasted on a renewal that could not be saved,
+        // none made twice for one renewal.
+        let generations = try server.psql("SELECT sum(generation) FROM context", database: server.database)
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(try "\(sandbox.requests("POST /v1/session-server"))" == generations)
+        #expect(try sandbox.stat("rate_limited") == limitedBefore, "no 429")
+    }
+}

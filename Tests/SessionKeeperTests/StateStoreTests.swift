@@ -29,24 +29,25 @@ import TestSupport
                                     expiresAt: Date(timeIntervalSince1970: 1_700_604_800))
         do {
             let store = try StateStore(directory: stateDir, masterKey: key)
-            try store.saveRegistration("ops", kind: .apiKey, registration)
-            try store.saveSession("ops", session, generation: 3, registration: registration)
-            try store.saveRegistration("provider", kind: .provider, IdentityRegistration(kind: .psd2Provider))
-            #expect(try store.appliedMigrations() == ["v1", "v2", "v3", "v4"])
+            try await store.saveRegistration("ops", kind: .apiKey, registration)
+            try await store.saveSession("ops", session, generation: 3, registration: registration)
+            try await store.saveRegistration("provider", kind: .provider, IdentityRegistration(kind: .psd2Provider))
+            #expect(try await store.appliedMigrations() == ["v1", "v2", "v3", "v4"])
         }
         let reopened = try StateStore(directory: stateDir, masterKey: try MasterKey.load(credentialsDirectory: nil, stateDirectory: stateDir))
-        let contexts = try reopened.contexts()
+        let contexts = try await reopened.contexts()
         #expect(contexts.map(\.name) == ["ops", "provider"])
         #expect(contexts[0] == StoredContext(name: "ops", kind: .apiKey, registration: registration, session: session, generation: 3))
         #expect(contexts[1].session == nil && contexts[1].registration.kind == .psd2Provider)
         // Start-up reads light records: sessions and the (public) server key, no registration.
-        let records = try reopened.records()
+        let records = try await reopened.records()
         #expect(records.map(\.name) == ["ops", "provider"])
         #expect(records[0] == ContextRecord(name: "ops", kind: .apiKey, session: session, generation: 3,
                                             serverPublicKeyPEM: registration.serverPublicKeyPEM))
-        #expect(try reopened.context("provider")?.kind == .provider && reopened.context("ghost") == nil)
-        try reopened.removeContext("ops")
-        #expect(try reopened.contexts().map(\.name) == ["provider"])
+        #expect(try await reopened.context("provider")?.kind == .provider)
+        #expect(try await reopened.context("ghost") == nil)
+        try await reopened.removeContext("ops")
+        #expect(try await reopened.contexts().map(\.name) == ["provider"])
     }
 
     @Test func oneOwnerPerStateFullSyncAndNoSilentNewKey() async throws {
@@ -68,7 +69,7 @@ import TestSupport
 
         let store = try StateStore(directory: stateDir, masterKey: try MasterKey.load(credentialsDirectory: nil,
                                                                                        stateDirectory: stateDir))
-        #expect(try store.synchronousSetting() == 2, "synchronous = FULL: commits survive a power loss")
+        #expect(try await store.synchronousSetting() == 2, "synchronous = FULL: commits survive a power loss")
         // The key is gone but the state it sealed is not: an error naming both, and no new key.
         try FileManager.default.removeItem(atPath: stateDir + "/master.key")
         do {
@@ -88,8 +89,8 @@ import TestSupport
         let key = try MasterKey.load(credentialsDirectory: nil, stateDirectory: try makeDirectory(stateDir))
         let registration = try await registration()
         let store = try StateStore(directory: stateDir, masterKey: key)
-        try store.saveRegistration("ops", kind: .apiKey, registration)
-        try store.saveSession("ops", SessionInfo(id: 1, token: token, userId: 2, created: Date(), expiresAt: Date()),
+        try await store.saveRegistration("ops", kind: .apiKey, registration)
+        try await store.saveSession("ops", SessionInfo(id: 1, token: token, userId: 2, created: Date(), expiresAt: Date()),
                              generation: 1, registration: registration)
         let secrets = [apiKey, token, "INSTALLATIONTOKEN0123456789", "BEGIN " + "PRIVATE KEY",
                        String(registration.installationKeyPEM!.split(separator: "\n")[1])]
@@ -112,7 +113,7 @@ import TestSupport
         let stateDir = try makeDirectory(dir.path("state"))
         let key = try SymmetricKey.generate()
         let store = try StateStore(directory: stateDir, masterKey: key)
-        try store.saveRegistration("ops", kind: .apiKey, try await registration())
+        try await store.saveRegistration("ops", kind: .apiKey, try await registration())
         // The key check refuses another key at once, naming the key's source and the state.
         do {
             _ = try StateStore(directory: stateDir, masterKey: try SymmetricKey.generate(), keySource: "/etc/other.key")
@@ -123,7 +124,7 @@ import TestSupport
             #expect(!"\(error)".contains(apiKey))
         }
         // The right key still opens it.
-        #expect(try StateStore(directory: stateDir, masterKey: key).context("ops") != nil)
+        #expect(try await StateStore(directory: stateDir, masterKey: key).context("ops") != nil)
     }
 
     @Test func theMasterKeyComesFromTheCredentialFirst() throws {
@@ -150,13 +151,13 @@ import TestSupport
         let stateDir = try makeDirectory(dir.path("state"))
         let key = try SymmetricKey.generate()
         let store = try StateStore(directory: stateDir, masterKey: key)
-        try store.saveRegistration("a", kind: .apiKey, try await registration())
-        try store.saveRegistration("b", kind: .apiKey, IdentityRegistration(kind: .apiKey, secret: "other"))
+        try await store.saveRegistration("a", kind: .apiKey, try await registration())
+        try await store.saveRegistration("b", kind: .apiKey, IdentityRegistration(kind: .apiKey, secret: "other"))
         // Swap the sealed registrations between rows behind the store's back: both must fail to open.
         try Command.check(["sqlite3", store.path, """
             UPDATE context SET registration = (SELECT registration FROM context WHERE name = 'a') WHERE name = 'b';
             """])
-        #expect(throws: StoreError.self) { _ = try store.contexts() }
+        await #expect(throws: StoreError.self) { _ = try await store.contexts() }
     }
 
     func makeDirectory(_ path: String) throws -> String {

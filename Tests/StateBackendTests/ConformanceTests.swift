@@ -34,14 +34,24 @@ final class Engine: Sendable {
         server = kind == .postgresql ? try PostgresServer() : nil
     }
 
-    func open(_ key: SymmetricKey, keySource: String = "the test's key") throws -> any StateBackend {
+    func open(_ key: SymmetricKey, keySource: String = "the test's key", timeout: Duration = .seconds(5)) throws -> any StateBackend {
         switch kind {
         case .sqlite:
-            return try StateStore(directory: directory.path("state"), masterKey: key, keySource: keySource)
+            return try StateStore(directory: directory.path("state"), masterKey: key, keySource: keySource, timeout: timeout)
         case .postgresql:
             let settings = try PostgresSettings.parse(url: server!.url, password: server!.password)
-            return try PostgresState(settings: settings, masterKey: key, keySource: keySource, logger: Logger(label: "test"))
+            return try PostgresState(settings: settings, masterKey: key, keySource: keySource, timeout: timeout,
+                                     logger: Logger(label: "test"))
         }
+    }
+
+    /// Opens the store and runs `body` with it ready: a PostgreSQL store's pool running, migrated, key checked.
+    func with<T>(_ key: SymmetricKey, keySource: String = "the test's key", timeout: Duration = .seconds(5),
+                 _ body: (any StateBackend) async throws -> T) async throws -> T {
+        let store = try open(key, keySource: keySource, timeout: timeout)
+        if let postgres = store as? PostgresState { return try await postgres.withRunning { try await body(postgres) } }
+        try await store.prepare()
+        return try await body(store)
     }
 
     /// Everything the engine holds, as bytes: the database files, or a dump of the database.
@@ -89,51 +99,54 @@ final class Engine: Sendable {
         let key = try SymmetricKey.generate()
         let registration = try await registration()
         let migrations: [String]
-        do {
-            let store = try engine.open(key)
-            try store.saveRegistration("ops", kind: .apiKey, registration)
-            try store.saveSession("ops", session, generation: 3, registration: registration)
-            try store.saveRegistration("provider", kind: .provider, IdentityRegistration(kind: .psd2Provider))
-            migrations = try store.appliedMigrations()
-            #expect(!migrations.isEmpty)
+        let session = session
+        migrations = try await engine.with(key) { store in
+            try await store.saveRegistration("ops", kind: .apiKey, registration)
+            try await store.saveSession("ops", session, generation: 3, registration: registration)
+            try await store.saveRegistration("provider", kind: .provider, IdentityRegistration(kind: .psd2Provider))
+            return try await store.appliedMigrations()
         }
-        let reopened = try engine.open(key)
-        #expect(try reopened.appliedMigrations() == migrations, "a reopen applies nothing again")
-        let contexts = try reopened.contexts()
+        #expect(!migrations.isEmpty)
+        try await engine.with(key) { reopened in
+        #expect(try await reopened.appliedMigrations() == migrations, "a reopen applies nothing again")
+        let contexts = try await reopened.contexts()
         #expect(contexts.map(\.name) == ["ops", "provider"])
         #expect(contexts.first == StoredContext(name: "ops", kind: .apiKey, registration: registration, session: session, generation: 3))
         #expect(contexts.last?.session == nil && contexts.last?.registration.kind == .psd2Provider)
-        #expect(try reopened.records() == [
+        #expect(try await reopened.records() == [
             ContextRecord(name: "ops", kind: .apiKey, session: session, generation: 3, serverPublicKeyPEM: registration.serverPublicKeyPEM),
             ContextRecord(name: "provider", kind: .provider, session: nil, generation: 0, serverPublicKeyPEM: nil),
         ])
-        #expect(try reopened.context("provider")?.kind == .provider && reopened.context("ghost") == nil)
+        #expect(try await reopened.context("provider")?.kind == .provider)
+        #expect(try await reopened.context("ghost") == nil)
         // Sealed at rest: neither the API key, the installation key nor the token is in what the engine holds.
         let held = try engine.everything()
         #expect(!held.isEmpty && !held.contains(apiKey) && !held.contains(token) && !held.contains("PRIVATE KEY"))
-        try reopened.removeContext("ops")
-        #expect(try reopened.contexts().map(\.name) == ["provider"])
+        try await reopened.removeContext("ops")
+        #expect(try await reopened.contexts().map(\.name) == ["provider"])
+        }
     }
 
     @Test(arguments: Engine.Kind.allCases)
     func writesForAContextThatIsGoneAreRefusedNeverUpserted(_ kind: Engine.Kind) async throws {
         guard let engine = try Engine.start(kind) else { return }
         defer { engine.stop() }
-        let store = try engine.open(try SymmetricKey.generate())
         let registration = try await registration()
-        try store.saveRegistration("ops", kind: .apiKey, registration)
-        try store.removeContext("ops")
-        for write in [{ try store.updateRegistration("ops", registration) },
-                      { try store.saveSession("ops", session, generation: 2, registration: registration) }] {
-            #expect { try write() } throws: { ($0 as? StoreError)?.code == .missing }
-        }
-        #expect(try store.contexts().isEmpty, "no write brought the removed context back")
+        let session = session
+        try await engine.with(try SymmetricKey.generate()) { store in
+        try await store.saveRegistration("ops", kind: .apiKey, registration)
+        try await store.removeContext("ops")
+        await #expect { try await store.updateRegistration("ops", registration) } throws: { ($0 as? StoreError)?.code == .missing }
+        await #expect { try await store.saveSession("ops", session, generation: 2, registration: registration) }
+            throws: { ($0 as? StoreError)?.code == .missing }
+        #expect(try await store.contexts().isEmpty, "no write brought the removed context back")
         // Import replaces by name, sessions included.
-        try store.importContexts([StoredContext(name: "a", kind: .apiKey, registration: registration, session: session, generation: 5),
+        try await store.importContexts([StoredContext(name: "a", kind: .apiKey, registration: registration, session: session, generation: 5),
                                   StoredContext(name: "b", kind: .oauthUser, registration: registration)])
-        try store.importContexts([StoredContext(name: "a", kind: .apiKey, registration: registration, session: nil, generation: 6)])
-        let imported = try store.contexts()
+        try await store.importContexts([StoredContext(name: "a", kind: .apiKey, registration: registration, session: nil, generation: 6)])
+        let imported = try await store.contexts()
         #expect(imported.map(\.name) == ["a", "b"] && imported[0].generation == 6 && imported[0].session == nil)
+        }
     }
 
     @Test(arguments: Engine.Kind.allCases)
@@ -141,14 +154,15 @@ final class Engine: Sendable {
         guard let engine = try Engine.start(kind) else { return }
         defer { engine.stop() }
         let key = try SymmetricKey.generate()
-        try engine.open(key).saveRegistration("ops", kind: .apiKey, try await registration())
-        #expect {
-            _ = try engine.open(try SymmetricKey.generate(), keySource: "/etc/other.key")
+        let registration = try await registration()
+        try await engine.with(key) { try await $0.saveRegistration("ops", kind: .apiKey, registration) }
+        await #expect {
+            try await engine.with(try SymmetricKey.generate(), keySource: "/etc/other.key") { _ in }
         } throws: { error in
             let error = error as? StoreError
             return error?.code == .masterKey && error?.message.contains("/etc/other.key") == true
         }
-        #expect(try engine.open(key).context("ops") != nil)
+        #expect(try await engine.with(key) { try await $0.context("ops") } != nil)
     }
 }
 
@@ -158,22 +172,24 @@ extension StateBackendConformanceTests {
         guard let engine = try Engine.start(kind) else { return }
         defer { engine.stop() }
         let key = try SymmetricKey.generate()
-        let issuer = try engine.open(key)
         let now = Date()
-        try issuer.saveOAuthState("STATE-live-0123456789", redirectURI: "https://example.com/cb", expiresAt: now.addingTimeInterval(600))
-        try issuer.saveOAuthState("STATE-old-0123456789", redirectURI: "https://example.com/cb", expiresAt: now.addingTimeInterval(1))
+        try await engine.with(key) { issuer in
+        try await issuer.saveOAuthState("STATE-live-0123456789", redirectURI: "https://example.com/cb", expiresAt: now.addingTimeInterval(600))
+        try await issuer.saveOAuthState("STATE-old-0123456789", redirectURI: "https://example.com/cb", expiresAt: now.addingTimeInterval(1))
         // Another opener of the store (another daemon, or this one after a restart) completes it, once.
-        let completer = try engine.open(key)
-        #expect(try completer.takeOAuthState("STATE-live-0123456789", now: now) == "https://example.com/cb")
-        #expect(try issuer.takeOAuthState("STATE-live-0123456789", now: now) == nil, "single use")
-        #expect(try completer.takeOAuthState("STATE-old-0123456789", now: now.addingTimeInterval(2)) == nil, "expired")
-        #expect(try completer.takeOAuthState("never-issued", now: now) == nil)
+        try await engine.with(key) { completer in
+        #expect(try await completer.takeOAuthState("STATE-live-0123456789", now: now) == "https://example.com/cb")
+        #expect(try await issuer.takeOAuthState("STATE-live-0123456789", now: now) == nil, "single use")
+        #expect(try await completer.takeOAuthState("STATE-old-0123456789", now: now.addingTimeInterval(2)) == nil, "expired")
+        #expect(try await completer.takeOAuthState("never-issued", now: now) == nil)
         // Kept as a digest only.
-        try issuer.saveOAuthState("STATE-secret-abcdef", redirectURI: "https://example.com/cb", expiresAt: now.addingTimeInterval(600))
+        try await issuer.saveOAuthState("STATE-secret-abcdef", redirectURI: "https://example.com/cb", expiresAt: now.addingTimeInterval(600))
         if kind == .postgresql, let server = engine.server {
             #expect(!(try server.psql("SELECT digest FROM oauth_state", database: server.database)).contains("STATE-secret"))
         } else {
             #expect(!(try engine.everything()).contains("STATE-secret"))
+        }
+        }
         }
     }
 }
@@ -186,7 +202,7 @@ extension StateBackendConformanceTests {
         let key = try SymmetricKey.generate()
         let opened = await withTaskGroup(of: Bool.self) { group in
             for _ in 0..<4 {
-                group.addTask { (try? engine.open(key)) != nil }
+                group.addTask { (try? await engine.with(key) { _ in true }) == true }
             }
             return await group.reduce(0) { $0 + ($1 ? 1 : 0) }
         }
@@ -204,85 +220,170 @@ extension StateBackendConformanceTests {
         guard let engine = try Engine.start(.postgresql) else { return }
         defer { engine.stop() }
         let key = try SymmetricKey.generate()
-        let a = try #require(try engine.open(key) as? PostgresState), b = try #require(try engine.open(key) as? PostgresState)
+        try await engine.with(key) { a in
+        try await engine.with(key) { b in
+        let a = try #require(a as? PostgresState), b = try #require(b as? PostgresState)
         let registration = IdentityRegistration(kind: .apiKey, secret: "sandbox_SECRETAPIKEY0123456789abcdef")
-        let first = try #require(try a.insertRegistration("ops", kind: .apiKey, registration, by: "a", leaseSeconds: 600))
+        let first = try #require(try await a.insertRegistration("ops", kind: .apiKey, registration, by: "a", leaseSeconds: 600))
         #expect(first.fence == 1)
-        #expect(try b.insertRegistration("ops", kind: .apiKey, registration, by: "b", leaseSeconds: 600) == nil,
+        #expect(try await b.insertRegistration("ops", kind: .apiKey, registration, by: "b", leaseSeconds: 600) == nil,
                 "created once, however many daemons try")
-        #expect(try b.acquireLeases(instance: "b", seconds: 600, limit: 10).isEmpty, "held by a")
+        #expect(try await b.acquireLeases(instance: "b", seconds: 600, limit: 10).isEmpty, "held by a")
         let session = SessionInfo(id: 1, token: "SESSIONTOKEN-one", userId: 5, created: Date(), expiresAt: Date() + 600)
-        try a.saveSession("ops", session, generation: 1, registration: registration, fence: first.fence, by: "a")
+        try await a.saveSession("ops", session, generation: 1, registration: registration, fence: first.fence, by: "a")
 
         // a stops renewing (paused): its lease runs out and b takes it, under a higher fence.
-        #expect(try a.renewLeases(instance: "a", seconds: 0.2) == [first])
+        #expect(try await a.renewLeases(instance: "a", seconds: 0.2) == [first])
         try await Task.sleep(for: .milliseconds(500))
-        #expect(try a.renewLeases(instance: "a", seconds: 5).isEmpty, "an expired lease is not extended")
-        let taken = try b.acquireLeases(instance: "b", seconds: 600, limit: 10)
+        #expect(try await a.renewLeases(instance: "a", seconds: 5).isEmpty, "an expired lease is not extended")
+        let taken = try await b.acquireLeases(instance: "b", seconds: 600, limit: 10)
         #expect(taken == [LeaseGrant(context: "ops", fence: 2)])
         let late = SessionInfo(id: 2, token: "SESSIONTOKEN-late", userId: 5, created: Date(), expiresAt: Date() + 600)
-        #expect { try a.saveSession("ops", late, generation: 2, registration: registration, fence: first.fence, by: "a") }
+        await #expect { try await a.saveSession("ops", late, generation: 2, registration: registration, fence: first.fence, by: "a") }
             throws: { ($0 as? StoreError)?.code == .fenced }
-        #expect { try a.updateRegistration("ops", registration, fence: first.fence, by: "a") }
+        await #expect { try await a.updateRegistration("ops", registration, fence: first.fence, by: "a") }
             throws: { ($0 as? StoreError)?.code == .fenced }
-        try b.saveSession("ops", session, generation: 2, registration: registration, fence: 2, by: "b")
-        #expect { try b.saveSession("ops", session, generation: 2, registration: registration, fence: 2, by: "b") }
+        try await b.saveSession("ops", session, generation: 2, registration: registration, fence: 2, by: "b")
+        await #expect { try await b.saveSession("ops", session, generation: 2, registration: registration, fence: 2, by: "b") }
             throws: { ($0 as? StoreError)?.code == .fenced }
-        #expect(try a.context("ops")?.generation == 2 && a.context("ops")?.session?.token == session.token)
+        #expect(try await a.context("ops")?.generation == 2)
+        #expect(try await a.context("ops")?.session?.token == session.token)
 
         // Membership and the fair share's inputs.
-        _ = try a.heartbeat(instance: "a", process: "a-1", egressGroup: "g1", window: 600)
-        let (members, contexts) = try b.heartbeat(instance: "b", process: "b-1", egressGroup: "g1", window: 600)
-        #expect { _ = try b.heartbeat(instance: "a", process: "a-2", egressGroup: "g1", window: 600) }
+        _ = try await a.heartbeat(instance: "a", process: "a-1", egressGroup: "g1", window: 600)
+        let (members, contexts) = try await b.heartbeat(instance: "b", process: "b-1", egressGroup: "g1", window: 600)
+        await #expect { _ = try await b.heartbeat(instance: "a", process: "a-2", egressGroup: "g1", window: 600) }
             throws: { ($0 as? StoreError)?.code == .locked && "\($0)".contains("cluster.instance a") }
         #expect(members.map(\.instance) == ["a", "b"] && members.map(\.leases) == [0, 1] && contexts == 1)
-        try b.releaseLeases(instance: "b", ["ops"])
-        #expect(try a.acquireLeases(instance: "a", seconds: 600, limit: 1) == [LeaseGrant(context: "ops", fence: 3)])
+        try await b.releaseLeases(instance: "b", ["ops"])
+        #expect(try await a.acquireLeases(instance: "a", seconds: 600, limit: 1) == [LeaseGrant(context: "ops", fence: 3)])
 
         // One session-server call per group at a time, spaced from the end of the last.
-        #expect(try a.claimSessionServer(egressGroup: "g1", instance: "a", hold: 30) == nil)
-        let wait = try #require(try b.claimSessionServer(egressGroup: "g1", instance: "b", hold: 30))
+        #expect(try await a.claimSessionServer(egressGroup: "g1", instance: "a", hold: 30) == nil)
+        let wait = try #require(try await b.claimSessionServer(egressGroup: "g1", instance: "b", hold: 30))
         #expect(wait > 25, "held while a calls")
-        #expect(try b.claimSessionServer(egressGroup: "g2", instance: "b", hold: 30) == nil, "another group, another IP")
+        #expect(try await b.claimSessionServer(egressGroup: "g2", instance: "b", hold: 30) == nil, "another group, another IP")
         let released = ContinuousClock.now
-        try a.releaseSessionServer(egressGroup: "g1", instance: "a", spacing: 2)
-        let spaced = try b.claimSessionServer(egressGroup: "g1", instance: "b", hold: 30)
+        try await a.releaseSessionServer(egressGroup: "g1", instance: "a", spacing: 2)
+        let spaced = try await b.claimSessionServer(egressGroup: "g1", instance: "b", hold: 30)
         #expect(spaced.map { $0 > 0 && $0 <= 2 } ?? (ContinuousClock.now - released >= .seconds(2)), "opens one spacing after the call")
         try await Task.sleep(for: .milliseconds(2_100))
-        #expect(try b.claimSessionServer(egressGroup: "g1", instance: "b", hold: 30) == nil)
+        #expect(try await b.claimSessionServer(egressGroup: "g1", instance: "b", hold: 30) == nil)
 
         // A change committed by one daemon reaches the other's listener.
         let heard = Heard()
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { await b.listen { change in heard.changes.withLock { $0.append(change) } } }
             for _ in 0..<100 where !heard.changes.withLock({ $0.contains(.resync) }) { try await Task.sleep(for: .milliseconds(50)) }
-            try a.saveSession("ops", late, generation: 3, registration: registration, fence: 3, by: "a")
+            try await a.saveSession("ops", late, generation: 3, registration: registration, fence: 3, by: "a")
             for _ in 0..<100 where heard.changes.withLock({ $0.count < 2 }) { try await Task.sleep(for: .milliseconds(50)) }
             group.cancelAll()
         }
         #expect(heard.changes.withLock { $0 } == [.resync, .changed(context: "ops", generation: 3, by: "a")])
-        try a.leave(instance: "a", spacing: 2)
-        #expect(try b.acquireLeases(instance: "b", seconds: 600, limit: 1) == [LeaseGrant(context: "ops", fence: 4)],
+        try await a.leave(instance: "a", spacing: 2)
+        #expect(try await b.acquireLeases(instance: "b", seconds: 600, limit: 1) == [LeaseGrant(context: "ops", fence: 4)],
                 "a daemon that leaves frees its leases at once")
+        }
+        }
     }
 
     @Test func aRestartedServerCostsTheCallsMadeWhileItWasDownNotTheStore() async throws {
         guard let engine = try Engine.start(.postgresql) else { return }
         defer { engine.stop() }
-        let store = try engine.open(try SymmetricKey.generate())
-        try store.saveRegistration("ops", kind: .provider, IdentityRegistration(kind: .psd2Provider))
         let server = try #require(engine.server)
-        server.halt("immediate")
-        #expect { _ = try store.contexts() } throws: { error in
-            let error = error as? StoreError
-            return error?.code == .database && error?.message.contains(server.url) == true
+        try await engine.with(try SymmetricKey.generate()) { store in
+            try await store.saveRegistration("ops", kind: .provider, IdentityRegistration(kind: .psd2Provider))
+            server.halt("immediate")
+            await #expect { _ = try await store.contexts() } throws: { error in
+                let error = error as? StoreError
+                return (error?.code == .database || error?.code == .timeout) && "\(error!)".contains(server.url)
+            }
+            #expect(!store.calls.health.reachable, "the store's health says so")
+            try server.restart()
+            // The pool connects again at a later call.
+            #expect(await eventually(within: .seconds(20)) { (try? await store.contexts())?.map(\.name) == ["ops"] })
+            #expect(store.calls.health.reachable)
         }
-        try server.restart()
-        #expect(try store.contexts().map(\.name) == ["ops"], "the next call connects again")
     }
 }
 
 /// Changes a listener heard, shared with the test's task.
 final class Heard: Sendable {
     let changes = Mutex<[StoreChange]>([])
+}
+
+/// A store that does not answer costs each call its deadline and `store_timeout`, never a wait: the health says
+/// so (once), and the next answered call puts it right.
+extension StateBackendConformanceTests {
+    static let executor = DedicatedThreadExecutor(name: "store-deadline-test")
+
+    @Test(arguments: Engine.Kind.allCases)
+    func aStoreThatDoesNotAnswerCostsTheDeadlineNotAWait(_ kind: Engine.Kind) async throws {
+        guard let engine = try Engine.start(kind) else { return }
+        defer { engine.stop() }
+        let registration = try await registration()
+        let session = session
+        let deadline = Duration.milliseconds(500)
+        try await engine.with(try SymmetricKey.generate(), timeout: deadline) { store in
+            try await store.saveRegistration("ops", kind: .apiKey, registration)
+            // Hold the store: PostgreSQL frozen (SIGSTOP: connections open, nothing answers); SQLite locked by another
+            // process's write transaction (the sqlite3 shell, as another program on the host would).
+            var holder: (process: Process, input: Pipe)?
+            if let server = engine.server {
+                server.freeze()
+            } else {
+                holder = try await Self.holdWriteLock(engine.directory.path("state/\(StateStore.fileName)"),
+                                                      log: engine.directory.path("holder.log"))
+            }
+            // Timed on a thread of its own: the shared cooperative pool (two threads here) can be held for seconds
+            // by other suites' blocking helpers, which would time the test, not the store.
+            let timings = await withTaskExecutorPreference(Self.executor) {
+                var timings: [Duration] = []
+                for _ in 0..<3 {
+                    let started = ContinuousClock.now
+                    await #expect { try await store.saveSession("ops", session, generation: 1, registration: registration) }
+                        throws: { ($0 as? StoreError)?.code == .timeout }
+                    timings.append(ContinuousClock.now - started)
+                }
+                return timings
+            }
+            #expect(timings.allSatisfy { $0 >= deadline * 0.9 && $0 < deadline + .milliseconds(1_500) },
+                    "each call costs its deadline, not more: \(timings)")
+            let health = store.calls.health
+            #expect(!health.reachable && health.failingSince != nil && health.consecutiveFailures == 3)
+            #expect(health.lastError?.contains("store_timeout") == true || health.lastError?.contains("did not answer") == true
+                    || health.lastError?.contains("locked") == true)
+            engine.server?.thaw()
+            // Its input closed, the holder ends (and with it the transaction).
+            try holder?.input.fileHandleForWriting.close()
+            _ = await eventually(within: .seconds(10)) { holder?.process.isRunning != true }
+            // Nothing was written by the calls that timed out; the next call works and the store is healthy.
+            #expect(await eventually(within: .seconds(20)) {
+                (try? await store.saveSession("ops", session, generation: 2, registration: registration)) != nil
+            })
+            #expect(store.calls.health.reachable && store.calls.health.failingSince == nil)
+            #expect(try await store.context("ops")?.generation == 2)
+        }
+    }
+
+    /// Another process holding SQLite's write lock until its input is closed: Python's sqlite3 in an open write
+    /// transaction. Awaited without holding a thread: it says so in its log once it holds the lock.
+    static func holdWriteLock(_ database: String, log: String) async throws -> (process: Process, input: Pipe) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        process.arguments = ["-c", """
+            import sqlite3, sys
+            db = sqlite3.connect(sys.argv[1], isolation_level=None)
+            db.execute("BEGIN IMMEDIATE")
+            open(sys.argv[2], "w").write("locked")
+            sys.stdin.read()
+            """, database, log]
+        let input = Pipe()
+        process.standardInput = input
+        try process.run()
+        guard await eventually(within: .seconds(20), {
+            (try? String(contentsOfFile: log, encoding: .utf8))?.contains("locked") == true
+        }) else { throw StoreError(.database, "the lock holder did not take the lock") }
+        return (process, input)
+    }
 }

@@ -65,6 +65,29 @@ public final class PostgresServer: Sendable {
                               "-w", "stop"])
     }
 
+    /// Freezes the server: the postmaster and every backend stopped with SIGSTOP. Connections stay open, nothing
+    /// is refused, nothing answers: what a stuck disk or a failover looks like from a client.
+    public func freeze() { signalAll(SIGSTOP) }
+
+    /// Lets a frozen server go on.
+    public func thaw() { signalAll(SIGCONT) }
+
+    /// The postmaster's pid and its children's, from /proc.
+    private func signalAll(_ signal: Int32) {
+        guard let text = try? String(contentsOfFile: directory.path("data/postmaster.pid"), encoding: .utf8),
+              let first = text.split(separator: "\n").first, let postmaster = Int32(first) else { return }
+        var pids = [postmaster]
+        for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
+            guard let pid = Int32(entry),
+                  let stat = try? String(contentsOfFile: "/proc/\(entry)/stat", encoding: .utf8),
+                  let close = stat.lastIndex(of: ")") else { continue }
+            let fields = stat[stat.index(after: close)...].split(separator: " ")
+            if fields.count > 2, Int32(fields[1]) == postmaster { pids.append(pid) }
+        }
+        // The postmaster first when stopping (no new backend is forked meanwhile), last when continuing.
+        for pid in signal == SIGSTOP ? pids : pids.reversed() { kill(pid, signal) }
+    }
+
     /// Starts it again on the same port.
     public func restart() throws { try start() }
 

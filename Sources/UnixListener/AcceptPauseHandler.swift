@@ -12,15 +12,25 @@ final class AcceptPauseHandler: ChannelInboundHandler {
     typealias InboundIn = any Channel
     typealias InboundOut = any Channel
 
+    /// The first pause; each further one in a row doubles, up to `maxPause`; an accepted connection resets it.
     static let pause = TimeAmount.milliseconds(200)
+    static let maxPause = TimeAmount.seconds(2)
+    private var nextPause = AcceptPauseHandler.pause
+    private let name: String
     private let logger: Logger
     private var paused = false
     /// Pauses since the last warning, so a long shortage logs once a minute, not five times a second.
     private var pausesSinceWarning = 0
     private var lastWarning: NIODeadline?
 
-    init(logger: Logger) {
+    init(name: String, logger: Logger) {
+        self.name = name
         self.logger = logger
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        nextPause = Self.pause
+        context.fireChannelRead(data)
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
@@ -34,14 +44,16 @@ final class AcceptPauseHandler: ChannelInboundHandler {
             let now = NIODeadline.now()
             if lastWarning.map({ now - $0 >= .seconds(60) }) ?? true {
                 logger.warning("cannot accept connections: out of file descriptors or memory; pausing accept", metadata: [
-                    "error": "\(error)", "bunq.pauses": "\(pausesSinceWarning)",
+                    "error": "\(error)", "bunq.pauses": "\(pausesSinceWarning)", "bunq.listener": "\(name)",
                 ])
                 lastWarning = now
                 pausesSinceWarning = 0
             }
             try? context.channel.syncOptions?.setOption(.autoRead, value: false)
             let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-            context.eventLoop.scheduleTask(in: Self.pause) {
+            let pause = nextPause
+            nextPause = min(nextPause * 2, Self.maxPause)
+            context.eventLoop.scheduleTask(in: pause) {
                 let (handler, context) = loopBound.value
                 handler.paused = false
                 try? context.channel.syncOptions?.setOption(.autoRead, value: true)
