@@ -221,7 +221,8 @@ let package = Package(
         .executableTarget(
             name: "bunq-sessiond-bench",
             // TestSupport: the bench starts a PostgreSQL of its own for the cluster rows, as the tests do.
-            dependencies: ["SessionKeeper", "BunqAPI", "BunqCrypto", "TestSupport"],
+            dependencies: ["SessionKeeper", "PostgresState", "BunqAPI", "BunqCrypto", "TestSupport",
+                           .product(name: "Logging", package: "swift-log")],
             swiftSettings: strictSettings
         ),
 

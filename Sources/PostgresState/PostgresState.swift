@@ -99,6 +99,7 @@ public final class PostgresState: ClusterStore, Service {
     /// Runs the connection pool until the task is cancelled (the daemon's service group runs it first and stops
     /// it last, after the keeper has left the cluster).
     public func run() async throws {
+        // Ends at the group's graceful shutdown (PostgresClient cancels itself then), which reaches it last.
         await client.run()
     }
 

@@ -154,7 +154,7 @@ final class Cluster: Sendable {
     private func sleep(seconds: Double) async {
         await withTaskGroup(of: Void.self) { group in
             group.addTask { try? await Task.sleep(for: .seconds(seconds)) }
-            group.addTask { [wake] in await wake.wait() }
+            group.addTask { [wake] in await wake.signalled() }
             await group.next()
             group.cancelAll()
         }

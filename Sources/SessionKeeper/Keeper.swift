@@ -35,6 +35,8 @@ public final class Keeper: Service, Sendable {
     let apiKeys: Mutex<[KeeperConfiguration.APIKeyIdentity]>
     /// `renewal.min_manual_interval`, as the last reload set it.
     let minManualRenewal: Mutex<TimeInterval>
+    /// Why the state could not be restored at start (the store refused, a wrong key), for the exit status.
+    public let startFailure = Mutex<String?>(nil)
     /// Identities the start-up forgot (no longer configured): their sessions are ended at bunq once running.
     let droppedAtStart = Mutex<[StoredContext]>([])
 
@@ -216,6 +218,10 @@ public final class Keeper: Service, Sendable {
             }
             try await restore()
         } catch {
+            // Said here, with its cause: the service group may report another service's end first (READY waited
+            // for this restore), which would not say why.
+            logger.error("cannot restore the state", metadata: ["bunq.store": "\(store.location)", "error": "\(error)"])
+            startFailure.withLock { $0 = "\(error)" }
             restored.fail()
             await client.shutdown()
             throw error

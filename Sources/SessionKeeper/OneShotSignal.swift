@@ -38,7 +38,7 @@ public final class OneShotSignal: Sendable {
     }
 
     /// Returns once fired; throws `Failed` once failed, `CancellationError` when the waiting task is cancelled.
-    public func wait() async throws {
+    public func fired() async throws {
         let id = state.withLock { state -> Int? in
             guard case .waiting(let next, let waiters) = state else { return nil }
             state = .waiting(next: next + 1, waiters: waiters)

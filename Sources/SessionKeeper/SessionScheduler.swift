@@ -120,7 +120,7 @@ public actor SessionScheduler<C: Clock> where C.Duration == Duration {
         let instant = clock.now.advanced(by: .seconds(seconds))
         await withTaskGroup(of: Void.self) { group in
             group.addTask { [clock] in try? await clock.sleep(until: instant, tolerance: nil) }
-            group.addTask { [wake] in await wake.wait() }
+            group.addTask { [wake] in await wake.signalled() }
             await group.next()
             group.cancelAll()
         }

@@ -18,7 +18,7 @@ final class WakeSignal: Sendable {
     }
 
     /// Returns at the next signal (or at once if one is pending), or when the task is cancelled.
-    func wait() async {
+    func signalled() async {
         await withTaskCancellationHandler {
             await withCheckedContinuation { continuation in
                 let resumeNow = state.withLock { state in

@@ -66,6 +66,10 @@ struct Bench {
             _ = signRows(socket: work + "/sign.socket", pid: daemon.process.processIdentifier, seconds: seconds)
             return
         }
+        if ProcessInfo.processInfo.environment["BENCH_ONLY"] == "store" {
+            _ = try await storeRows(bin: bin, work: work, base: base, seconds: seconds)  // each row is emitted as measured
+            return
+        }
         if ProcessInfo.processInfo.environment["BENCH_ONLY"] == "proxy" {
             _ = try proxyRows(bin: bin, work: work, base: base, seconds: seconds)  // each row is emitted as measured
             return
@@ -138,6 +142,9 @@ struct Bench {
 
         // 3. A cluster on PostgreSQL: rotation propagation and the token path.
         rows += try clusterRows(bin: bin, work: work, base: base, seconds: seconds)  // emitted as measured
+
+        // 3b. The state store: each operation's latency, and serving while PostgreSQL is frozen.
+        rows += try await storeRows(bin: bin, work: work, base: base, seconds: seconds)
 
         // 4. The bunq API proxy: its cost per request against calling the sandbox directly.
         rows += try proxyRows(bin: bin, work: work, base: base, seconds: seconds)

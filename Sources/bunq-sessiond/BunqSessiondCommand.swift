@@ -9,6 +9,7 @@ import PostgresState
 import ServiceLifecycle
 import SessionKeeper
 import SessionServer
+import Synchronization
 import SystemdSupport
 import UnixSignals
 
@@ -253,7 +254,7 @@ struct BunqSessiondCommand: AsyncParsableCommand {
         } catch {
             // A failure before or after READY (an unreadable state, the socket path taken): one line that says
             // which file and why, and a non-zero exit so systemd sees the failure.
-            let reason = Self.reason(error)
+            let reason = keeper.startFailure.withLock { $0 } ?? Self.reason(error)
             logger.error("cannot run", metadata: ["error": "\(reason)"])
             ServiceManager.failed(errno: EIO, status: "failed: \(reason)")
             throw ExitCode(73)
@@ -299,8 +300,8 @@ struct Readiness: Service {
         // to start (the group is then cancelled), ends this service at once instead of hanging the daemon.
         do {
             try await cancelWhenGracefulShutdown {
-                try await keeper.restored.wait()
-                try await server.listening.wait()
+                try await keeper.restored.fired()
+                try await server.listening.fired()
                 // The socket answers from here on (contexts report `bootstrapping` until live).
                 service.markReady()
                 await waitForFirstRegistrations()

@@ -128,11 +128,11 @@ import TestSupport
         #expect(try ProxyTests.request(dir.path("proxy.sock"), dir, "/v1/user").status == 200)
 
         // The fault.
-        var holder: (process: Process, input: Pipe)?
+        var holder: SQLiteWriteLock?
         switch fault {
         case .frozenPostgreSQL: server?.freeze()
         case .blackHoledPostgreSQL: kill(relay!.process.processIdentifier, SIGUSR1)
-        case .lockedSQLite: holder = try await Self.holdWriteLock(dir.path("state/bunq-sessiond.sqlite"), log: dir.path("holder.log"))
+        case .lockedSQLite: holder = try await SQLiteWriteLock(dir.path("state/bunq-sessiond.sqlite"), log: dir.path("holder.log"))
         }
         // A renewal now gets a new session from bunq but cannot save it: not handed out, retried later. The
         // request that asked for it is answered, not left waiting.
@@ -170,8 +170,7 @@ import TestSupport
         case .frozenPostgreSQL: server?.thaw()
         case .blackHoledPostgreSQL: kill(relay!.process.processIdentifier, SIGUSR2)
         case .lockedSQLite:
-            try holder?.input.fileHandleForWriting.close()
-            _ = await eventually(within: .seconds(10)) { holder?.process.isRunning != true }
+            try await holder?.release()
         }
         #expect(await eventually(within: .seconds(30)) {
             (result((try? call("session.get", #"{"context":"ops"}"#)) ?? [:])?["generation"] as? Int ?? 0) > generation
@@ -184,25 +183,5 @@ import TestSupport
         #expect(log.components(separatedBy: "state store reachable again").count - 1 == 1, "\(log.suffix(3_000))")
         #expect(try sandbox.stat("installations") == installations, "nothing registered again")
         #expect(try sandbox.requests("POST /v1/device-server") == 1, "one device, ever")
-    }
-
-    /// Another process holding SQLite's write lock until its input is closed (awaited without holding a thread).
-    static func holdWriteLock(_ database: String, log: String) async throws -> (process: Process, input: Pipe) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
-        process.arguments = ["-c", """
-            import sqlite3, sys
-            db = sqlite3.connect(sys.argv[1], isolation_level=None)
-            db.execute("BEGIN IMMEDIATE")
-            open(sys.argv[2], "w").write("locked")
-            sys.stdin.read()
-            """, database, log]
-        let input = Pipe()
-        process.standardInput = input
-        try process.run()
-        guard await eventually(within: .seconds(20), {
-            (try? String(contentsOfFile: log, encoding: .utf8))?.contains("locked") == true
-        }) else { throw HarnessError("the lock holder did not take the lock") }
-        return (process, input)
     }
 }

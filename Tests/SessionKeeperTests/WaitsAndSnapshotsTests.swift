@@ -6,22 +6,22 @@ import Testing
 @Suite struct WaitsAndSnapshotsTests {
     @Test func aMilestoneWaitEndsOnCancellationAndOnFailure() async throws {
         let never = OneShotSignal()
-        let waiter = Task { try await never.wait() }
+        let waiter = Task { try await never.fired() }
         try await Task.sleep(for: .milliseconds(50))
         waiter.cancel()
         await #expect(throws: CancellationError.self) { try await waiter.value }
 
         let failing = OneShotSignal()
-        let early = Task { try await failing.wait() }
+        let early = Task { try await failing.fired() }
         try await Task.sleep(for: .milliseconds(50))
         failing.fail()
         await #expect(throws: OneShotSignal.Failed.self) { try await early.value }
-        await #expect(throws: OneShotSignal.Failed.self) { try await failing.wait() }
+        await #expect(throws: OneShotSignal.Failed.self) { try await failing.fired() }
         #expect(!failing.hasFired)
 
         let fired = OneShotSignal()
         fired.fire()
-        try await fired.wait()
+        try await fired.fired()
         #expect(fired.hasFired)
     }
 

@@ -328,12 +328,12 @@ extension StateBackendConformanceTests {
             try await store.saveRegistration("ops", kind: .apiKey, registration)
             // Hold the store: PostgreSQL frozen (SIGSTOP: connections open, nothing answers); SQLite locked by another
             // process's write transaction (the sqlite3 shell, as another program on the host would).
-            var holder: (process: Process, input: Pipe)?
+            var holder: SQLiteWriteLock?
             if let server = engine.server {
                 server.freeze()
             } else {
-                holder = try await Self.holdWriteLock(engine.directory.path("state/\(StateStore.fileName)"),
-                                                      log: engine.directory.path("holder.log"))
+                holder = try await SQLiteWriteLock(engine.directory.path("state/\(StateStore.fileName)"),
+                                                   log: engine.directory.path("holder.log"))
             }
             // Timed on a thread of its own: the shared cooperative pool (two threads here) can be held for seconds
             // by other suites' blocking helpers, which would time the test, not the store.
@@ -354,9 +354,7 @@ extension StateBackendConformanceTests {
             #expect(health.lastError?.contains("store_timeout") == true || health.lastError?.contains("did not answer") == true
                     || health.lastError?.contains("locked") == true)
             engine.server?.thaw()
-            // Its input closed, the holder ends (and with it the transaction).
-            try holder?.input.fileHandleForWriting.close()
-            _ = await eventually(within: .seconds(10)) { holder?.process.isRunning != true }
+            try await holder?.release()
             // Nothing was written by the calls that timed out; the next call works and the store is healthy.
             #expect(await eventually(within: .seconds(20)) {
                 (try? await store.saveSession("ops", session, generation: 2, registration: registration)) != nil
@@ -364,26 +362,5 @@ extension StateBackendConformanceTests {
             #expect(store.calls.health.reachable && store.calls.health.failingSince == nil)
             #expect(try await store.context("ops")?.generation == 2)
         }
-    }
-
-    /// Another process holding SQLite's write lock until its input is closed: Python's sqlite3 in an open write
-    /// transaction. Awaited without holding a thread: it says so in its log once it holds the lock.
-    static func holdWriteLock(_ database: String, log: String) async throws -> (process: Process, input: Pipe) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
-        process.arguments = ["-c", """
-            import sqlite3, sys
-            db = sqlite3.connect(sys.argv[1], isolation_level=None)
-            db.execute("BEGIN IMMEDIATE")
-            open(sys.argv[2], "w").write("locked")
-            sys.stdin.read()
-            """, database, log]
-        let input = Pipe()
-        process.standardInput = input
-        try process.run()
-        guard await eventually(within: .seconds(20), {
-            (try? String(contentsOfFile: log, encoding: .utf8))?.contains("locked") == true
-        }) else { throw StoreError(.database, "the lock holder did not take the lock") }
-        return (process, input)
     }
 }
