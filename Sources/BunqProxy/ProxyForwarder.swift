@@ -95,6 +95,9 @@ struct ProxyForwarder: Sendable {
             do {
                 guard let current = try await keeper.forwardingSession(context) else { return await unavailable(context, waited) }
                 session = current
+            } catch is StoreError {
+                // The context's key was never read since start and the store does not answer now.
+                return await unavailable(context, waited)
             } catch {
                 return unknown(context)
             }

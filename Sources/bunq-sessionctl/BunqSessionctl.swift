@@ -105,6 +105,11 @@ extension BunqSessionctl {
                 if let late = budget["will_run_late"] as? Int { line += ", \(late) will run late" }
                 print(line)
             }
+            if let store = daemon["store"] as? [String: Any], store["reachable"] as? Bool == false {
+                // Served from memory meanwhile; renewals that cannot be saved wait for it.
+                print("state store (\(store["backend"] ?? "?")): UNREACHABLE since \(store["failing_since"] ?? "?"), "
+                    + "\(store["consecutive_failures"] ?? 0) calls failed; serving the sessions held")
+            }
             if let cluster = daemon["cluster"] as? [String: Any] {
                 let members = cluster["members"] as? [[String: Any]] ?? []
                 print("cluster: instance \(cluster["instance"] ?? "?") (egress group \(cluster["egress_group"] ?? "?")), "

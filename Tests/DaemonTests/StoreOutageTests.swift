@@ -164,6 +164,9 @@ import TestSupport
         let status = try #require(result(try call("daemon.status", "{}")))
         let store = status["store"] as? [String: Any]
         #expect(store?["reachable"] as? Bool == false && store?["failing_since"] is String, "\(status)")
+        let ctl = try Command.run([Binaries.directory.appendingPathComponent("bunq-sessionctl").path, "status", "--socket", socket])
+        #expect(ctl.stdoutText.contains("state store (\(fault == .lockedSQLite ? "sqlite" : "postgresql")): UNREACHABLE since"),
+                "\(ctl.stdoutText)\(ctl.stderrText)")
 
         // The store answers again: renewals resume without a restart.
         switch fault {
