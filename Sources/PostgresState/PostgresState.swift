@@ -314,8 +314,16 @@ public final class PostgresState: ClusterStore, Service {
 
     // MARK: The connection
 
+    /// One statement's result. A statement written to a connection that has closed is never answered (the
+    /// channel drops the write, and with it the statement's promise), so it is written on the connection's own
+    /// event loop, where closing happens too, and only while the connection is open: a connection closing under
+    /// it answers it with an error instead.
     func run(_ connection: PostgresConnection, _ query: PostgresQuery) async throws -> PostgresQueryResult {
-        try await connection.query(query, logger: logger).get()
+        let logger = logger
+        return try await connection.eventLoop.flatSubmit {
+            connection.isClosed ? connection.eventLoop.makeFailedFuture(StaleConnection())
+                : connection.query(query, logger: logger)
+        }.get()
     }
 
     /// `body` inside BEGIN … COMMIT (ROLLBACK when it throws), on one pooled connection, within the deadline.
@@ -354,6 +362,8 @@ public final class PostgresState: ClusterStore, Service {
                             return try await body(connection)
                         }
                     } catch is StaleConnection {
+                        // Closed under it by an earlier call's deadline (only a call's own deadline closes a
+                        // connection, and then that call has returned already).
                         try await Task.sleep(for: .milliseconds(10))
                     } catch let error as PSQLError where error.code == .clientClosedConnection {
                         // Closed by an earlier call's deadline while it was being handed out: only a call's own
@@ -418,9 +428,9 @@ public final class PostgresState: ClusterStore, Service {
     }
 }
 
-/// A pooled connection that was already closed when it was handed out.
+/// A pooled connection that was closed when it was handed out, or closed under a statement.
 struct StaleConnection: Error, CustomStringConvertible {
-    var description: String { "the pool handed out closed connections only" }
+    var description: String { "the connection to the store was closed" }
 }
 
 /// A PostgreSQL failure as the store reports it: the server's message and SQLSTATE.

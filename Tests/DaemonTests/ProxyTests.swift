@@ -190,6 +190,14 @@ import TestSupport
         let dir = running.dir
         chmod(dir.url.path, 0o755)
         chmod(socket, 0o666)
+        // The other uid runs the load script (and the Python client it imports, found beside it as in the
+        // checkout) from here: the checkout may sit where it cannot read, a 0700 home.
+        let checkout = Binaries.directory.deletingLastPathComponent().deletingLastPathComponent().path
+        let loadScript = dir.path("Tests/proxy/proxy_load.py")
+        try Command.check(["mkdir", "-p", dir.path("Tests/proxy"), dir.path("clients/python")])
+        try Command.check(["cp", Self.loadScript, loadScript])
+        try Command.check(["cp", "-r", checkout + "/clients/python/bunq_sessiond", dir.path("clients/python/")])
+        try Command.check(["chmod", "-R", "a+rX", dir.path("Tests"), dir.path("clients")])
 
         // Oversize header section and body: specific answers, and the daemon goes on.
         let header = try Self.request(socket, dir, "/v1/user", extra: ["-H", "X-Filler: " + String(repeating: "a", count: 20_000)])
@@ -201,11 +209,11 @@ import TestSupport
         #expect(chunked.status == 413 && chunked.error == "body_too_large")
 
         // A client that never reads its answers, and 1,000 idle connections of another uid.
-        let nonreader = try ChildProcess("/usr/bin/python3", [Self.loadScript, "nonreader", socket, "200000"],
+        let nonreader = try ChildProcess("/usr/bin/python3", [loadScript, "nonreader", socket, "200000"],
                                          log: dir.path("nonreader.log"))
         defer { _ = nonreader.stop(signal: SIGKILL) }
         let idle = try ChildProcess("/usr/bin/setpriv", ["--reuid=\(user)", "--regid=\(user)", "--clear-groups",
-                                                         "/usr/bin/python3", Self.loadScript, "idle", socket, "1000"],
+                                                         "/usr/bin/python3", loadScript, "idle", socket, "1000"],
                                     log: dir.path("idle.log"))
         defer { _ = idle.stop(signal: SIGKILL) }
         #expect(await idle.waitFor(.seconds(30)) { $0.contains("opened") }, "\(idle.log)")
@@ -227,7 +235,7 @@ import TestSupport
         #expect(await idle.waitFor(.seconds(20)) { $0.contains("closed 1000") }, "\(idle.log)")
         // Over the per-uid limit: refused at once with the proxy's answer.
         let crowd = try ChildProcess("/usr/bin/setpriv", ["--reuid=\(user)", "--regid=\(user)", "--clear-groups",
-                                                          "/usr/bin/python3", Self.loadScript, "idle", socket, "1200"],
+                                                          "/usr/bin/python3", loadScript, "idle", socket, "1200"],
                                      log: dir.path("crowd.log"))
         defer { _ = crowd.stop(signal: SIGKILL) }
         #expect(await crowd.waitFor(.seconds(30)) { $0.contains("opened") }, "\(crowd.log)")

@@ -9,6 +9,8 @@ import TestSupport
 /// answer that refuses (a row gone) is the store working.
 @Suite struct StoreCallsTests {
     let clock = ManualClock()
+    /// Each test on a thread of its own: virtual time must not wait for the shared cooperative pool.
+    static let executor = DedicatedThreadExecutor(name: "store-calls-test")
 
     func calls() -> StoreCalls {
         StoreCalls(location: "test-store", timeout: .seconds(2), clock: clock, logger: Logger(label: "test"))
@@ -33,7 +35,12 @@ import TestSupport
         }()
         // The call's own sleep and its deadline's.
         let before = told.value
-        _ = await eventually(within: .seconds(10), every: .milliseconds(1)) { clock.sleeping == 2 }
+        // Never advanced before both sleep (a sleep begun after the advance would wait for ever): a failure,
+        // and the call is cancelled as this returns.
+        guard await eventually(within: .seconds(30), every: .milliseconds(1), { clock.sleeping == 2 }) else {
+            Issue.record("the call and its deadline never slept: \(clock.sleeping)")
+            return nil
+        }
         clock.advance(by: .seconds(1))
         #expect(told.value == before, "not before its deadline")
         clock.advance(by: .seconds(1))
@@ -41,6 +48,10 @@ import TestSupport
     }
 
     @Test func aCallThatDoesNotAnswerIsGivenUpAtItsDeadline() async throws {
+        try await withTaskExecutorPreference(Self.executor) { try await givenUp() }
+    }
+
+    func givenUp() async throws {
         let calls = calls()
         let told = Told()
         let error = await hanging(calls, "save_session", told: told)
@@ -59,6 +70,10 @@ import TestSupport
     }
 
     @Test func readsAnsweringDoNotHideFailingWrites() async throws {
+        try await withTaskExecutorPreference(Self.executor) { try await readsAndWrites() }
+    }
+
+    func readsAndWrites() async throws {
         let calls = calls()
         let told = Told()
         _ = await hanging(calls, "save_session", told: told)
