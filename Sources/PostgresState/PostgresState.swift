@@ -113,9 +113,11 @@ public final class PostgresState: ClusterStore, Service {
         }
     }
 
+    /// At start, with a deadline of its own (30 s: daemons starting together wait for the first one's
+    /// migration, and an unreachable server fails the start within it, for systemd to retry).
     public func prepare() async throws {
         let sealer = sealer, settings = settings, keySource = keySource
-        try await transaction("migrate", "migrate", timeout: .seconds(120)) { connection in
+        try await transaction("migrate", "migrate", timeout: .seconds(30)) { connection in
             // Daemons starting together wait here for the first one's migration.
             _ = try await self.run(connection, "SET LOCAL statement_timeout = 0")
             _ = try await self.run(connection, "SELECT pg_advisory_xact_lock(\(Self.migrationLock))")
