@@ -187,8 +187,14 @@ public final class Keeper: Service, Sendable {
     /// Publishes the installation key of every context restored without one (after READY, in the background), so
     /// `request.sign` and the proxy answer from memory, also while the store is unreachable. A context the store
     /// cannot give now is read again at its first signature or its next renewal.
-    func warmSigningKeys() async {
+    ///
+    /// Paced to at most about a quarter of a core: after each batch it rests three times as long as the batch took,
+    /// so a restart with many identities does not compete with the token path (100,000 keys take minutes, not a
+    /// core's worth of seconds).
+    func warmSigningKeys(batch: Int = 64) async {
         var failures = 0
+        var done = 0
+        var batchStarted = ContinuousClock.now
         for name in await owner.names.sorted() where !signingKeys.has(name) {
             guard !Task.isCancelled else { return }
             do {
@@ -200,6 +206,11 @@ public final class Keeper: Service, Sendable {
                 if failures >= 3 { return }
             } catch {
                 continue
+            }
+            done += 1
+            if done % batch == 0 {
+                try? await Task.sleep(for: (ContinuousClock.now - batchStarted) * 3)
+                batchStarted = ContinuousClock.now
             }
         }
     }
