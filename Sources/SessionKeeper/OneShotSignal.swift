@@ -1,6 +1,6 @@
 import Synchronization
 
-/// Fires once, or fails once; `wait()` returns (or throws) at once after that. For "restored", "listening" and
+/// Fires once, or fails once; `fired()` returns (or throws) at once after that. For "restored", "listening" and
 /// similar milestones. A wait honours cancellation (swift-service-lifecycle's `CancellationWaiter` is the
 /// model): a daemon shutting down while it waits for a milestone that never comes still shuts down.
 public final class OneShotSignal: Sendable {

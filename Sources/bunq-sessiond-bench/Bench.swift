@@ -79,6 +79,10 @@ struct Bench {
             return
         }
         var rows: [String] = []
+        if ProcessInfo.processInfo.environment["BENCH_ONLY"] == "identities" {
+            rows.append(try await identitiesRow(bin: bin, work: work, base: base, identities: identities, seconds: seconds))
+            return
+        }
 
         // 1. session.get and request.sign against a daemon with one live identity.
         let config = try writeConfig(work, base: base, state: work + "/state")
@@ -121,6 +125,26 @@ struct Bench {
 
         // 2. Start-up and memory with many stored identities: a restart of a large deployment, in the same state
         // as above (so `ops` is restored, not registered anew, and READY waits for no registration).
+        rows.append(try await identitiesRow(bin: bin, work: work, base: base, identities: identities, seconds: seconds))
+
+        // 3. A cluster on PostgreSQL: rotation propagation and the token path.
+        rows += try clusterRows(bin: bin, work: work, base: base, seconds: seconds)  // emitted as measured
+
+        // 3b. The state store: each operation's latency, and serving while PostgreSQL is frozen.
+        rows += try await storeRows(bin: bin, work: work, base: base, seconds: seconds)
+
+        // 4. The bunq API proxy: its cost per request against calling the sandbox directly.
+        rows += try proxyRows(bin: bin, work: work, base: base, seconds: seconds)
+
+        // 5. The session-server budget under saturation: bunq's limits on both sides, scaled to a hundredth (one
+        // call per 0.3 s) so a minute stands for 100; 120 new identities queue for their first sessions.
+        rows.append(try budgetRow(bin: bin, work: work, seconds: max(20, seconds * 4)))
+        emit(rows.last!)
+        emit("\nREADME rows:\n" + rows.joined(separator: "\n"))
+    }
+
+    /// Start-up and memory with `identities` stored identities (`BENCH_ONLY=identities` alone).
+    static func identitiesRow(bin: String, work: String, base: String, identities: Int, seconds: Double) async throws -> String {
         let bigState = work + "/state"
         let seeded = try await seed(bigState, count: identities)
         let bigConfig = try writeConfig(work, base: base, state: bigState, name: "big.yaml", socket: work + "/big.socket")
@@ -137,23 +161,7 @@ struct Bench {
         let bigRow = "| \(seeded) stored identities | ready in \(String(format: "%.2f", ready)) s | \(rss) MB resident | "
             + "`session.get` \(Int(bigGet.rate)) /s, p99 \(format(bigGet.p99)) |"
         emit(bigRow)
-        rows.append(bigRow)
-        big.stop()
-
-        // 3. A cluster on PostgreSQL: rotation propagation and the token path.
-        rows += try clusterRows(bin: bin, work: work, base: base, seconds: seconds)  // emitted as measured
-
-        // 3b. The state store: each operation's latency, and serving while PostgreSQL is frozen.
-        rows += try await storeRows(bin: bin, work: work, base: base, seconds: seconds)
-
-        // 4. The bunq API proxy: its cost per request against calling the sandbox directly.
-        rows += try proxyRows(bin: bin, work: work, base: base, seconds: seconds)
-
-        // 5. The session-server budget under saturation: bunq's limits on both sides, scaled to a hundredth (one
-        // call per 0.3 s) so a minute stands for 100; 120 new identities queue for their first sessions.
-        rows.append(try budgetRow(bin: bin, work: work, seconds: max(20, seconds * 4)))
-        emit(rows.last!)
-        emit("\nREADME rows:\n" + rows.joined(separator: "\n"))
+        return bigRow
     }
 
     /// `request.sign` at full rate (per daemon CPU-second against `openssl speed`), then `session.get` while it runs.
@@ -278,7 +286,7 @@ struct Bench {
             """.write(toFile: config, atomically: true, encoding: .utf8)
         let daemon = try Child(bin + "/bunq-sessiond", ["--config", config], log: work + "/budget.log")
         defer { daemon.stop() }
-        guard daemon.waitFor("[SessionServer] listening", timeout: 60) else { fatalError("no socket: \(daemon.log.suffix(2000))") }
+        guard daemon.waitFor("[UnixListener] listening", timeout: 60) else { fatalError("no socket: \(daemon.log.suffix(2000))") }
         Thread.sleep(forTimeInterval: 2)
         let (calls0, at0) = (try sessionServerCalls(base), Date())
         Thread.sleep(forTimeInterval: min(seconds, 30))  // the queue holds 36 s of calls

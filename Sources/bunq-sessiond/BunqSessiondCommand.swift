@@ -301,6 +301,9 @@ struct Readiness: Service {
         do {
             try await cancelWhenGracefulShutdown {
                 try await keeper.restored.fired()
+                // Restoring read every context at once (on the store's own threads, whose allocator arenas keep
+                // what they freed): that memory goes back to the system before READY.
+                ServiceManager.releaseFreeMemory()
                 try await server.listening.fired()
                 // The socket answers from here on (contexts report `bootstrapping` until live).
                 service.markReady()
