@@ -87,6 +87,7 @@ import Testing
     }
 
     @Test func unreachableBunqIsTransientAndTLSIsNot() async throws {
+        // Unlimited: nothing answers on that port, so no call reaches a bunq window.
         let client = try BunqClient(endpoints: try .emulator("http://127.0.0.1:\(closedPort())"),
                                     rateLimiter: BunqRateLimiter(mode: .unlimited))
         let refused = await bunqError { _ = try await client.createInstallation(key: try RSAPrivateKey.generateBlocking()) }

@@ -23,6 +23,7 @@ import TestSupport
             return TestHTTPResponse(headers: [("X-Bunq-Server-Signature", try! serverKey.base64Signature(for: body)),
                                               ("x-bunq-client-response-id", "r-1")], body: body)
         }) { server in
+            // Unlimited: one request to a test server checks its shape; the limiter has its own tests.
             let client = try BunqClient(endpoints: try .emulator(server.baseURL), rateLimiter: BunqRateLimiter(mode: .unlimited))
             let context = InstallationContext(key: key, token: "installation-token", serverKey: serverKey.publicKey)
             let secret = "sandbox_a/b\"c"
@@ -48,6 +49,7 @@ import TestSupport
     @Test func anUnsignedSuccessIsNotAuthentic() async throws {
         let serverKey = try RSAPrivateKey.generateBlocking()
         try await TestHTTPServer.with(handler: { _ in TestHTTPResponse(text: #"{"Response":[{"Id":{"id":1}}]}"#) }) { server in
+            // Unlimited: one request to a test server checks its shape; the limiter has its own tests.
             let client = try BunqClient(endpoints: try .emulator(server.baseURL), rateLimiter: BunqRateLimiter(mode: .unlimited))
             let context = InstallationContext(key: try RSAPrivateKey.generateBlocking(), token: "t", serverKey: serverKey.publicKey)
             let error = await bunqError { _ = try await client.registerDevice(context, description: "d", secret: "s") }
@@ -61,6 +63,7 @@ import TestSupport
             request.path.hasSuffix("installation") ? TestHTTPResponse(text: "<html>gateway</html>")
                 : TestHTTPResponse(status: 502, text: "<html>bad gateway</html>")
         }) { server in
+            // Unlimited: one request to a test server checks its shape; the limiter has its own tests.
             let client = try BunqClient(endpoints: try .emulator(server.baseURL), rateLimiter: BunqRateLimiter(mode: .unlimited))
             let key = try RSAPrivateKey.generateBlocking()
             let garbled = await bunqError { _ = try await client.createInstallation(key: key) }

@@ -11,6 +11,8 @@ import Testing
 @Suite(.serialized) struct FidelityTests {
     // MARK: Killed and revoked sessions
 
+    // Limits off in this suite: it tests what bunq answers, call by call; the limits have their own tests
+    // (LimitsAndFaultsTests) and the daemon's tests run under them.
     @Test func killedAndRevokedSessionsDieAtOnce() async throws {
         try await BunqSandbox.test(SandboxConfiguration(rateLimits: false, deadSessionAnswer: .status401)) { client in
             let apiKey = try await client.sandboxUser()

@@ -3,6 +3,7 @@ import BunqSandbox
 import CurlHTTP
 import Foundation
 import Testing
+import TestSupport
 
 @Suite struct SessionFlowTests {
     @Test func apiKeyIdentityGetsAWorkingSession() async throws {
@@ -106,9 +107,16 @@ import Testing
             let apiKey = try await client.sandboxUser()
             let first = try await client.openSession(secret: apiKey)
             #expect(first.user["session_timeout"] as? Int == 3)
+            let opened = ContinuousClock.now
             #expect(try await client.call("GET", "/v1/user", token: first.token).status == 200)
-            try await Task.sleep(for: .milliseconds(3_300))
-            let expired = try await client.call("GET", "/v1/user", token: first.token)
+            // Awaited, not slept for: the session dies at its timeout, and not before.
+            var expired: (status: Int, error: String?) = (0, nil)
+            #expect(try await eventually(within: .seconds(20), every: .milliseconds(100)) {
+                let reply = try await client.call("GET", "/v1/user", token: first.token)
+                expired = (reply.status, reply.error)
+                return reply.status != 200
+            })
+            #expect(ContinuousClock.now - opened >= .seconds(3), "not before its timeout")
             #expect(expired.status == 401 && expired.error == "Insufficient authentication.")
             #expect(try await client.admin("GET", "stats")["sessions_active"] as? Int == 0)
         }

@@ -297,7 +297,6 @@ import TestSupport
         let knocker = try ChildProcess("/usr/bin/python3", ["-c", hammer, path], log: running.dir.path("hammer.log"))
         defer { _ = knocker.stop(signal: SIGKILL) }
         #expect(await knocker.waitFor(.seconds(30)) { $0.contains("hammering") }, "\(knocker.log)")
-        try await Task.sleep(for: .milliseconds(500))
         let before = try Proc.cpuSeconds(pid), start = ContinuousClock.now
         try await Task.sleep(for: .seconds(3))
         let cpu = try (Proc.cpuSeconds(pid) - before) / ((ContinuousClock.now - start) / .seconds(1))

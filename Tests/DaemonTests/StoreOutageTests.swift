@@ -29,10 +29,10 @@ import TestSupport
         # A test runner's threads may block signals, and a child inherits the mask.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM})
         port, host, upstream = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-        hole = asyncio.Event()
+        open_ = asyncio.Event()
+        open_.set()
         async def gate():
-            while hole.is_set():
-                await asyncio.sleep(0.05)
+            await open_.wait()
         async def pipe(reader, writer):
             try:
                 while True:
@@ -56,8 +56,8 @@ import TestSupport
             await asyncio.gather(pipe(client_reader, up_writer), pipe(up_reader, client_writer))
         async def main():
             loop = asyncio.get_running_loop()
-            loop.add_signal_handler(signal.SIGUSR1, hole.set)
-            loop.add_signal_handler(signal.SIGUSR2, hole.clear)
+            loop.add_signal_handler(signal.SIGUSR1, open_.clear)
+            loop.add_signal_handler(signal.SIGUSR2, open_.set)
             server = await asyncio.start_server(handle, "127.0.0.1", port)
             print("relaying", flush=True)
             async with server:

@@ -11,6 +11,8 @@ import Testing
         SessionInfo(token: token, userId: 1, created: created, expiresAt: created + lifetime)
     }
 
+    // An unlimited budget in these rules' tests: they are about when a context is due, not about the
+    // session-server budget, which BudgetSimulationTests run at bunq's own limits in virtual time.
     @Test func aFollowedContextIsNeverRenewedHereUntilItsLeaseIsHeld() {
         var planner = RenewalPlanner(policy: RenewalPolicy(), budget: .unlimited, random: SystemRandomNumberGenerator())
         planner.add("ops", session: session("T1", created: start), generation: 1, held: false, now: start)

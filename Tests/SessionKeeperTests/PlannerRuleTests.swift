@@ -19,6 +19,8 @@ extension RenewalPlanner {
         SessionInfo(token: token, userId: 9, created: created, expiresAt: created.addingTimeInterval(lifetime))
     }
 
+    // An unlimited budget in these rules' tests: they are about when a context is due, not about the
+    // session-server budget, which BudgetSimulationTests run at bunq's own limits in virtual time.
     @Test func bootstrappingIsDueAtOnceAndHealthySessionsAtTheirRenewalTime() {
         var planner = RenewalPlanner(policy: RenewalPolicy(), budget: .unlimited, random: SeededRandom(seed: 1))
         planner.add("new", session: nil, now: t0)

@@ -26,7 +26,8 @@ import Testing
     }
 
     @Test func aCallerWaitingForARenewalLeavesWhenCancelled() async throws {
-        // The loop does not run: the renewal never comes, only the caller's cancellation ends the wait.
+        // The loop does not run: the renewal never comes, only the caller's cancellation ends the wait (so no
+        // budget applies: unlimited).
         let scheduler = SessionScheduler(policy: RenewalPolicy(), budget: .unlimited, renewer: FakeRenewer(lifetime: 600))
         await scheduler.add("ops", session: nil)
         let waiting = Task { await scheduler.renewNow("ops") }
