@@ -113,11 +113,12 @@ public final class PostgresState: ClusterStore, Service {
         }
     }
 
-    /// At start, with a deadline of its own (30 s: daemons starting together wait for the first one's
-    /// migration, and an unreachable server fails the start within it, for systemd to retry).
+    /// At start, with a deadline of its own (120 s: daemons starting together wait for the first one's
+    /// migration, and a host busy starting many things can take tens of seconds; 30 s failed under the full
+    /// test suite's load).
     public func prepare() async throws {
         let sealer = sealer, settings = settings, keySource = keySource
-        try await transaction("migrate", "migrate", timeout: .seconds(30)) { connection in
+        try await transaction("migrate", "migrate", timeout: .seconds(120)) { connection in
             // Daemons starting together wait here for the first one's migration.
             _ = try await self.run(connection, "SET LOCAL statement_timeout = 0")
             _ = try await self.run(connection, "SELECT pg_advisory_xact_lock(\(Self.migrationLock))")
