@@ -233,25 +233,32 @@ let package = Package(
             path: "Tests/TestSupport",
             swiftSettings: strictSettings
         ),
+        // TestThreads: the suites' `.ownThread` trait (apart from TestSupport, which the bench links too).
+        .target(
+            name: "TestThreads",
+            dependencies: ["TestSupport"],
+            path: "Tests/TestThreads",
+            swiftSettings: strictSettings
+        ),
         .testTarget(
             name: "BunqCryptoTests",
-            dependencies: ["BunqCrypto", "TestSupport"],
+            dependencies: ["TestThreads", "BunqCrypto", "TestSupport"],
             swiftSettings: strictSettings
         ),
         .testTarget(
             name: "CurlHTTPTests",
-            dependencies: ["CurlHTTP", "TestSupport"],
+            dependencies: ["TestThreads", "CurlHTTP", "TestSupport"],
             swiftSettings: strictSettings
         ),
         .testTarget(
             name: "BunqAPITests",
-            dependencies: ["BunqAPI", "BunqSandbox", "BunqCrypto", "CurlHTTP", "TestSupport"],
+            dependencies: ["TestThreads", "BunqAPI", "BunqSandbox", "BunqCrypto", "CurlHTTP", "TestSupport"],
             swiftSettings: strictSettings
         ),
         .testTarget(
             name: "StateBackendTests",
             dependencies: [
-                "SessionKeeper", "PostgresState", "BunqAPI", "BunqCrypto", "TestSupport",
+                "SessionKeeper", "PostgresState", "TestThreads", "BunqAPI", "BunqCrypto", "TestSupport",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strictSettings
@@ -259,29 +266,29 @@ let package = Package(
         .testTarget(
             name: "SessionKeeperTests",
             dependencies: [
-                "SessionKeeper", "BunqAPI", "BunqCrypto", "BunqSandbox", "CurlHTTP", "TestSupport",
+                "SessionKeeper", "BunqAPI", "BunqCrypto", "BunqSandbox", "CurlHTTP", "TestSupport", "TestThreads",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strictSettings
         ),
         .testTarget(
             name: "BunqSandboxTests",
-            dependencies: ["BunqSandbox", "BunqCrypto", "CurlHTTP", "TestSupport"],
+            dependencies: ["TestThreads", "BunqSandbox", "BunqCrypto", "CurlHTTP", "TestSupport"],
             swiftSettings: strictSettings
         ),
         .testTarget(
             name: "DaemonTests",
-            dependencies: ["TestSupport", "SessionServer", "SessiondClient"],
+            dependencies: ["TestThreads", "TestSupport", "SessionServer", "SessiondClient"],
             swiftSettings: strictSettings
         ),
         .testTarget(
             name: "SessionProtocolTests",
-            dependencies: ["SessionProtocol"],
+            dependencies: ["TestThreads", "SessionProtocol"],
             swiftSettings: strictSettings
         ),
         .testTarget(
             name: "SystemdSupportTests",
-            dependencies: ["SystemdSupport", "TestSupport"],
+            dependencies: ["TestThreads", "SystemdSupport", "TestSupport"],
             swiftSettings: strictSettings
         ),
     ]

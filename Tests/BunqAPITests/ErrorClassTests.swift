@@ -3,9 +3,10 @@ import BunqCrypto
 import BunqSandbox
 import CurlHTTP
 import Foundation
+import TestThreads
 import Testing
 
-@Suite struct ErrorClassTests {
+@Suite(.ownThread) struct ErrorClassTests {
     /// A bootstrapped API-key identity and its session.
     func bootstrapped(_ client: BunqClient, _ admin: SandboxAdmin) async throws -> (IdentityRegistration, BunqSession) {
         var registration = IdentityRegistration(kind: .apiKey, secret: try await admin.sandboxUserKey())

@@ -3,9 +3,10 @@ import BunqCrypto
 import BunqSandbox
 import CurlHTTP
 import Foundation
+import TestThreads
 import Testing
 
-@Suite struct FlowTests {
+@Suite(.ownThread) struct FlowTests {
     @Test func apiKeyIdentityBootstrapsAndItsSessionWorks() async throws {
         try await withSandboxClient { client, admin in
             var registration = IdentityRegistration(kind: .apiKey, secret: try await admin.sandboxUserKey())

@@ -1,10 +1,11 @@
 import BunqAPI
 import BunqSandbox
 import Foundation
+import TestThreads
 import Testing
 import TestSupport
 
-@Suite struct LocalChecksTests {
+@Suite(.ownThread) struct LocalChecksTests {
     @Test func psd2MaterialIsRefusedBeforeAnyCallNamingTheFile() async throws {
         let good = try makeEIDAS()
         let other = try makeEIDAS()

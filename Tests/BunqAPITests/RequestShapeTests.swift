@@ -3,11 +3,12 @@ import BunqCrypto
 import CurlHTTP
 import Foundation
 import Synchronization
+import TestThreads
 import Testing
 import TestSupport
 
 /// What goes over the wire, seen by a server the test controls.
-@Suite struct RequestShapeTests {
+@Suite(.ownThread) struct RequestShapeTests {
     @Test func headersTokenAndSignatureOverTheExactBytesSent() async throws {
         let key = try RSAPrivateKey.generateBlocking()
         let serverKey = try RSAPrivateKey.generateBlocking()

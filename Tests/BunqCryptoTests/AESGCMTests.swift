@@ -1,8 +1,9 @@
 import BunqCrypto
 import Foundation
+import TestThreads
 import Testing
 
-@Suite struct AESGCMTests {
+@Suite(.ownThread) struct AESGCMTests {
     let aad = Array("context:provider/installation_key".utf8)
 
     @Test func sealThenOpenRoundTrips() throws {

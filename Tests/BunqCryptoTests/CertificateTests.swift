@@ -1,9 +1,10 @@
 import BunqCrypto
 import Foundation
+import TestThreads
 import Testing
 import TestSupport
 
-@Suite struct CertificateTests {
+@Suite(.ownThread) struct CertificateTests {
     /// A CA and a leaf it signed, made with openssl the way a PSD2 test setup would.
     func makeChain(in dir: TemporaryDirectory, leafCN: String = "My App PISP AISP") throws {
         try Command.check(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", dir.path("ca.key"),

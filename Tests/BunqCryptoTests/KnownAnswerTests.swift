@@ -1,10 +1,11 @@
 import BunqCrypto
 import Foundation
+import TestThreads
 import Testing
 import TestSupport
 
 /// Byte-exact agreement with the public PSD2 vector in Tests/Fixtures/psd2-vector.
-@Suite struct KnownAnswerTests {
+@Suite(.ownThread) struct KnownAnswerTests {
     let installationToken = "16055df8b07491c2d901118ba1567bc62f6637eeaa3337cdeedff8e5cac8f95b"
 
     func vector(_ name: String) throws -> String {

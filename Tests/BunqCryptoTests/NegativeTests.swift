@@ -1,10 +1,11 @@
 import BunqCrypto
 import Foundation
+import TestThreads
 import Testing
 import TestSupport
 
 /// Every kind of bad input ends in its own specific error, never a crash.
-@Suite struct NegativeTests {
+@Suite(.ownThread) struct NegativeTests {
     static let body = Array(#"{"secret":"sandbox_0123456789abcdef"}"#.utf8)
 
     func expectCode(_ code: CryptoError.Code, _ operation: () throws -> Void,

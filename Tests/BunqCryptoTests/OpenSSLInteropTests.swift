@@ -1,10 +1,11 @@
 import BunqCrypto
 import Foundation
+import TestThreads
 import Testing
 import TestSupport
 
 /// Signatures and keys interoperate with the `openssl` command in both directions.
-@Suite struct OpenSSLInteropTests {
+@Suite(.ownThread) struct OpenSSLInteropTests {
     @Test func opensslSignatureVerifiesInSwift() throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
@@ -86,7 +87,7 @@ import TestSupport
 /// Public-key decoding is stable: every decode of a valid key succeeds, from any thread, with or without the
 /// trailing newline bunq's SDKs leave off. (The first-decode-in-a-fresh-process case, which OpenSSL 3.0's decoder
 /// path failed now and then, is covered by sdk-compat against freshly started sandboxes.)
-@Suite struct PublicKeyDecodingTests {
+@Suite(.ownThread) struct PublicKeyDecodingTests {
     @Test func everyDecodeOfAValidKeySucceedsUnderConcurrency() async throws {
         let pems = try await withThrowingTaskGroup(of: String.self) { group in
             for _ in 0..<4 { group.addTask { try await RSAPrivateKey.generate().publicKey.pem() } }

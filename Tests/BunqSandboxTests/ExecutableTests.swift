@@ -1,9 +1,10 @@
 import Foundation
+import TestThreads
 import Testing
 import TestSupport
 
 /// The `bunq-sandbox` binary itself: its first stdout line and its flag checks.
-@Suite struct ExecutableTests {
+@Suite(.ownThread) struct ExecutableTests {
     static var binary: String {
         // .../<repo>/Tests/BunqSandboxTests/ExecutableTests.swift → <repo>/.build/debug/bunq-sandbox
         URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()

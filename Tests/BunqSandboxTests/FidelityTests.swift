@@ -2,13 +2,14 @@ import BunqCrypto
 import BunqSandbox
 import CurlHTTP
 import Foundation
+import TestThreads
 import Testing
 
 /// The emulator holds clients to what bunq holds them to: IP binding, request ids, headers, killed sessions,
 /// credential time limits, lists. Limits off unless a test is about them: these tests make many calls a second.
 /// Serialized: fourteen emulators starting at once (three RSA keys each) would crowd the test process's two
 /// cooperative threads that timing-sensitive suites share.
-@Suite(.serialized) struct FidelityTests {
+@Suite(.serialized, .ownThread) struct FidelityTests {
     // MARK: Killed and revoked sessions
 
     // Limits off in this suite: it tests what bunq answers, call by call; the limits have their own tests

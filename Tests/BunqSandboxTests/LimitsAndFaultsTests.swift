@@ -2,9 +2,10 @@ import BunqCrypto
 import BunqSandbox
 import CurlHTTP
 import Foundation
+import TestThreads
 import Testing
 
-@Suite struct LimitsAndFaultsTests {
+@Suite(.ownThread) struct LimitsAndFaultsTests {
     @Test func bunqRateLimitsApplyPerEndpointAndMethod() async throws {
         try await BunqSandbox.test(SandboxConfiguration(rateLimits: true)) { client in
             let apiKey = try await client.sandboxUser()

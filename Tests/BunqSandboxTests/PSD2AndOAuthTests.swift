@@ -1,6 +1,7 @@
 import BunqCrypto
 import BunqSandbox
 import Foundation
+import TestThreads
 import Testing
 import TestSupport
 import CurlHTTP
@@ -31,7 +32,7 @@ extension SandboxTestClient {
     }
 }
 
-@Suite struct PSD2Tests {
+@Suite(.ownThread) struct PSD2Tests {
     @Test func providerRegistersAndItsFirstSessionIsShort() async throws {
         let eidas = try PseudoEIDAS.make()
         // Limits off: two sessions a second apart test the first-session rule, not the session-server limit.
@@ -79,7 +80,7 @@ extension SandboxTestClient {
     }
 }
 
-@Suite struct OAuthTests {
+@Suite(.ownThread) struct OAuthTests {
     @Test func clientCallbacksAuthorizeExchangeAndUserApiKeySession() async throws {
         let eidas = try PseudoEIDAS.make()
         try await BunqSandbox.test { client in

@@ -2,10 +2,11 @@ import BunqCrypto
 import BunqSandbox
 import CurlHTTP
 import Foundation
+import TestThreads
 import Testing
 import TestSupport
 
-@Suite struct SessionFlowTests {
+@Suite(.ownThread) struct SessionFlowTests {
     @Test func apiKeyIdentityGetsAWorkingSession() async throws {
         try await BunqSandbox.test { client in
             let apiKey = try await client.sandboxUser()

@@ -1,9 +1,10 @@
 import CurlHTTP
 import Foundation
+import TestThreads
 import Testing
 import TestSupport
 
-@Suite struct HTTPClientTests {
+@Suite(.ownThread) struct HTTPClientTests {
     /// Echoes the request: body back as-is, and what arrived in `x-echo-*` headers.
     static let echo: TestHTTPServer.Handler = { request in
         TestHTTPResponse(status: 200, headers: [

@@ -1,10 +1,11 @@
 import CurlHTTP
 import Foundation
+import TestThreads
 import Testing
 import TestSupport
 
 /// HTTPS against a real TLS server (`openssl s_server`) whose certificate comes from a CA the test makes.
-@Suite struct TLSTests {
+@Suite(.ownThread) struct TLSTests {
     struct TLSServer {
         let process: Process
         let port: Int

@@ -1,11 +1,12 @@
 import Foundation
+import TestThreads
 import Testing
 import TestSupport
 
 /// `bunq-sessionctl backup` while the daemon renews, and `bunq-sessiond --restore` into a fresh state directory:
 /// the restored daemon serves every identity without registering anything again. Against the sandbox with its
 /// limits on (scaled to a fiftieth, so ten-second sessions renew all the while the backups run).
-@Suite struct BackupRestoreTests {
+@Suite(.ownThread) struct BackupRestoreTests {
     @Test func aBackupTakenUnderLoadRestoresIntoAFreshDirectoryWithoutRegisteringAgain() async throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }

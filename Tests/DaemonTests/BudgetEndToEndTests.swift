@@ -1,10 +1,11 @@
 import Foundation
+import TestThreads
 import Testing
 import TestSupport
 
 /// The real daemon against the real sandbox with bunq's rate limits on both sides: the session-server budget
 /// (one call per 30 s per IP, or a scaled window) is what these tests are about.
-@Suite struct BudgetEndToEndTests {
+@Suite(.ownThread) struct BudgetEndToEndTests {
     /// The contexts' states from `daemon.status` and `context.list`.
     static func states(_ socket: String) -> [String: String] {
         guard let client = try? RawSocketClient(socket),

@@ -1,11 +1,12 @@
 import Foundation
+import TestThreads
 import Testing
 import TestSupport
 
 /// Hostile callers under load (issue 13): real uids created by the test, the daemon's CPU and memory read from
 /// /proc, every client a separate Python process so that what is timed is the daemon, not this test's share of the
 /// cooperative pool. Serialized: each of these floods the machine on its own.
-@Suite(.serialized) struct CallerLoadTests {
+@Suite(.serialized, .ownThread) struct CallerLoadTests {
     /// Holds N connections, each asking for a subscription with no context, then prints how many were served.
     static let flood = """
         import json,socket,sys,time

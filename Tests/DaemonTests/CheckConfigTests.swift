@@ -1,9 +1,10 @@
 import Foundation
+import TestThreads
 import Testing
 import TestSupport
 
 /// `--check-config`: exit 0, or 78 with the file, the key and the reason.
-@Suite struct CheckConfigTests {
+@Suite(.ownThread) struct CheckConfigTests {
     func check(_ yaml: String, in dir: TemporaryDirectory, environment: [String: String] = [:]) throws -> Command.Output {
         let path = try dir.write("config-\(UUID().uuidString).yaml", yaml)
         let env = environment.map { "\($0.key)=\($0.value)" }

@@ -1,4 +1,5 @@
 import Foundation
+import TestThreads
 import Testing
 import TestSupport
 
@@ -8,7 +9,7 @@ import TestSupport
 /// them serve every identity, which is registered once; rotations, OAuth completions, a daemon killed, a daemon
 /// paused past its leases and PostgreSQL itself stopping are lived through with no token that stops working
 /// and no 429.
-@Suite(.serialized) struct ClusterTests {
+@Suite(.serialized, .ownThread) struct ClusterTests {
     /// One daemon of the cluster and its socket.
     struct Member {
         let index: Int
@@ -284,11 +285,6 @@ extension ClusterTests {
     /// context gets two session-server calls for one renewal, and when the network heals it rejoins without a
     /// restart. Under bunq's limits (scaled to a twentieth).
     @Test func aDaemonPartitionedFromTheStoreHandsItsContextsOverAndRejoins() async throws {
-        // On a thread of its own: its socket clients block while they wait (see StoreOutageTests).
-        try await withTaskExecutorPreference(StoreOutageTests.executor) { try await partition() }
-    }
-
-    func partition() async throws {
         if let reason = PostgresServer.unavailable {
             #expect(!Skip.report("a partitioned cluster member: \(reason)"))
             return

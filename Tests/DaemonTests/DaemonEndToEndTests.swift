@@ -1,9 +1,10 @@
 import Foundation
+import TestThreads
 import Testing
 import TestSupport
 
 /// The real `bunq-sessiond` against the real `bunq-sandbox`, with short sessions so renewals happen in seconds.
-@Suite struct DaemonEndToEndTests {
+@Suite(.ownThread) struct DaemonEndToEndTests {
     @Test func identitiesStayLiveRestartsReuseEverythingAndRevocationNeedsAttention() async throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }

@@ -1,10 +1,11 @@
 import Foundation
+import TestThreads
 import Testing
 import TestSupport
 
 /// `make run`'s script, in the bounded form CI can run: everything comes up, an OAuth user connects, and
 /// everything stops.
-@Suite struct DemoTests {
+@Suite(.ownThread) struct DemoTests {
     @Test func theDemoConnectsAUserAndStopsCleanly() throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }

@@ -1,10 +1,11 @@
 import Foundation
+import TestThreads
 import Testing
 import TestSupport
 
 /// The real daemon against the emulator at its strictest (dead sessions answered in bunq's three ways, request
 /// ids single-use, devices bound to addresses, proxies' HTML failures), with bunq's limits on, scaled to a tenth.
-@Suite struct FidelityEndToEndTests {
+@Suite(.ownThread) struct FidelityEndToEndTests {
     /// What bunq answers `GET /v1/user` with this token: status and `error_description`.
     static func answer(_ sandbox: Sandbox, token: String) throws -> (status: Int, error: String) {
         let output = try Command.check(["curl", "-s", "-w", "\n%{http_code}", "-H", "X-Bunq-Client-Authentication: \(token)",

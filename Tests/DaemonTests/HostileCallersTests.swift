@@ -1,11 +1,12 @@
 import Foundation
+import TestThreads
 import Testing
 import TestSupport
 
 /// Local callers as a hostile one would act (issue 13, first part): revocation reaches live subscriptions, a
 /// caller cannot spend the session-server budget by asking for renewals, and `daemon.status` shows a caller only
 /// what it may see. Real uids and groups, created by the test (CI runs as root).
-@Suite struct HostileCallersTests {
+@Suite(.ownThread) struct HostileCallersTests {
     @Test func revocationEndsALiveSubscriptionAndStatusShowsOnlyWhatACallerMaySee() async throws {
         guard getuid() == 0 else {
             #expect(!Skip.report("revocationEndsALiveSubscription: needs root to create a user (runs in CI)"))

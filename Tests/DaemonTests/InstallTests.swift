@@ -1,10 +1,11 @@
 import Foundation
+import TestThreads
 import Testing
 import TestSupport
 
 /// `make install` puts binaries, units, sysusers and the example config in place, and the units pass
 /// `systemd-analyze verify` with a security exposure of at most 1.5.
-@Suite struct InstallTests {
+@Suite(.ownThread) struct InstallTests {
     @Test func makeInstallAndTheUnitsPassSystemdAnalyze() throws {
         guard FileManager.default.isExecutableFile(atPath: "/usr/bin/systemd-analyze") else {
             #expect(!Skip.report("makeInstallAndTheUnitsPassSystemdAnalyze: systemd-analyze is not installed"))

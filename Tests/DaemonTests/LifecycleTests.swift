@@ -1,10 +1,11 @@
 import Foundation
+import TestThreads
 import Testing
 import TestSupport
 
 /// One owner per context, and starts, stops and reloads that never hang or lose anything: the real daemon against
 /// bunq-sandbox with bunq's limits on (scaled to a tenth: session-server one call per 3 s).
-@Suite struct LifecycleTests {
+@Suite(.ownThread) struct LifecycleTests {
     /// Connects an OAuth user named `name` through the daemon (the provider must be live).
     static func connectOAuthUser(_ running: RunningDaemon, name: String) throws -> String {
         let client = try RawSocketClient(running.socket)
@@ -33,16 +34,9 @@ import TestSupport
         return data
     }
 
-    static let executor = DedicatedThreadExecutor(name: "removal-race-test")
-
-    /// On a thread of its own: the removal must come while the renewal's 12-s call is under way, and on the
-    /// shared cooperative pool (two threads, which other suites' blocking helpers can hold) this test's task was
-    /// once late by more than that under the full suite.
+    /// The removal must come while the renewal's 12-s call is under way (the suite's own thread keeps this test's
+    /// task from waiting behind other suites' blocking helpers on the shared pool, as it once did).
     @Test func aRemovalRacingARenewalStaysRemovedAcrossARestart() async throws {
-        try await withTaskExecutorPreference(Self.executor) { try await removalRacingARenewal() }
-    }
-
-    func removalRacingARenewal() async throws {
         let running = try await RunningDaemon.start(provider: true)
         defer { running.stop() }
         let name = try Self.connectOAuthUser(running, name: "alice")

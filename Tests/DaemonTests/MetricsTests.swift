@@ -1,4 +1,5 @@
 import Foundation
+import TestThreads
 import Testing
 import TestSupport
 
@@ -6,7 +7,7 @@ import TestSupport
 /// installed by `make test` into .build/sdk-venv): the families exist, the context gauges agree with
 /// `daemon.status`, expiries lie ahead, a renewal counts, and no token or key appears anywhere. The alert rules
 /// shipped in contrib/ pass `promtool check rules` and their unit tests.
-@Suite struct MetricsTests {
+@Suite(.ownThread) struct MetricsTests {
     static let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .deletingLastPathComponent()
     static var python: String { repository.appendingPathComponent(".build/sdk-venv/bin/python").path }

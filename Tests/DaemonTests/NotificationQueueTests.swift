@@ -1,9 +1,10 @@
+import TestThreads
 import Testing
 @testable import SessionServer
 
 /// A subscriber's queue keeps the newest notification per context and kind, in the order of the newest events,
 /// and a final state drops that context's unsent token.
-@Suite struct NotificationQueueTests {
+@Suite(.ownThread) struct NotificationQueueTests {
     private func text(_ line: [UInt8]?) -> String? { line.map { String(decoding: $0, as: UTF8.self) } }
 
     @Test func coalescesToTheNewestPerContextAndKind() async {

@@ -1,10 +1,11 @@
 import Foundation
+import TestThreads
 import Testing
 import TestSupport
 
 /// One daemon per state directory: a second one on the same state exits at once, naming the first, and leaves
 /// the first's socket alone; a state without its master key is an error, never a new key.
-@Suite struct OneDaemonPerStateTests {
+@Suite(.ownThread) struct OneDaemonPerStateTests {
     @Test func aSecondDaemonExitsNamingTheFirstAndAMissingKeyIsAnError() async throws {
         let running = try await RunningDaemon.start(provider: false)
         defer { running.stop() }

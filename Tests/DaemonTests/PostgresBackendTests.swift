@@ -1,10 +1,11 @@
 import Foundation
+import TestThreads
 import Testing
 import TestSupport
 
 /// The daemon on the PostgreSQL backend, end to end: a PostgreSQL server of the test's own, the sandbox with its
 /// limits on (scaled), and a restart that restores everything from PostgreSQL without registering anything again.
-@Suite struct PostgresBackendTests {
+@Suite(.ownThread) struct PostgresBackendTests {
     @Test func theDaemonKeepsItsStateInPostgreSQLAndRestoresItFromThere() async throws {
         if let reason = PostgresServer.unavailable {
             #expect(!Skip.report("PostgreSQL backend end to end: \(reason)"))

@@ -1,10 +1,11 @@
 import Foundation
+import TestThreads
 import Testing
 import TestSupport
 
 /// The bunq API proxy (issue 16), end to end: the real daemon on its proxy socket, the real sandbox with its rate
 /// limits on, curl and Python's http.client as the applications.
-@Suite struct ProxyTests {
+@Suite(.ownThread) struct ProxyTests {
     static let loadScript = Binaries.directory.deletingLastPathComponent().deletingLastPathComponent()
         .appendingPathComponent("Tests/proxy/proxy_load.py").path
 

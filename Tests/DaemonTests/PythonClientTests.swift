@@ -1,11 +1,12 @@
 import Foundation
+import TestThreads
 import Testing
 import TestSupport
 
 /// `clients/python` installed with pip into a fresh virtualenv (from the repository alone: no index, and a build
 /// backend of the standard library, so nothing is downloaded) and used against the real daemon: token, session, sign, subscribe,
 /// report_invalid and errors as exceptions with the JSON-RPC code.
-@Suite struct PythonClientTests {
+@Suite(.ownThread) struct PythonClientTests {
     static let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .deletingLastPathComponent()
 

@@ -1,9 +1,10 @@
 import Foundation
+import TestThreads
 import Testing
 import TestSupport
 
 /// What the daemon tells systemd while it starts, read from a notification socket the test binds.
-@Suite struct ReadinessTests {
+@Suite(.ownThread) struct ReadinessTests {
     /// A slow first registration: the start-up timeout is extended while it runs, and READY comes only when the
     /// identities are live, so a service ordered after bunq-sessiond finds a token at once.
     @Test func aSlowFirstRegistrationExtendsTheStartTimeoutAndReadyMeansLive() async throws {

@@ -1,4 +1,5 @@
 import Foundation
+import TestThreads
 import Testing
 import TestSupport
 
@@ -7,7 +8,7 @@ import Glibc
 #endif
 
 /// SIGHUP re-reads the configuration without dropping connections; an invalid one is refused.
-@Suite struct ReloadTests {
+@Suite(.ownThread) struct ReloadTests {
     @Test func reloadAddsIdentitiesChangesAccessAndRefusesInvalidConfigurations() async throws {
         let running = try await RunningDaemon.start(provider: false)
         defer { running.stop() }

@@ -1,22 +1,20 @@
 import Foundation
 import SessiondClient
+import TestThreads
 import Testing
 import TestSupport
 
 /// `SessionCache` (SessiondClient) against the real daemon: tokens from memory between rotations, never one within
 /// its margin of expiry, and a token reported invalid is not served once the daemon moved on. Sessions of 20 s
 /// renew about every 15 s, so 35 s of asking live through two or three rotations.
-@Suite struct SessionCacheTests {
-    /// The asking loop blocks its thread by design (the client is synchronous): a thread of its own, not one of
-    /// the two threads of Swift's shared pool.
-    static let executor = DedicatedThreadExecutor(name: "session-cache-test")
-
+@Suite(.ownThread) struct SessionCacheTests {
     @Test func servesFromMemoryButNeverPastTheMargin() async throws {
         let running = try await RunningDaemon.start(sessionTimeout: 20, provider: false)
         defer { running.stop() }
         let cache = SessionCache(path: running.socket, margin: 2)
         defer { cache.close() }
-        let (late, tokens) = try await withTaskExecutorPreference(Self.executor) {
+        // The asking loop blocks its thread by design (the client is synchronous): the suite's own thread.
+        let (late, tokens) = try { () throws -> ([String], [String]) in
             var late: [String] = []
             var tokens: [String] = []
             let began = ContinuousClock.now
@@ -28,7 +26,7 @@ import TestSupport
                 usleep(2_000)
             }
             return (late, tokens)
-        }
+        }()
         #expect(late.isEmpty, "never within the margin of expiry: \(late)")
         #expect(tokens.count >= 2, "it followed the rotations")
         let (hits, misses) = cache.counts

@@ -1,4 +1,5 @@
 import Foundation
+import TestThreads
 import Testing
 import TestSupport
 
@@ -7,7 +8,7 @@ import Glibc
 #endif
 
 /// The socket protocol as DESIGN.md specifies it, spoken by a raw client to the real daemon.
-@Suite struct SocketProtocolTests {
+@Suite(.ownThread) struct SocketProtocolTests {
     @Test func everyMethodAndErrorCode() async throws {
         let running = try await RunningDaemon.start()
         defer { running.stop() }

@@ -1,4 +1,5 @@
 import Foundation
+import TestThreads
 import Testing
 import TestSupport
 
@@ -7,11 +8,9 @@ import TestSupport
 /// is), the store's failure shows in `daemon.status` and is logged once, and once the store answers again the
 /// renewals resume by themselves — nothing lost, nothing registered twice. Under bunq's limits (scaled).
 ///
-/// One case at a time, on a thread of its own: its clients (a socket client, curl) block while they wait for the
-/// daemon, and on Swift's shared cooperative pool (two threads here) they would stall every other suite meanwhile.
-@Suite(.serialized) struct StoreOutageTests {
-    static let executor = DedicatedThreadExecutor(name: "store-outage-test")
-
+/// One case at a time, each on a thread of its own: its clients (a socket client, curl) block while they wait for
+/// the daemon.
+@Suite(.serialized, .ownThread) struct StoreOutageTests {
     enum Fault: String, CaseIterable, Sendable, CustomTestStringConvertible {
         /// PostgreSQL's processes stopped with SIGSTOP: connections stay open, nothing is refused, nothing answers.
         case frozenPostgreSQL
@@ -67,10 +66,6 @@ import TestSupport
 
     @Test(arguments: Fault.allCases)
     func tokensSignaturesAndProxiedRequestsNeverWaitForTheStore(_ fault: Fault) async throws {
-        try await withTaskExecutorPreference(Self.executor) { try await outage(fault) }
-    }
-
-    func outage(_ fault: Fault) async throws {
         if fault != .lockedSQLite, let reason = PostgresServer.unavailable {
             #expect(!Skip.report("store outage on PostgreSQL: \(reason)"))
             return

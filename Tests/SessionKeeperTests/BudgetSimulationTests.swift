@@ -1,11 +1,12 @@
 import Foundation
 import HeapModule
 import SessionKeeper
+import TestThreads
 import Testing
 
 /// The planner and its session-server queue driven through simulated weeks at bunq's real limit (one session-server
 /// call per 30 s per IP). Time is simulated, so a month of renewals runs in seconds and is deterministic.
-@Suite struct BudgetSimulationTests {
+@Suite(.ownThread) struct BudgetSimulationTests {
     static let week: TimeInterval = 7 * 86_400
 
     /// A bunq that answers each session-server call after `latency`, failing a fraction of them.

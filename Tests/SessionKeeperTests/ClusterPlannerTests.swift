@@ -1,10 +1,11 @@
 import Foundation
 import SessionKeeper
+import TestThreads
 import Testing
 
 /// The cluster's rules that need no store: who renews what (the planner follows contexts it does not hold and
 /// renews only those it does), how a newer session from another daemon is taken over, and the fair share.
-@Suite struct ClusterPlannerTests {
+@Suite(.ownThread) struct ClusterPlannerTests {
     let start = Date(timeIntervalSince1970: 1_800_000_000)
 
     func session(_ token: String, created: Date, lifetime: TimeInterval = 3_600) -> SessionInfo {

@@ -4,10 +4,11 @@ import CurlHTTP
 import Foundation
 import Logging
 import SessionKeeper
+import TestThreads
 import Testing
 import TestSupport
 
-@Suite struct KeeperOAuthTests {
+@Suite(.ownThread) struct KeeperOAuthTests {
     @Test func anOAuthUserConnectsThroughTheCoreAndGoesLive() async throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }

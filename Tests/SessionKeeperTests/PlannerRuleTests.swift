@@ -1,5 +1,6 @@
 import Foundation
 import SessionKeeper
+import TestThreads
 import Testing
 
 extension RenewalPlanner {
@@ -12,7 +13,7 @@ extension RenewalPlanner {
     }
 }
 
-@Suite struct PlannerRuleTests {
+@Suite(.ownThread) struct PlannerRuleTests {
     let t0 = Date(timeIntervalSince1970: 1_700_000_000)
 
     func session(_ created: Date, lifetime: TimeInterval = 600, token: String = "tok") -> SessionInfo {

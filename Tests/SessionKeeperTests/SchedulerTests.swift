@@ -1,6 +1,7 @@
 import Foundation
 import SessionKeeper
 import Synchronization
+import TestThreads
 import Testing
 import TestSupport
 
@@ -34,16 +35,11 @@ final class FakeRenewer: SessionRenewer {
     }
 }
 
-@Suite struct SchedulerTests {
-    /// Its own thread: the loop's progress is what this test measures, and the shared cooperative pool is held up
-    /// for seconds at a time by other tests' blocking calls (it failed that way, generations stuck at 2 for 60 s).
-    static let executor = DedicatedThreadExecutor(name: "scheduler-test")
-
+@Suite(.ownThread) struct SchedulerTests {
+    /// The loop's progress is what this test measures: it runs as a child of the test's task, on the suite's own
+    /// thread (on the shared cooperative pool other tests' blocking calls once held it up, generations stuck at 2
+    /// for 60 s).
     @Test func contextsStayLiveThroughRenewalsAndFailures() async throws {
-        try await withTaskExecutorPreference(Self.executor) { try await renewalsAndFailures() }
-    }
-
-    private func renewalsAndFailures() async throws {
         let renewer = FakeRenewer(lifetime: 1.5, failureRate: 0.3)
         // Twenty identities of 1.5-s sessions need 18 sessions a second: the session-server budget is unlimited
         // here; the budget's own tests run in virtual time (BudgetSimulationTests).
@@ -51,26 +47,27 @@ final class FakeRenewer: SessionRenewer {
                                          renewer: renewer)
         let names = (0..<20).map { "ctx-\($0)" }
         for name in names { await scheduler.add(name, session: nil) }
-        let loop = Task(executorPreference: Self.executor) { await scheduler.run() }
-        // Waits for progress rather than a fixed window, so a loaded machine slows the test instead of failing it.
         var grantedTooLate = 0
-        let deadline = ContinuousClock.now + .seconds(60)
         var generations: [Int] = []
-        while ContinuousClock.now < deadline {
-            generations = []
-            for name in names {
-                // The planner decides with its own clock, read after `before`: a grant must outlive the margin from
-                // `before` on.
-                let before = Date()
-                if case .granted(_, _, let expiresAt, _, _)? = await scheduler.lease(name),
-                   expiresAt.timeIntervalSince(before) < 0.15 { grantedTooLate += 1 }
-                generations.append(await scheduler.schedule(name)?.generation ?? 0)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { await scheduler.run() }
+            // Waits for progress rather than a fixed window, so a loaded machine slows the test instead of failing it.
+            let deadline = ContinuousClock.now + .seconds(60)
+            while ContinuousClock.now < deadline {
+                generations = []
+                for name in names {
+                    // The planner decides with its own clock, read after `before`: a grant must outlive the margin from
+                    // `before` on.
+                    let before = Date()
+                    if case .granted(_, _, let expiresAt, _, _)? = await scheduler.lease(name),
+                       expiresAt.timeIntervalSince(before) < 0.15 { grantedTooLate += 1 }
+                    generations.append(await scheduler.schedule(name)?.generation ?? 0)
+                }
+                if generations.allSatisfy({ $0 >= 3 }) { break }
+                try await Task.sleep(for: .milliseconds(50))
             }
-            if generations.allSatisfy({ $0 >= 3 }) { break }
-            try await Task.sleep(for: .milliseconds(50))
+            group.cancelAll()
         }
-        loop.cancel()
-        await loop.value
         #expect(grantedTooLate == 0)
         #expect(generations.allSatisfy { $0 >= 3 }, "every context renewed through failures: \(generations)")
         let calls = renewer.calls.withLock { $0 }

@@ -2,10 +2,11 @@ import BunqAPI
 import BunqCrypto
 import Foundation
 import SessionKeeper
+import TestThreads
 import Testing
 import TestSupport
 
-@Suite struct StateStoreTests {
+@Suite(.ownThread) struct StateStoreTests {
     /// Recognisable secrets, so a scan of the files can prove they are not there in plaintext.
     let apiKey = "sandbox_SECRETAPIKEY0123456789abcdef"
     let token = "SESSIONTOKEN0123456789abcdef0123456789abcdef0123456789abcdef0123"

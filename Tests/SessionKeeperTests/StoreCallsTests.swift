@@ -1,16 +1,15 @@
 import Logging
 import SessionKeeper
 import Synchronization
+import TestThreads
 import Testing
 import TestSupport
 
 /// Every store call's deadline and the store's health, in virtual time: a call that does not answer is given up
 /// at its deadline (told to stop through `onTimeout`), the health turns unreachable once and back once, and an
 /// answer that refuses (a row gone) is the store working.
-@Suite struct StoreCallsTests {
+@Suite(.ownThread) struct StoreCallsTests {
     let clock = ManualClock()
-    /// Each test on a thread of its own: virtual time must not wait for the shared cooperative pool.
-    static let executor = DedicatedThreadExecutor(name: "store-calls-test")
 
     func calls() -> StoreCalls {
         StoreCalls(location: "test-store", timeout: .seconds(2), clock: clock, logger: Logger(label: "test"))
@@ -48,10 +47,6 @@ import TestSupport
     }
 
     @Test func aCallThatDoesNotAnswerIsGivenUpAtItsDeadline() async throws {
-        try await withTaskExecutorPreference(Self.executor) { try await givenUp() }
-    }
-
-    func givenUp() async throws {
         let calls = calls()
         let told = Told()
         let error = await hanging(calls, "save_session", told: told)
@@ -70,10 +65,6 @@ import TestSupport
     }
 
     @Test func readsAnsweringDoNotHideFailingWrites() async throws {
-        try await withTaskExecutorPreference(Self.executor) { try await readsAndWrites() }
-    }
-
-    func readsAndWrites() async throws {
         let calls = calls()
         let told = Told()
         _ = await hanging(calls, "save_session", told: told)

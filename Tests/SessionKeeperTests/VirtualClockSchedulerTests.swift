@@ -1,6 +1,7 @@
 import Foundation
 import SessionKeeper
 import Synchronization
+import TestThreads
 import Testing
 
 /// A clock the test moves by hand: sleepers wake when `advance` passes their deadline (or when cancelled).
@@ -81,7 +82,7 @@ final class VirtualBunq: SessionRenewer {
     }
 }
 
-@Suite struct VirtualClockSchedulerTests {
+@Suite(.ownThread) struct VirtualClockSchedulerTests {
     /// The real scheduler actor on a virtual monotonic clock, while the wall clock jumps 10 minutes ahead, then
     /// 20 minutes back: no token is handed out past its true end, and renewals keep their pace (no loop, no gap).
     @Test func aSteppingWallClockMovesNoDeadline() async throws {

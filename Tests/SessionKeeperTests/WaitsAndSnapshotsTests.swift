@@ -1,9 +1,10 @@
 import Foundation
 import SessionKeeper
+import TestThreads
 import Testing
 
 /// The waits a shutdown depends on honour cancellation, and the published snapshots keep their state counts.
-@Suite struct WaitsAndSnapshotsTests {
+@Suite(.ownThread) struct WaitsAndSnapshotsTests {
     @Test func aMilestoneWaitEndsOnCancellationAndOnFailure() async throws {
         let never = OneShotSignal()
         let waiter = Task { try await never.fired() }

@@ -1,11 +1,12 @@
 import Foundation
 import SessionProtocol
+import TestThreads
 import Testing
 
 /// The token path's scanner against the full decoder: whatever it reads, the full decoder reads the same; what it
 /// cannot read with certainty it leaves to the full decoder. Lines are built from the pieces where the two could
 /// part ways (ids at the edges of JSON numbers, escapes, duplicates, order, whitespace, trailing bytes).
-@Suite struct RPCScannerTests {
+@Suite(.ownThread) struct RPCScannerTests {
     @Test func readsThePlainShapesInAnyOrderAndSpacing() {
         let plain = #"{"jsonrpc":"2.0","id":1,"method":"session.get","params":{"context":"ops"}}"#
         #expect(RPCScanner.sessionGet(Array(plain.utf8)) == .init(id: .number("1"), context: "ops"))

@@ -5,6 +5,7 @@ import Logging
 import PostgresState
 import SessionKeeper
 import Synchronization
+import TestThreads
 import Testing
 import TestSupport
 
@@ -74,7 +75,7 @@ final class Engine: Sendable {
 }
 
 /// The store interface's contract, run against both engines: what one backend does, the other does.
-@Suite struct StateBackendConformanceTests {
+@Suite(.ownThread) struct StateBackendConformanceTests {
     let apiKey = "sandbox_SECRETAPIKEY0123456789abcdef"
     let token = "SESSIONTOKEN0123456789abcdef0123456789abcdef0123456789abcdef0123"
 
@@ -195,7 +196,7 @@ extension StateBackendConformanceTests {
 }
 
 /// What only the shared engine must do: many daemons opening it at once, and a server that goes away and returns.
-@Suite struct PostgresStateTests {
+@Suite(.ownThread) struct PostgresStateTests {
     @Test func daemonsStartingTogetherMigrateOnceAndShareTheKey() async throws {
         guard let engine = try Engine.start(.postgresql) else { return }
         defer { engine.stop() }
@@ -315,8 +316,6 @@ final class Heard: Sendable {
 /// A store that does not answer costs each call its deadline and `store_timeout`, never a wait: the health says
 /// so (once), and the next answered call puts it right.
 extension StateBackendConformanceTests {
-    static let executor = DedicatedThreadExecutor(name: "store-deadline-test")
-
     @Test(arguments: Engine.Kind.allCases)
     func aStoreThatDoesNotAnswerCostsTheDeadlineNotAWait(_ kind: Engine.Kind) async throws {
         guard let engine = try Engine.start(kind) else { return }
@@ -335,17 +334,13 @@ extension StateBackendConformanceTests {
                 holder = try await SQLiteWriteLock(engine.directory.path("state/\(StateStore.fileName)"),
                                                    log: engine.directory.path("holder.log"))
             }
-            // Timed on a thread of its own: the shared cooperative pool (two threads here) can be held for seconds
-            // by other suites' blocking helpers, which would time the test, not the store.
-            let timings = await withTaskExecutorPreference(Self.executor) {
-                var timings: [Duration] = []
-                for _ in 0..<3 {
-                    let started = ContinuousClock.now
-                    await #expect { try await store.saveSession("ops", session, generation: 1, registration: registration) }
-                        throws: { ($0 as? StoreError)?.code == .timeout }
-                    timings.append(ContinuousClock.now - started)
-                }
-                return timings
+            // Timed on the suite's own thread: other suites' blocking helpers cannot time the test instead of the store.
+            var timings: [Duration] = []
+            for _ in 0..<3 {
+                let started = ContinuousClock.now
+                await #expect { try await store.saveSession("ops", session, generation: 1, registration: registration) }
+                    throws: { ($0 as? StoreError)?.code == .timeout }
+                timings.append(ContinuousClock.now - started)
             }
             #expect(timings.allSatisfy { $0 >= deadline * 0.9 && $0 < deadline + .milliseconds(1_500) },
                     "each call costs its deadline, not more: \(timings)")

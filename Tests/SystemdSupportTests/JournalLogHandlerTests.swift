@@ -1,8 +1,9 @@
 import Logging
 import SystemdSupport
+import TestThreads
 import Testing
 
-@Suite struct JournalLogHandlerTests {
+@Suite(.ownThread) struct JournalLogHandlerTests {
     @Test func entriesCarryPriorityCodeLocationMetadataAndMessageIDs() {
         var handler = JournalLogHandler(identifier: "bunq-sessiond")
         handler[metadataKey: "bunq.daemon"] = "main"

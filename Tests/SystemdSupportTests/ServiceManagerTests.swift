@@ -1,5 +1,6 @@
 import Foundation
 import SystemdSupport
+import TestThreads
 import Testing
 import TestSupport
 
@@ -7,7 +8,7 @@ import TestSupport
 import Glibc
 #endif
 
-@Suite(.serialized) struct ServiceManagerTests {
+@Suite(.serialized, .ownThread) struct ServiceManagerTests {
     /// A datagram socket standing in for systemd's notification socket.
     @Test func notifyDeliversTheStateToNotifySocket() throws {
         let notifications = try NotifySocket()

@@ -1,0 +1,82 @@
+import Foundation
+import Synchronization
+import Testing
+import TestSupport
+
+/// Every test case runs on a thread of its own instead of Swift's shared cooperative pool, and at most
+/// `TestSlots.width` of them run at once.
+///
+/// Why the thread: the pool has one thread per core (two here), and tests block — a child process run to
+/// completion, a socket read, a PostgreSQL started. Two such calls anywhere in the suite used to stop every
+/// other test's tasks for seconds, so a store call with a 2-second deadline or a renewal with a 12-second window
+/// failed for another test's sake. With a thread per test case, a test that blocks delays only itself.
+///
+/// Why the bound: with nothing shared left to hold them back, every test of the suite would start its daemons,
+/// emulators and databases in the same second, and the real-clock tests among them would measure the machine's
+/// overload instead of the product. The bound keeps the load what a 2-core machine carries.
+///
+/// Applied to a suite (`@Suite(.ownThread)`) it reaches every test case in it.
+public struct OwnThread: SuiteTrait, TestTrait, TestScoping {
+    public var isRecursive: Bool { true }
+
+    public func scopeProvider(for test: Test, testCase: Test.Case?) -> OwnThread? {
+        // Only a running test case gets a thread: a suite or a parameterized test as a whole runs nothing itself.
+        testCase == nil ? nil : self
+    }
+
+    public func provideScope(for test: Test, testCase: Test.Case?,
+                             performing function: @Sendable () async throws -> Void) async throws {
+        await TestSlots.shared.acquire()
+        let executor = DedicatedThreadExecutor(name: "test \(test.name)")
+        defer {
+            executor.shutDown()
+            TestSlots.shared.release()
+        }
+        try await withTaskExecutorPreference(executor) { try await function() }
+    }
+}
+
+extension Trait where Self == OwnThread {
+    /// Runs each test case on a thread of its own; see `OwnThread`.
+    public static var ownThread: OwnThread { OwnThread() }
+}
+
+/// How many test cases run at once: `BUNQ_TEST_PARALLELISM`, else eight. First come, first served.
+final class TestSlots: Sendable {
+    static let shared = TestSlots(width: Int(ProcessInfo.processInfo.environment["BUNQ_TEST_PARALLELISM"] ?? "") ?? 8)
+
+    private struct State {
+        var free: Int
+        var waiting: [CheckedContinuation<Void, Never>] = []
+    }
+
+    private let state: Mutex<State>
+
+    init(width: Int) { state = Mutex(State(free: max(1, width))) }
+
+    func acquire() async {
+        await withCheckedContinuation { (waiter: CheckedContinuation<Void, Never>) in
+            let now = state.withLock { state -> Bool in
+                guard state.free > 0 else {
+                    state.waiting.append(waiter)
+                    return false
+                }
+                state.free -= 1
+                return true
+            }
+            if now { waiter.resume() }
+        }
+    }
+
+    /// Hands the slot to the longest waiter, if any.
+    func release() {
+        let next = state.withLock { state -> CheckedContinuation<Void, Never>? in
+            guard !state.waiting.isEmpty else {
+                state.free += 1
+                return nil
+            }
+            return state.waiting.removeFirst()
+        }
+        next?.resume()
+    }
+}
