@@ -77,11 +77,18 @@ let package = Package(
             dependencies: ["BunqCrypto", "CurlHTTP", .product(name: "Metrics", package: "swift-metrics")],
             swiftSettings: strictSettings
         ),
+        // What a NIO server accepted and its loop has not taken yet (closed, never dropped).
+        .target(
+            name: "AcceptedConnections",
+            dependencies: [.product(name: "NIOCore", package: "swift-nio")],
+            swiftSettings: strictSettings
+        ),
         // The one listener of every Unix socket: bind or socket activation, mode, SO_PEERCRED, admission, accept
         // pause, write stalls.
         .target(
             name: "UnixListener",
             dependencies: [
+                "AcceptedConnections",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -179,7 +186,7 @@ let package = Package(
         .target(
             name: "BunqSandbox",
             dependencies: [
-                "BunqCrypto",
+                "AcceptedConnections", "BunqCrypto",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -278,7 +285,8 @@ let package = Package(
         ),
         .testTarget(
             name: "DaemonTests",
-            dependencies: ["TestThreads", "TestSupport", "SessionServer", "SessiondClient"],
+            dependencies: ["TestThreads", "TestSupport", "SessionServer", "SessiondClient", "UnixListener",
+                           .product(name: "NIOCore", package: "swift-nio"), .product(name: "Logging", package: "swift-log")],
             swiftSettings: strictSettings
         ),
         .testTarget(

@@ -1,3 +1,4 @@
+import AcceptedConnections
 import NIOCore
 import NIOHTTP1
 import NIOPosix
@@ -46,23 +47,38 @@ public enum HTTPServerCore {
     public static func serve(host: String, port: Int, handler: @escaping Handler,
                              onConnection: @escaping @Sendable (Int) -> Void = { _ in },
                              onBound: @Sendable (Int) async throws -> Void) async throws {
+        // Serving ends by cancellation, which drops the connections accepted but not yet taken by the loop:
+        // they are held here and closed instead (see UnclaimedConnections).
+        let unclaimed = UnclaimedConnections<NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>>()
         let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .bind(host: host, port: port) { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    // A latency hint, set per connection: where a sandbox refuses it (EPERM seen under
-                    // systemd-nspawn), the connection goes on without it instead of failing the whole server.
-                    _ = try? channel.syncOptions?.setOption(.socketOption(.tcp_nodelay), value: 1)
-                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
-                    return try NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>(wrappingChannelSynchronously: channel)
-                }
+                    // nil: the server stopped before this connection was set up; it is closed.
+                    try unclaimed.make(for: channel) {
+                        // A latency hint, set per connection: where a sandbox refuses it (EPERM seen under
+                        // systemd-nspawn), the connection goes on without it instead of failing the whole server.
+                        _ = try? channel.syncOptions?.setOption(.socketOption(.tcp_nodelay), value: 1)
+                        try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+                        return try NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>(
+                            wrappingChannelSynchronously: channel)
+                    }
+                }.recover { _ in nil }
             }
         try await withThrowingDiscardingTaskGroup { group in
             group.addTask {
                 try await withTaskCancellationHandler {
                     try await server.executeThenClose { inbound in
                         try await withThrowingDiscardingTaskGroup { connections in
+                            defer {
+                                connections.cancelAll()
+                                for connection in unclaimed.close() {
+                                    connections.addTask { try? await connection.executeThenClose { _, _ in } }
+                                }
+                            }
                             for try await connection in inbound {
+                                guard let connection else { continue }
+                                unclaimed.claim(connection.channel)
                                 onConnection(1)
                                 connections.addTask {
                                     await serveConnection(connection, handler)

@@ -67,7 +67,14 @@ public final class MetricsService: Service {
                 },
                 reject: { channel in channel.close(promise: nil) },
                 onBound: { [logger, listen] in logger.info("metrics listening", metadata: ["bunq.metrics": "\(listen)"]) },
-                serve: { channel, _ in try? await channel.closeFuture.get() })
+                // Until the scraper or the idle timeout closes it, or shutdown does.
+                serve: { channel, _ in
+                    await withTaskCancellationHandler {
+                        try? await channel.closeFuture.get()
+                    } onCancel: {
+                        channel.close(promise: nil)
+                    }
+                })
         }
     }
 

@@ -1,3 +1,4 @@
+import AcceptedConnections
 import Foundation
 import Logging
 import NIOCore
@@ -51,7 +52,7 @@ public final class UnixListener: Sendable {
     /// What a connection's initializer produced: a connection to serve, or one refused by the limits (answered
     /// by `reject`'s handler and closed).
     enum Admitted<Connection: Sendable>: Sendable {
-        case connection(Connection, PeerCredentials)
+        case connection(Connection, PeerCredentials, any Channel)
         case rejected
     }
 
@@ -96,6 +97,9 @@ public final class UnixListener: Sendable {
             }
             .childChannelOption(.writeBufferWaterMark, value: .init(low: settings.writeBufferHighWater / 4,
                                                                     high: settings.writeBufferHighWater)))
+        // Held from their initializer until the loop takes them: a connection the loop never takes (it was
+        // cancelled) is still served — in the cancelled group, which closes it — instead of dropped.
+        let unclaimed = UnclaimedConnections<(Connection, PeerCredentials)>()
         let accept: @Sendable (any Channel) -> EventLoopFuture<Admitted<Connection>> = { [self] channel in
             PeerCredentials.read(channel).flatMapThrowing { peer in
                 guard self.admit(peer, admin: isAdmin(peer)) else {
@@ -107,11 +111,21 @@ public final class UnixListener: Sendable {
                         try channel.pipeline.syncOperations.addHandler(
                             WriteStallHandler(sendTimeout: Self.amount(sendTimeout), peer: peer, logger: logger))
                     }
-                    return .connection(try initialize(channel, peer), peer)
+                    guard let made = try unclaimed.make(for: channel, { (try initialize(channel, peer), peer) }) else {
+                        // The loop has ended: the channel is closed, nothing was made for it.
+                        self.release(peer)
+                        return .rejected
+                    }
+                    return .connection(made.0, peer, channel)
                 } catch {
                     self.release(peer)
                     throw error
                 }
+            }.recover { _ in
+                // A connection that could not be set up is closed here: NIO leaves a child whose initializer
+                // failed open, and a failure must not reach the listening socket's own stream.
+                channel.close(promise: nil)
+                return .rejected
             }
         }
         let server: NIOAsyncChannel<Admitted<Connection>, Never>
@@ -145,17 +159,26 @@ public final class UnixListener: Sendable {
                     await withDiscardingTaskGroup { group in
                         do {
                             for try await connection in accepted {
-                                guard case .connection(let connection, let peer) = connection else { continue }
+                                guard case .connection(let connection, let peer, let child) = connection else { continue }
+                                unclaimed.claim(child)
                                 group.addTask { [self] in
                                     await serve(connection, peer)
                                     release(peer)
                                 }
                             }
+                        } catch is CancellationError {
+                            // Stopped by cancellation rather than a graceful shutdown: nothing failed.
                         } catch {
                             logger.warning("the listening socket failed", metadata: ["bunq.socket": "\(settings.path)",
                                                                                       "error": "\(error)"])
                         }
                         group.cancelAll()
+                        for (connection, peer) in unclaimed.close() {
+                            group.addTask { [self] in
+                                await serve(connection, peer)
+                                release(peer)
+                            }
+                        }
                     }
                 }
             } onGracefulShutdown: {
