@@ -73,7 +73,7 @@ struct ProxyForwarder: Sendable {
         }
         let pathAndQuery = String(head.uri.dropFirst(4))
         guard access.mayUse(peer, context) else { return unknown(context) }
-        guard keeper.leases.entry(context) != nil else {
+        guard keeper.sessions.entry(context) != nil else {
             // Before the stored state is read, a context the caller may use is starting, not unknown.
             if !keeper.restored.hasFired {
                 return .error(.sessionUnavailable, "The daemon is starting.", retryAfter: .seconds(1))

@@ -102,10 +102,7 @@ public final class MetricsService: Service {
     private func refreshGauges() async {
         let gauges = StateGauges(registry: registry)
         await cancelWhenGracefulShutdown {
-            while !Task.isCancelled {
-                gauges.update(await self.keeper.metricsSnapshot())
-                try? await Task.sleep(for: .seconds(2))
-            }
+            await every(.seconds(2), on: ContinuousClock()) { gauges.update(await self.keeper.metricsSnapshot()) }
         }
     }
 }

@@ -3,7 +3,7 @@ import Foundation
 
 /// The one owner of every context's state. Every change — a bootstrap step, a renewal's new session, a removal,
 /// an OAuth completion, a reload — goes through this actor, which writes the store and then publishes an
-/// immutable snapshot (`LeaseEntry`) to the lease table the socket reads. Nothing else writes a context's row or
+/// immutable snapshot (`SessionEntry`) to the session table the socket reads. Nothing else writes a context's row or
 /// its snapshot.
 ///
 /// Each context is owned under an *incarnation*: a number given when it is created (or restored) and never
@@ -26,7 +26,7 @@ actor ContextOwner {
     private var contexts: [String: Owned] = [:]
     private var lastIncarnation: UInt64 = 0
     private let store: any StateBackend
-    private let leases: LeaseTable
+    private let sessions: SessionTable
     private let scheduler: SessionScheduler<ContinuousClock>
     /// In a cluster: the shared store, the leases held here and this daemon's name. Sessions and bootstrap steps
     /// are then written only under the context's lease, and contexts come and go through the store.
@@ -54,10 +54,10 @@ actor ContextOwner {
         }
     }
 
-    init(store: any StateBackend, leases: LeaseTable, scheduler: SessionScheduler<ContinuousClock>, signingKeys: SigningKeys,
+    init(store: any StateBackend, sessions: SessionTable, scheduler: SessionScheduler<ContinuousClock>, signingKeys: SigningKeys,
          fencing: Fencing? = nil) {
         self.store = store
-        self.leases = leases
+        self.sessions = sessions
         self.scheduler = scheduler
         self.signingKeys = signingKeys
         self.fencing = fencing
@@ -122,7 +122,7 @@ actor ContextOwner {
         // In a cluster the lease rounds decide which of them this daemon renews; until then it follows them all.
         let schedules = await scheduler.addMany(records.map { ($0.name, $0.session, $0.generation) }, held: fencing == nil)
         for record in records {
-            if let schedule = schedules[record.name] { leases.set(Self.entry(record, schedule)) }
+            if let schedule = schedules[record.name] { sessions.set(Self.entry(record, schedule)) }
         }
     }
 
@@ -203,7 +203,7 @@ actor ContextOwner {
 
     private func removeInTurn(_ name: String) async throws -> StoredContext? {
         guard let owned = contexts[name] else { return nil }
-        leases.remove(name)
+        sessions.remove(name)
         contexts[name] = nil
         // Read before the delete, to end the session at bunq afterwards; unreadable, there is nothing to end.
         let kind = owned.record.kind
@@ -240,7 +240,7 @@ actor ContextOwner {
 
     /// A newer session another daemon committed for a known context: served from now on. Returns the published
     /// entry when it was newer.
-    func adopt(_ record: ContextRecord) async -> LeaseEntry? {
+    func adopt(_ record: ContextRecord) async -> SessionEntry? {
         guard var owned = contexts[record.name], record.generation > owned.record.generation, let session = record.session
         else { return nil }
         owned.record.session = session
@@ -254,7 +254,7 @@ actor ContextOwner {
     /// A context another daemon removed: no longer served or scheduled here (the store has no row left to delete).
     func forget(_ name: String) async {
         guard contexts[name] != nil else { return }
-        leases.remove(name)
+        sessions.remove(name)
         contexts[name] = nil
         signingKeys.forget(name)
         await scheduler.remove(name)
@@ -332,36 +332,36 @@ actor ContextOwner {
     /// Publishes the context's current snapshot (its record and the scheduler's view), or withdraws it when the
     /// context is gone. Returns the published entry.
     @discardableResult
-    func publish(_ name: String) async -> LeaseEntry? {
+    func publish(_ name: String) async -> SessionEntry? {
         guard let before = contexts[name]?.incarnation else {
-            leases.remove(name)
+            sessions.remove(name)
             return nil
         }
         let schedule = await scheduler.schedule(name)
         // The actor may have run a removal (or a removal and a new creation) while the scheduler answered: only
         // the owner's view after the answer counts.
         guard let owned = contexts[name] else {
-            leases.remove(name)
+            sessions.remove(name)
             return nil
         }
         guard owned.incarnation == before else { return await publish(name) }
         guard let schedule else {
-            leases.remove(name)
+            sessions.remove(name)
             return nil
         }
         let entry = Self.entry(owned.record, schedule)
-        leases.set(entry)
+        sessions.set(entry)
         return entry
     }
 
     /// The hot path's view of a context. A token may be handed out only while the scheduler's session is valid
     /// beyond the margin; from then on the monotonic clock decides.
-    static func entry(_ record: ContextRecord, _ schedule: ContextSchedule) -> LeaseEntry {
+    static func entry(_ record: ContextRecord, _ schedule: ContextSchedule) -> SessionEntry {
         var usableUntil: ContinuousClock.Instant?
         if [.live, .renewing, .retrying].contains(schedule.state), record.session != nil, let expiresAt = schedule.expiresAt {
             usableUntil = ContinuousClock.now + .seconds(expiresAt.addingTimeInterval(-schedule.margin).timeIntervalSinceNow)
         }
-        return LeaseEntry(context: record.name, kind: record.kind, session: usableUntil == nil ? nil : record.session,
+        return SessionEntry(context: record.name, kind: record.kind, session: usableUntil == nil ? nil : record.session,
                           renewAt: schedule.renewAt, generation: schedule.generation,
                           serverPublicKeyPEM: record.serverPublicKeyPEM, usableUntil: usableUntil, state: schedule.state)
     }

@@ -93,7 +93,7 @@ public struct RenewalError: Error, Sendable, Equatable {
 }
 
 /// The answer to "give me the token of this context": the token only when it is valid beyond the safety margin.
-public enum LeaseResult: Sendable, Equatable {
+public enum TokenGrant: Sendable, Equatable {
     case granted(token: String, userId: Int, expiresAt: Date, renewAt: Date?, generation: Int)
     /// No usable token now: the state, and when to ask again (nil: not by waiting, a human must act).
     case unavailable(state: ContextState, retryAt: Date?, reason: String?)

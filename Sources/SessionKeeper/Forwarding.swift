@@ -24,7 +24,7 @@ extension Keeper {
     /// (renewing, expired, needs attention). From memory: the key the owner published (read from the store, within
     /// its deadline, only for a context whose key was not published yet).
     public func forwardingSession(_ context: String) async throws -> ForwardingSession? {
-        guard let entry = leases.entry(context) else {
+        guard let entry = sessions.entry(context) else {
             throw KeeperError(.unknownContext, "no context named \(context)")
         }
         guard let session = entry.grantable(), let pem = entry.serverPublicKeyPEM else { return nil }

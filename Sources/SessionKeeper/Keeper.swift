@@ -20,7 +20,7 @@ public final class Keeper: Service, Sendable {
     let oauthStates = OAuthStates()
     let logger: Logger
     /// Sessions as the socket server reads them, without a round trip through the scheduler.
-    public let leases = LeaseTable()
+    public let sessions = SessionTable()
     /// Rotations and failures, for `session.subscribe`.
     public let events = EventBroadcaster()
     /// When the keeper started, for `daemon.status`.
@@ -47,6 +47,9 @@ public final class Keeper: Service, Sendable {
     let certificate: Certificate?
     /// With several daemons on one store: leases, the shared budget and the other daemons' changes.
     let cluster: Cluster?
+    /// What the periodic checks (certificate, budget) wait on, and the wall clock they read.
+    let clock: any Clock<Duration>
+    let wallClock: @Sendable () -> Date
 
     /// Opens a backend other than the embedded SQLite store, given the master key and where it came from (the
     /// daemon supplies PostgreSQL's, which this module does not link).
@@ -56,8 +59,11 @@ public final class Keeper: Service, Sendable {
     public var stateBackend: any StateBackend { store }
 
     public init(configuration: KeeperConfiguration, psd2: PSD2Material?, logger: Logger,
-                restoreDelay: Duration = .zero, openStore: StoreOpener? = nil) throws {
+                restoreDelay: Duration = .zero, openStore: StoreOpener? = nil,
+                clock: any Clock<Duration> = ContinuousClock(), wallClock: @escaping @Sendable () -> Date = Date.init) throws {
         self.configuration = configuration
+        self.clock = clock
+        self.wallClock = wallClock
         self.restoreDelay = restoreDelay
         certificate = psd2?.certificate
         self.logger = logger
@@ -102,7 +108,7 @@ public final class Keeper: Service, Sendable {
         renewer.cluster = cluster
         scheduler = SessionScheduler(policy: configuration.policy, budget: configuration.sessionServerBudget,
                                      renewer: renewer, maxConcurrent: configuration.maxConcurrentRenewals)
-        owner = ContextOwner(store: store, leases: leases, scheduler: scheduler, signingKeys: signingKeys, fencing: cluster.map {
+        owner = ContextOwner(store: store, sessions: sessions, scheduler: scheduler, signingKeys: signingKeys, fencing: cluster.map {
             ContextOwner.Fencing(store: $0.store, book: $0.book, instance: $0.settings.instance,
                                  leaseDuration: $0.settings.leaseDuration, localDuration: $0.settings.localDuration)
         })
@@ -260,18 +266,20 @@ public final class Keeper: Service, Sendable {
     /// once expired (bunq refuses new PSD2 sessions then; the running ones last until they expire).
     func watchCertificate(every interval: Duration = .seconds(86_400)) async {
         guard let certificate, let path = configuration.provider?.certificatePath else { return }
-        while !Task.isCancelled {
-            let daysLeft = Int(certificate.notAfter.timeIntervalSinceNow / 86_400)
-            let metadata: Logger.Metadata = ["bunq.context": "provider", "bunq.certificate": "\(path)",
-                                             "bunq.not_after": "\(ISO8601DateFormatter().string(from: certificate.notAfter))",
-                                             "bunq.days_left": "\(daysLeft)"]
-            if certificate.notAfter <= Date() {
+        let notAfter = ISO8601DateFormatter().string(from: certificate.notAfter)
+        let clock: any Clock<Duration> = self.clock  // a local: Swift opens the existential for the generic call
+        await CertificateWatch(notAfter: certificate.notAfter).run(every: interval, on: clock, wall: wallClock) { finding in
+            var metadata: Logger.Metadata = ["bunq.context": "provider", "bunq.certificate": "\(path)",
+                                             "bunq.not_after": "\(notAfter)"]
+            // Stable messages, so journald attaches the MESSAGE_IDs operators alert on.
+            switch finding {
+            case .expired(let daysLeft):
+                metadata["bunq.days_left"] = "\(daysLeft)"
                 logger.error("certificate expired", metadata: metadata)
-            } else if daysLeft < 30 {
-                // A stable message, so journald attaches the MESSAGE_ID operators alert on.
+            case .expiring(let daysLeft):
+                metadata["bunq.days_left"] = "\(daysLeft)"
                 logger.warning("certificate expiring", metadata: metadata)
             }
-            try? await Task.sleep(for: interval)
         }
     }
 
@@ -313,7 +321,7 @@ public final class Keeper: Service, Sendable {
 
     // MARK: The core's API
 
-    public func lease(_ context: String) async -> LeaseResult? { await scheduler.lease(context) }
+    public func tokenGrant(_ context: String) async -> TokenGrant? { await scheduler.tokenGrant(context) }
 
     /// Applies a reloaded configuration's API-key identities and renewal policy: new identities are registered,
     /// removed ones ended at bunq and forgotten, changed keys registered anew; `needs_attention` contexts are
@@ -391,7 +399,7 @@ public final class Keeper: Service, Sendable {
         names += apiKeys.withLock { $0.map(\.name) }
         var pending: [String] = []
         for name in names {
-            if leases.entry(name)?.grantable(at: now) != nil { continue }
+            if sessions.entry(name)?.grantable(at: now) != nil { continue }
             // A failed first attempt settles it too: the STATUS line then says it is failing.
             // A first session that came and went (its renewal waiting for the budget) settles it as well.
             guard let schedule = await scheduler.schedule(name), schedule.consecutiveFailures == 0, schedule.generation == 0,
@@ -476,46 +484,36 @@ public final class Keeper: Service, Sendable {
     /// Checks the session-server budget every `interval`: a warning when utilisation rises above 80% (once per
     /// crossing), another above 100% naming how many identities will run late.
     func watchBudget(interval: Duration = .seconds(10)) async {
-        var level = 0  // 0: fine, 1: above 80%, 2: above 100%
-        var lastLate = -1
-        var round = 0
-        while !Task.isCancelled {
-            // The forecast (above 100%) walks every renewal due within a day: once a minute is enough.
-            var status = await scheduler.budgetStatus(forecast: level < 2 || round % 6 == 0)
+        var watch = BudgetWatch()
+        let clock: any Clock<Duration> = self.clock  // a local: Swift opens the existential for the generic call
+        await watch.run(every: interval, on: clock, status: { forecast in
+            var status = await scheduler.budgetStatus(forecast: forecast)
             // A cluster's renewals are spread over its egress groups: each brings one IP's budget.
             if let cluster { status.availablePerDay *= Double(cluster.egressGroups) }
-            round += 1
             budgetState.withLock { $0 = status }
-            guard status.availablePerDay.isFinite else {  // `rate_limits: unlimited`: nothing to warn about
-                try? await Task.sleep(for: interval)
-                continue
-            }
-            let now = status.utilisation > 1 ? 2 : status.utilisation > 0.8 ? 1 : 0
-            let metadata: Logger.Metadata = [
+            return status
+        }, report: { message, status in
+            var metadata: Logger.Metadata = [
                 "bunq.utilisation": "\(Int((status.utilisation * 100).rounded()))%",
                 "bunq.needed_per_day": "\(Int(status.neededPerDay.rounded()))",
                 "bunq.available_per_day": "\(Int(status.availablePerDay.rounded()))",
             ]
-            if now == 2, now > level || status.late.count != lastLate {
-                var metadata = metadata
-                metadata["bunq.late"] = "\(status.late.count)"
+            switch message {
+            case .exceeded(let late):
+                metadata["bunq.late"] = "\(late)"
                 logger.warning("session-server budget exceeded", metadata: metadata)
-                lastLate = status.late.count
-            } else if now == 1, level == 0 {
+            case .above80:
                 logger.warning("session-server budget above 80%", metadata: metadata)
-            } else if now == 0, level > 0 {
+            case .backBelow80:
                 logger.notice("session-server budget back below 80%", metadata: metadata)
             }
-            if now < 2 { lastLate = -1 }
-            level = now
-            try? await Task.sleep(for: interval)
-        }
+        })
     }
 
     /// One line for `systemctl status`: "3 live, 0 failing; next renewal provider in 41 min". From the published
     /// snapshots' counts: nothing per context.
     public func statusLine() async -> String {
-        let counts = leases.stateCounts
+        let counts = sessions.stateCounts
         let live = (counts[.live] ?? 0) + (counts[.renewing] ?? 0)
         let failing = (counts[.retrying] ?? 0) + (counts[.expired] ?? 0) + (counts[.bootstrapping] ?? 0)
         let attention = counts[.needsAttention] ?? 0

@@ -27,7 +27,7 @@ extension Keeper {
         guard configuration.provider != nil else {
             throw KeeperError(.noProvider, "no provider is configured (provider: in the configuration)")
         }
-        guard case .granted(let token, let userId, _, _, _)? = await scheduler.lease("provider"),
+        guard case .granted(let token, let userId, _, _, _)? = await scheduler.tokenGrant("provider"),
               let context = try await store.context("provider") else {
             throw KeeperError(.providerNotLive, "the provider has no live session yet; try again shortly")
         }

@@ -398,7 +398,7 @@ public struct RenewalPlanner<Random: RandomNumberGenerator & Sendable>: Sendable
 
     /// The token, only if it stays valid for at least the safety margin after `now`; otherwise the state and
     /// when to ask again. Never an expired or soon-to-expire token.
-    public func lease(_ name: String, now: Date) -> LeaseResult? {
+    public func tokenGrant(_ name: String, now: Date) -> TokenGrant? {
         guard let entry = entries[name] else { return nil }
         if let session = entry.session,
            now.addingTimeInterval(margin(session)) < session.expiresAt, !entry.needsAttention {

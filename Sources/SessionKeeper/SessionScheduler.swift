@@ -226,8 +226,8 @@ public actor SessionScheduler<C: Clock> where C.Duration == Duration {
     }
 
     /// The token rule: a token valid beyond the safety margin, or the state and when to retry.
-    public func lease(_ name: String) -> LeaseResult? {
-        switch planner.lease(name, now: now) {
+    public func tokenGrant(_ name: String) -> TokenGrant? {
+        switch planner.tokenGrant(name, now: now) {
         case .granted(let token, let userId, let expiresAt, let renewAt, let generation)?:
             return .granted(token: token, userId: userId, expiresAt: expiresAt.addingTimeInterval(-skew),
                             renewAt: outbound(renewAt), generation: generation)
@@ -302,7 +302,7 @@ public actor SessionScheduler<C: Clock> where C.Duration == Duration {
     /// returns at once when it already is.
     public func renewal(of name: String, after generation: Int) async -> Result<SessionInfo, RenewalError>? {
         guard let current = planner.generation(name) else { return nil }
-        if current > generation, case .granted(let token, let userId, let expiresAt, _, _)? = lease(name) {
+        if current > generation, case .granted(let token, let userId, let expiresAt, _, _)? = tokenGrant(name) {
             return .success(SessionInfo(token: token, userId: userId, created: expiresAt, expiresAt: expiresAt))
         }
         return await waiters.wait(for: name)

@@ -52,7 +52,7 @@ extension Keeper {
     /// The base64 RSA-SHA256 signature of `body` with the context's installation key: what bunq expects in
     /// `X-Bunq-Client-Signature`. The key never leaves the daemon.
     public func sign(_ contextName: String, body: [UInt8]) async throws -> String {
-        guard leases.entry(contextName) != nil else {
+        guard sessions.entry(contextName) != nil else {
             throw KeeperError(.unknownContext, "no context named \(contextName)")
         }
         return try await signingKey(contextName).base64Signature(for: body)
@@ -79,7 +79,7 @@ extension Keeper {
     /// yet (use `sign` then). About 0.2 ms of CPU, cheap enough to run where the request arrived instead of
     /// paying two thread hand-offs.
     public func signIfKeyLoaded(_ contextName: String, body: [UInt8]) throws -> String? {
-        guard leases.entry(contextName) != nil else {
+        guard sessions.entry(contextName) != nil else {
             throw KeeperError(.unknownContext, "no context named \(contextName)")
         }
         return try signingKeys.cachedKey(for: contextName)?.base64Signature(for: body)

@@ -101,7 +101,7 @@ final class Subscription: Sendable {
         }
     }
 
-    private func offer(_ event: SchedulerEvent, _ entry: LeaseEntry?) {
+    private func offer(_ event: SchedulerEvent, _ entry: SessionEntry?) {
         guard let (context, line) = SocketService.notification(event, entry),
               state.withLock({ $0.wanted.contains(context) }) else { return }
         guard access.mayUse(peer, context) else {

@@ -76,7 +76,7 @@ public final class SocketService: Sendable {
     /// JSON serialized once per generation. Counted here unless `counted` is false (the slow path counts its own
     /// answers; `.slow` is always the slow path's to count).
     func sessionGetFast(context: String, peer: PeerCredentials, logged: Bool = false, counted: Bool = true) -> FastGrant {
-        guard access.mayUse(peer, context), let entry = keeper.leases.entry(context) else {
+        guard access.mayUse(peer, context), let entry = keeper.sessions.entry(context) else {
             // Before the state is restored nothing is known yet: a context the caller may use is starting.
             if !keeper.restored.hasFired, access.mayUse(peer, context) { return .slow }
             if counted { metrics.sessionGetUnknown.increment() }
@@ -115,7 +115,7 @@ public final class SocketService: Sendable {
     /// The parsed request, when it is a well-formed `request.sign` the caller may make; else nil (slow path).
     func signInput(_ request: RPCRequest, peer: PeerCredentials) -> (context: String, body: [UInt8])? {
         guard let context = request.string("context"), access.mayUse(peer, context),
-              keeper.leases.entry(context) != nil, keeper.hasSigningKey(context) else { return nil }
+              keeper.sessions.entry(context) != nil, keeper.hasSigningKey(context) else { return nil }
         if let text = request.string("body") { return (context, Array(text.utf8)) }
         if let encoded = request.string("body_base64"), let data = Data(base64Encoded: encoded) { return (context, Array(data)) }
         return nil
@@ -232,7 +232,7 @@ public final class SocketService: Sendable {
                 // Granted in the meantime: reuse the serialized result.
                 return String(decoding: json, as: UTF8.self)
             }
-            throw unavailable(context, await keeper.lease(context))
+            throw unavailable(context, await keeper.tokenGrant(context))
 
         case .requestSign:
             let context = try await requireContext(request, peer)
@@ -291,7 +291,7 @@ public final class SocketService: Sendable {
             for name in await keeper.contextNames() where access.mayUse(peer, name) {
                 guard let schedule = await keeper.schedule(name) else { continue }
                 items.append([
-                    "name": name, "kind": keeper.leases.entry(name)?.kind.rawValue ?? "unknown",
+                    "name": name, "kind": keeper.sessions.entry(name)?.kind.rawValue ?? "unknown",
                     "state": schedule.state.rawValue, "user_id": schedule.userId.map { $0 as Any } ?? NSNull(),
                     "expires_at": schedule.expiresAt.map(JSONText.timestamp) ?? NSNull(),
                     "renew_at": schedule.renewAt.map(JSONText.timestamp) ?? NSNull(),
@@ -304,7 +304,7 @@ public final class SocketService: Sendable {
             guard let schedule = await keeper.schedule(context) else {
                 throw ServiceError(code: .unknownContext, message: "Unknown context: \(context)")
             }
-            return JSONText.encode(Self.statusJSON(context, schedule, kind: keeper.leases.entry(context)?.kind))
+            return JSONText.encode(Self.statusJSON(context, schedule, kind: keeper.sessions.entry(context)?.kind))
 
         case .contextRemove:
             try requireAdmin(peer, method)
@@ -330,11 +330,11 @@ public final class SocketService: Sendable {
             // For an admin, from the published snapshots' counts: O(1) however many contexts there are. Anyone
             // else counts only the contexts it may see, as context.list shows them.
             let admin = access.isAdmin(peer)
-            let published = admin ? keeper.leases.stateCounts
-                : keeper.leases.stateCounts { [access] name in access.mayUse(peer, name) }
+            let published = admin ? keeper.sessions.stateCounts
+                : keeper.sessions.stateCounts { [access] name in access.mayUse(peer, name) }
             var contexts: [String: Any] = Dictionary(uniqueKeysWithValues: ContextState.allCases.filter { $0 != .removed }
                 .map { ($0.rawValue, published[$0] ?? 0) })
-            contexts["total"] = admin ? keeper.leases.count : published.values.reduce(0, +)
+            contexts["total"] = admin ? keeper.sessions.count : published.values.reduce(0, +)
             var status: [String: Any] = [
                 "version": BunqSessiondVersion.current,
                 "uptime_seconds": Int(Date().timeIntervalSince(keeper.startedAt)),
@@ -384,8 +384,8 @@ public final class SocketService: Sendable {
         return json
     }
 
-    private func unavailable(_ context: String, _ lease: LeaseResult?) -> ServiceError {
-        guard case .unavailable(let state, let retryAt, let reason)? = lease else {
+    private func unavailable(_ context: String, _ grant: TokenGrant?) -> ServiceError {
+        guard case .unavailable(let state, let retryAt, let reason)? = grant else {
             return ServiceError(code: .sessionUnavailable, message: "Session unavailable", data: ["state": "renewing"])
         }
         if state == .needsAttention {
@@ -419,7 +419,7 @@ public final class SocketService: Sendable {
     }
 
     /// The notification for a scheduler event, or nil when the event is not for this subscriber.
-    static func notification(_ event: SchedulerEvent, _ entry: LeaseEntry?) -> (context: String, line: [UInt8])? {
+    static func notification(_ event: SchedulerEvent, _ entry: SessionEntry?) -> (context: String, line: [UInt8])? {
         switch event {
         case .rotated(let context, let generation, let expiresAt):
             guard let token = entry?.session?.token else { return nil }

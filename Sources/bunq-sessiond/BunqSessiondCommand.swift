@@ -311,8 +311,7 @@ struct Readiness: Service {
                 try Task.checkCancellation()
                 ServiceManager.ready(status: await keeper.statusLine())
                 logger.info("ready", metadata: ["bunq.socket": "\(server.path)"])
-                while !Task.isCancelled {
-                    try? await Task.sleep(for: .seconds(5))
+                await every(.seconds(5), on: ContinuousClock(), immediately: false) {
                     ServiceManager.status(await keeper.statusLine())
                 }
             }
@@ -362,8 +361,7 @@ struct Watchdog: Service {
         await keeper.scheduler.setMaxSleep(periodSeconds / 2)
         await cancelWhenGracefulShutdown {
             var lastTicks = await keeper.scheduler.ticks
-            while !Task.isCancelled {
-                try? await Task.sleep(for: period)
+            await every(period, on: ContinuousClock(), immediately: false) {
                 let ticks = await keeper.scheduler.ticks
                 let serverAlive = await server.probe(timeout: period / 2)
                 if ticks != lastTicks, serverAlive {

@@ -53,7 +53,7 @@ import Testing
             planner.collectDue(now: now)
             for name in planner.startPreparations(limit: 8) { planner.prepared(name, now: now) }
             if let name = planner.grantSessionCall(now: now) {
-                if case .unavailable(let state, _, _)? = planner.lease(name, now: now), state != .bootstrapping {
+                if case .unavailable(let state, _, _)? = planner.tokenGrant(name, now: now), state != .bootstrapping {
                     trace.lateGrants[name, default: 0] += 1
                 }
                 trace.grants.append((name, now))
@@ -64,7 +64,7 @@ import Testing
             // Clients ask for tokens all the time: every grant must outlive the safety margin.
             for _ in 0..<2 {
                 let name = names[Int.random(in: 0..<names.count, using: &world.random)]
-                switch planner.lease(name, now: now) {
+                switch planner.tokenGrant(name, now: now) {
                 case .granted(_, _, let expiresAt, _, _)?:
                     if expiresAt.timeIntervalSince(now) < planner.policy.margin(lifetime: lifetime) { trace.grantedTooLate += 1 }
                 case .unavailable(let state, _, _)?:

@@ -57,7 +57,7 @@ import Testing
         let older = planner.adopt("ops", session: session("OLD", created: start - 10), generation: 2, now: start + 1)
         let newer = planner.adopt("ops", session: session("T4", created: start + 2_000), generation: 4, now: start + 2_000)
         #expect(!older && newer)
-        guard case .granted(let token, _, _, let renewAt, let generation)? = planner.lease("ops", now: start + 2_001) else {
+        guard case .granted(let token, _, _, let renewAt, let generation)? = planner.tokenGrant("ops", now: start + 2_001) else {
             Issue.record("no token")
             return
         }

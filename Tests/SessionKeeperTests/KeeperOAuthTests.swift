@@ -36,7 +36,7 @@ import TestSupport
 
             var providerLive = false
             for _ in 0..<300 where !providerLive {
-                if case .granted? = await keeper.lease("provider") { providerLive = true } else {
+                if case .granted? = await keeper.tokenGrant("provider") { providerLive = true } else {
                     try await Task.sleep(for: .milliseconds(100))
                 }
             }
@@ -54,7 +54,7 @@ import TestSupport
 
             let name = try await keeper.completeOAuth(code: code, state: authorization.state)
             #expect(name.hasPrefix("user-"))
-            guard case .granted(_, let userId, _, _, 1)? = await keeper.lease(name) else {
+            guard case .granted(_, let userId, _, _, 1)? = await keeper.tokenGrant(name) else {
                 Issue.record("the new user context is not live")
                 return
             }
@@ -66,7 +66,7 @@ import TestSupport
             await #expect(throws: KeeperError.self) { _ = try await keeper.oauthAuthorizeURL(redirectURI: "https://evil.example/cb") }
 
             try await keeper.removeContext(name)
-            #expect(await keeper.lease(name) == nil)
+            #expect(await keeper.tokenGrant(name) == nil)
             #expect(await keeper.contextNames() == ["provider"])
         }
     }

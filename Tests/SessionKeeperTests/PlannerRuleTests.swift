@@ -27,7 +27,7 @@ extension RenewalPlanner {
         planner.add("new", session: nil, now: t0)
         planner.add("healthy", session: session(t0), now: t0)
         #expect(planner.takeDue(now: t0, limit: 10) == ["new"])
-        #expect(planner.lease("new", now: t0) == .unavailable(state: .bootstrapping, retryAt: t0.addingTimeInterval(1), reason: nil))
+        #expect(planner.tokenGrant("new", now: t0) == .unavailable(state: .bootstrapping, retryAt: t0.addingTimeInterval(1), reason: nil))
         planner.succeeded("new", session: session(t0), now: t0)
         let renewAt = try! #require(planner.schedule("healthy", now: t0)?.renewAt)
         #expect(renewAt >= t0.addingTimeInterval(390) && renewAt <= t0.addingTimeInterval(510))
@@ -39,16 +39,16 @@ extension RenewalPlanner {
     @Test func theTokenRuleNeverHandsOutATokenInsideTheMargin() {
         var planner = RenewalPlanner(policy: RenewalPolicy(safetyMargin: 60), budget: .unlimited, random: SeededRandom(seed: 2))
         planner.add("a", session: session(t0, lifetime: 3_600), now: t0)
-        #expect(planner.lease("a", now: t0.addingTimeInterval(3_539)) != nil)
-        if case .granted = planner.lease("a", now: t0.addingTimeInterval(3_539)) {} else { Issue.record("should be granted") }
-        guard case .unavailable(.expired, _, _)? = planner.lease("a", now: t0.addingTimeInterval(3_540)) else {
+        #expect(planner.tokenGrant("a", now: t0.addingTimeInterval(3_539)) != nil)
+        if case .granted = planner.tokenGrant("a", now: t0.addingTimeInterval(3_539)) {} else { Issue.record("should be granted") }
+        guard case .unavailable(.expired, _, _)? = planner.tokenGrant("a", now: t0.addingTimeInterval(3_540)) else {
             Issue.record("a token with 60 s left must not be handed out")
             return
         }
         // Short sessions get a margin of a tenth of their lifetime.
         planner.add("short", session: session(t0, lifetime: 20), now: t0)
-        if case .granted = planner.lease("short", now: t0.addingTimeInterval(17.9)) {} else { Issue.record("17.9 s of 20 is usable") }
-        if case .granted = planner.lease("short", now: t0.addingTimeInterval(18.0)) { Issue.record("inside a 2 s margin") }
+        if case .granted = planner.tokenGrant("short", now: t0.addingTimeInterval(17.9)) {} else { Issue.record("17.9 s of 20 is usable") }
+        if case .granted = planner.tokenGrant("short", now: t0.addingTimeInterval(18.0)) { Issue.record("inside a 2 s margin") }
     }
 
     @Test func failuresBackOffExponentiallyWithJitterAndNeverZero() {
@@ -80,7 +80,7 @@ extension RenewalPlanner {
         #expect(entered, "entering needs_attention is reported, to log it once")
         #expect(planner.schedule("a", now: due)?.state == .needsAttention)
         #expect(planner.nextDeadline() == nil, "nothing is retried on its own")
-        #expect(planner.lease("a", now: due) == .unavailable(state: .needsAttention, retryAt: nil, reason: "needs_attention"))
+        #expect(planner.tokenGrant("a", now: due) == .unavailable(state: .needsAttention, retryAt: nil, reason: "needs_attention"))
         // Nothing retries on its own, so it is reported once; an explicit retry that is rejected again is a new
         // event, reported once more.
         #expect(planner.takeDue(now: due.addingTimeInterval(86_400), limit: 1).isEmpty)

@@ -59,7 +59,7 @@ final class FakeRenewer: SessionRenewer {
                     // The planner decides with its own clock, read after `before`: a grant must outlive the margin from
                     // `before` on.
                     let before = Date()
-                    if case .granted(_, _, let expiresAt, _, _)? = await scheduler.lease(name),
+                    if case .granted(_, _, let expiresAt, _, _)? = await scheduler.tokenGrant(name),
                        expiresAt.timeIntervalSince(before) < 0.15 { grantedTooLate += 1 }
                     generations.append(await scheduler.schedule(name)?.generation ?? 0)
                 }
@@ -85,13 +85,13 @@ final class FakeRenewer: SessionRenewer {
         while rotated.count < 2, let event = await events.next() {
             if case .rotated(let context, 1, _) = event { rotated.insert(context) }
         }
-        guard case .granted(let token, _, _, _, 1)? = await scheduler.lease("a") else {
+        guard case .granted(let token, _, _, _, 1)? = await scheduler.tokenGrant("a") else {
             Issue.record("a is not live")
             return
         }
         let renewed = try #require(await scheduler.renewNow("a"))
         #expect(try renewed.get().token != token)
-        guard case .granted(_, _, _, _, 2)? = await scheduler.lease("a") else {
+        guard case .granted(_, _, _, _, 2)? = await scheduler.tokenGrant("a") else {
             Issue.record("renewNow returned before the new session was live")
             return
         }
@@ -99,7 +99,7 @@ final class FakeRenewer: SessionRenewer {
         renewer.rejected.withLock { _ = $0.insert("b") }
         let rejected = try #require(await scheduler.renewNow("b"))
         #expect(throws: RenewalError.self) { try rejected.get() }
-        #expect(await scheduler.lease("b") == .unavailable(state: .needsAttention, retryAt: nil,
+        #expect(await scheduler.tokenGrant("b") == .unavailable(state: .needsAttention, retryAt: nil,
                                                           reason: "needs_attention"))
         let callsBefore = renewer.calls.withLock { $0["b"] ?? 0 }
         try await Task.sleep(for: .milliseconds(300))

@@ -106,7 +106,7 @@ final class VirtualBunq: SessionRenewer {
             if step == 600 { wallOffset.withLock { $0 = -600 } }    // at 5 min: and 20 min back
             try await Task.sleep(for: .milliseconds(2))
             for name in names {
-                if case .granted(let token, _, _, _, _)? = await scheduler.lease(name) {
+                if case .granted(let token, _, _, _, _)? = await scheduler.tokenGrant(name) {
                     granted += 1
                     let end = try #require(bunq.trueEnd.withLock { $0[token] })
                     // The token rule's margin for 60-s sessions is 6 s.

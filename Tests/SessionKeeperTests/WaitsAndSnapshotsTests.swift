@@ -43,9 +43,9 @@ import Testing
     }
 
     @Test func stateCountsFollowEveryPublication() {
-        let table = LeaseTable()
-        func entry(_ name: String, _ state: ContextState) -> LeaseEntry {
-            LeaseEntry(context: name, kind: .apiKey, session: nil, renewAt: nil, generation: 0, serverPublicKeyPEM: nil,
+        let table = SessionTable()
+        func entry(_ name: String, _ state: ContextState) -> SessionEntry {
+            SessionEntry(context: name, kind: .apiKey, session: nil, renewAt: nil, generation: 0, serverPublicKeyPEM: nil,
                        usableUntil: nil, state: state)
         }
         table.set(entry("a", .live))

@@ -3,7 +3,7 @@ import Synchronization
 
 /// What the socket server may know about a context without asking the scheduler: its current session and
 /// until when it may be handed out. Updated by the keeper on every change, read on the socket's hot path.
-public struct LeaseEntry: Sendable, Equatable {
+public struct SessionEntry: Sendable, Equatable {
     public let context: String
     public let kind: StoredContext.Kind
     /// The current session, if any. Its token is secret.
@@ -38,15 +38,15 @@ public struct LeaseEntry: Sendable, Equatable {
     }
 }
 
-/// Every context's published `LeaseEntry`, behind one lock: a `session.get` costs a dictionary lookup, and the
+/// Every context's published `SessionEntry`, behind one lock: a `session.get` costs a dictionary lookup, and the
 /// count of contexts per state (for `daemon.status` and the STATUS line) is kept as entries come and go, so
 /// reading it costs nothing per context. Written only by the context owner.
-public final class LeaseTable: Sendable {
+public final class SessionTable: Sendable {
     private struct Contents {
-        var entries: [String: LeaseEntry] = [:]
+        var entries: [String: SessionEntry] = [:]
         var counts: [ContextState: Int] = [:]
 
-        mutating func uncount(_ entry: LeaseEntry?) {
+        mutating func uncount(_ entry: SessionEntry?) {
             guard let entry else { return }
             counts[entry.state, default: 0] -= 1
         }
@@ -56,7 +56,7 @@ public final class LeaseTable: Sendable {
 
     public init() {}
 
-    public func set(_ entry: LeaseEntry) {
+    public func set(_ entry: SessionEntry) {
         contents.withLock { contents in
             contents.uncount(contents.entries.updateValue(entry, forKey: entry.context))
             contents.counts[entry.state, default: 0] += 1
@@ -67,7 +67,7 @@ public final class LeaseTable: Sendable {
         contents.withLock { contents in contents.uncount(contents.entries.removeValue(forKey: context)) }
     }
 
-    public func entry(_ context: String) -> LeaseEntry? { contents.withLock { $0.entries[context] } }
+    public func entry(_ context: String) -> SessionEntry? { contents.withLock { $0.entries[context] } }
     public var names: [String] { contents.withLock { $0.entries.keys.sorted() } }
     public var count: Int { contents.withLock { $0.entries.count } }
     /// How many of the contexts `visible` admits are in each state (one pass over the table: for callers who may
@@ -85,7 +85,7 @@ public final class LeaseTable: Sendable {
 
 /// Fans scheduler events out to subscribers (socket connections), each with its own callback.
 public final class EventBroadcaster: Sendable {
-    public typealias Subscriber = @Sendable (SchedulerEvent, LeaseEntry?) -> Void
+    public typealias Subscriber = @Sendable (SchedulerEvent, SessionEntry?) -> Void
     private let state = Mutex<(next: Int, subscribers: [Int: Subscriber])>((0, [:]))
 
     public init() {}
@@ -101,7 +101,7 @@ public final class EventBroadcaster: Sendable {
 
     public func cancel(_ id: Int) { _ = state.withLock { $0.subscribers.removeValue(forKey: id) } }
 
-    func publish(_ event: SchedulerEvent, _ entry: LeaseEntry?) {
+    func publish(_ event: SchedulerEvent, _ entry: SessionEntry?) {
         for subscriber in state.withLock({ Array($0.subscribers.values) }) { subscriber(event, entry) }
     }
 }
