@@ -11,8 +11,7 @@ import Synchronization
 struct BunqRenewer: SessionRenewer {
     let client: BunqClient
     let store: any StateBackend
-    let ownerSlot: OwnerSlot
-    private var owner: ContextOwner { ownerSlot.owner }
+    let owner: ContextOwner
     let psd2: PSD2Material?
     let deviceDescription: String
     let logger: Logger
@@ -152,18 +151,5 @@ final class Throttle: Sendable {
             last = now
             return true
         }
-    }
-}
-
-/// The owner, for the renewer: set once by the keeper right after making it (the owner needs the scheduler,
-/// which needs the renewer), before the scheduler runs.
-final class OwnerSlot: Sendable {
-    private let slot = Mutex<ContextOwner?>(nil)
-
-    func set(_ owner: ContextOwner) { slot.withLock { $0 = owner } }
-
-    var owner: ContextOwner {
-        guard let owner = slot.withLock({ $0 }) else { preconditionFailure("the context owner is set before renewals run") }
-        return owner
     }
 }

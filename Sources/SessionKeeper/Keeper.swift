@@ -18,6 +18,8 @@ public final class Keeper: Service, Sendable {
     /// The one writer of every context's state (store rows and published snapshots).
     let owner: ContextOwner
     let oauthStates = OAuthStates()
+    /// Makes new sessions for the scheduler's loop (bootstrap steps, session-server), through the owner.
+    let renewer: BunqRenewer
     let logger: Logger
     /// Sessions as the socket server reads them, without a round trip through the scheduler.
     public let sessions = SessionTable()
@@ -102,17 +104,18 @@ public final class Keeper: Service, Sendable {
         } else {
             cluster = nil
         }
-        let slot = OwnerSlot()
-        var renewer = BunqRenewer(client: client, store: store, ownerSlot: slot, psd2: psd2,
-                                  deviceDescription: configuration.deviceDescription, logger: logger)
-        renewer.cluster = cluster
+        // In order, nothing wired afterwards: the scheduler; the owner, which schedules what it holds; the
+        // renewer, which writes through the owner and is handed to the scheduler's loop when it runs.
         scheduler = SessionScheduler(policy: configuration.policy, budget: configuration.sessionServerBudget,
-                                     renewer: renewer, maxConcurrent: configuration.maxConcurrentRenewals)
+                                     maxConcurrent: configuration.maxConcurrentRenewals)
         owner = ContextOwner(store: store, sessions: sessions, scheduler: scheduler, signingKeys: signingKeys, fencing: cluster.map {
             ContextOwner.Fencing(store: $0.store, book: $0.book, instance: $0.settings.instance,
                                  leaseDuration: $0.settings.leaseDuration, localDuration: $0.settings.localDuration)
         })
-        slot.set(owner)
+        var renewer = BunqRenewer(client: client, store: store, owner: owner, psd2: psd2,
+                                  deviceDescription: configuration.deviceDescription, logger: logger)
+        renewer.cluster = cluster
+        self.renewer = renewer
     }
 
     /// Restores stored contexts and adds the configured ones; returns the names now scheduled. Reads only the
@@ -248,7 +251,7 @@ public final class Keeper: Service, Sendable {
             group.addTask { [self] in await endDroppedSessions() }
             group.addTask { [self] in await cancelWhenGracefulShutdown { await self.warmSigningKeys() } }
             group.addTask { [self] in await cancelWhenGracefulShutdown { await self.watchCertificate() } }
-            group.addTask { [scheduler] in await cancelWhenGracefulShutdown { await scheduler.run() } }
+            group.addTask { [scheduler, renewer] in await cancelWhenGracefulShutdown { await scheduler.run(renewing: renewer) } }
             group.addTask { [self] in await logEvents() }
             group.addTask { [self] in await cancelWhenGracefulShutdown { await self.watchBudget() } }
             if let cluster {

@@ -31,7 +31,6 @@ public enum SchedulerEvent: Sendable, Equatable {
 /// runs in virtual time in tests. Dates in and out are the wall clock's (`wallClock`), converted at the boundary.
 public actor SessionScheduler<C: Clock> where C.Duration == Duration {
     private var planner: RenewalPlanner<SystemRandomNumberGenerator>
-    private let renewer: any SessionRenewer
     private let maxConcurrent: Int
     private let clock: C
     private let wallClock: @Sendable () -> Date
@@ -51,10 +50,9 @@ public actor SessionScheduler<C: Clock> where C.Duration == Duration {
     /// Who the last budget forecast said would run late.
     private var lastLate: [String] = []
 
-    public init(policy: RenewalPolicy, budget: SessionServerBudget = SessionServerBudget(), renewer: any SessionRenewer,
+    public init(policy: RenewalPolicy, budget: SessionServerBudget = SessionServerBudget(),
                 maxConcurrent: Int = 8, clock: C, wallClock: @escaping @Sendable () -> Date = Date.init) {
         planner = RenewalPlanner(policy: policy, budget: budget, random: SystemRandomNumberGenerator())
-        self.renewer = renewer
         self.maxConcurrent = max(1, maxConcurrent)
         self.clock = clock
         self.wallClock = wallClock
@@ -85,8 +83,10 @@ public actor SessionScheduler<C: Clock> where C.Duration == Duration {
 
     // MARK: The loop
 
-    /// Runs until the calling task is cancelled; renewals in flight are cancelled with it.
-    public func run() async {
+    /// Runs until the calling task is cancelled, making new sessions with `renewer`; renewals in flight are
+    /// cancelled with it. The renewer is given here rather than at init: it writes through the context's owner,
+    /// which is made after the scheduler (the owner schedules what it restores), so nothing is wired afterwards.
+    public func run(renewing renewer: any SessionRenewer) async {
         await withDiscardingTaskGroup { group in
             while !Task.isCancelled {
                 ticks &+= 1
@@ -351,9 +351,8 @@ final class RenewalWaiters: Sendable {
 
 extension SessionScheduler where C == ContinuousClock {
     /// A scheduler on the real monotonic clock.
-    public init(policy: RenewalPolicy, budget: SessionServerBudget = SessionServerBudget(), renewer: any SessionRenewer,
-                maxConcurrent: Int = 8) {
-        self.init(policy: policy, budget: budget, renewer: renewer, maxConcurrent: maxConcurrent, clock: ContinuousClock())
+    public init(policy: RenewalPolicy, budget: SessionServerBudget = SessionServerBudget(), maxConcurrent: Int = 8) {
+        self.init(policy: policy, budget: budget, maxConcurrent: maxConcurrent, clock: ContinuousClock())
     }
 }
 

@@ -43,14 +43,13 @@ final class FakeRenewer: SessionRenewer {
         let renewer = FakeRenewer(lifetime: 1.5, failureRate: 0.3)
         // Twenty identities of 1.5-s sessions need 18 sessions a second: the session-server budget is unlimited
         // here; the budget's own tests run in virtual time (BudgetSimulationTests).
-        let scheduler = SessionScheduler(policy: RenewalPolicy(backoffBase: 0.05, backoffMax: 0.2), budget: .unlimited,
-                                         renewer: renewer)
+        let scheduler = SessionScheduler(policy: RenewalPolicy(backoffBase: 0.05, backoffMax: 0.2), budget: .unlimited)
         let names = (0..<20).map { "ctx-\($0)" }
         for name in names { await scheduler.add(name, session: nil) }
         var grantedTooLate = 0
         var generations: [Int] = []
         try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { await scheduler.run() }
+            group.addTask { await scheduler.run(renewing: renewer) }
             // Waits for progress rather than a fixed window, so a loaded machine slows the test instead of failing it.
             let deadline = ContinuousClock.now + .seconds(60)
             while ContinuousClock.now < deadline {
@@ -76,8 +75,8 @@ final class FakeRenewer: SessionRenewer {
 
     @Test func renewNowWaitsForTheNewSessionAndRejectionsNeedAttention() async throws {
         let renewer = FakeRenewer(lifetime: 600)
-        let scheduler = SessionScheduler(policy: RenewalPolicy(), budget: SessionServerBudget(scale: 0.001), renewer: renewer)
-        let loop = Task { await scheduler.run() }
+        let scheduler = SessionScheduler(policy: RenewalPolicy(), budget: SessionServerBudget(scale: 0.001))
+        let loop = Task { await scheduler.run(renewing: renewer) }
         await scheduler.add("a", session: nil)
         await scheduler.add("b", session: nil)
         var events = scheduler.events.makeAsyncIterator()

@@ -94,11 +94,11 @@ final class VirtualBunq: SessionRenewer {
             base.addingTimeInterval(start.duration(to: clock.now).seconds + wallOffset.withLock { $0 })
         }
         let bunq = VirtualBunq(clock: clock, wall: wall, lifetime: 60)
-        let scheduler = SessionScheduler(policy: RenewalPolicy(), budget: SessionServerBudget(scale: 0.1), renewer: bunq,
+        let scheduler = SessionScheduler(policy: RenewalPolicy(), budget: SessionServerBudget(scale: 0.1),
                                          clock: clock, wallClock: wall)
         let names = ["a", "b", "c"]
         for name in names { await scheduler.add(name, session: nil) }
-        let loop = Task { await scheduler.run() }
+        let loop = Task { await scheduler.run(renewing: bunq) }
         var pastTrueEnd = 0, granted = 0
         for step in 1...1_200 {  // 600 virtual seconds in half-second steps
             clock.advance(by: .milliseconds(500))

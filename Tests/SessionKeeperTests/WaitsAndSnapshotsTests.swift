@@ -29,7 +29,7 @@ import Testing
     @Test func aCallerWaitingForARenewalLeavesWhenCancelled() async throws {
         // The loop does not run: the renewal never comes, only the caller's cancellation ends the wait (so no
         // budget applies: unlimited).
-        let scheduler = SessionScheduler(policy: RenewalPolicy(), budget: .unlimited, renewer: FakeRenewer(lifetime: 600))
+        let scheduler = SessionScheduler(policy: RenewalPolicy(), budget: .unlimited)
         await scheduler.add("ops", session: nil)
         let waiting = Task { await scheduler.renewNow("ops") }
         try await Task.sleep(for: .milliseconds(50))
