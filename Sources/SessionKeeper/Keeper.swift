@@ -42,9 +42,6 @@ public final class Keeper: Service, Sendable {
     /// Identities the start-up forgot (no longer configured): their sessions are ended at bunq once running.
     let droppedAtStart = Mutex<[StoredContext]>([])
 
-    /// Opens the store and the bunq client. `psd2` is the provider's checked material, when one is configured.
-    /// How long `run` waits before restoring (a test seam; zero otherwise).
-    let restoreDelay: Duration
     /// The provider's certificate, re-checked daily for expiry.
     let certificate: Certificate?
     /// With several daemons on one store: leases, the shared budget and the other daemons' changes.
@@ -60,13 +57,13 @@ public final class Keeper: Service, Sendable {
     /// The state store (a PostgreSQL store is also a `Service` the daemon runs, first and stopped last).
     public var stateBackend: any StateBackend { store }
 
+    /// Opens the store and the bunq client. `psd2` is the provider's checked material, when one is configured.
     public init(configuration: KeeperConfiguration, psd2: PSD2Material?, logger: Logger,
-                restoreDelay: Duration = .zero, openStore: StoreOpener? = nil,
+                openStore: StoreOpener? = nil,
                 clock: any Clock<Duration> = ContinuousClock(), wallClock: @escaping @Sendable () -> Date = Date.init) throws {
         self.configuration = configuration
         self.clock = clock
         self.wallClock = wallClock
-        self.restoreDelay = restoreDelay
         certificate = psd2?.certificate
         self.logger = logger
         // The lock first: a second daemon must not touch the key, the database or the socket.
@@ -228,15 +225,22 @@ public final class Keeper: Service, Sendable {
     /// fails `restored` and is thrown: the daemon stops instead of serving nothing.
     public func run() async throws {
         do {
-            if restoreDelay > .zero { try? await cancelWhenGracefulShutdown { [restoreDelay] in try await Task.sleep(for: restoreDelay) } }
-            try await store.prepare()
+            // A store that is slow to answer at start (PostgreSQL failing over, a frozen server) holds the start,
+            // not a shutdown: SIGTERM meanwhile ends the wait.
+            try await cancelWhenGracefulShutdown { try await self.store.prepare() }
             // Asked to stop before the state was even read: nothing to restore, nothing to run.
             if Task.isCancelled || Task.isShuttingDownGracefully {
                 restored.fail()
                 await client.shutdown()
                 return
             }
-            try await restore()
+            _ = try await cancelWhenGracefulShutdown { try await self.restore() }
+        } catch where Task.isCancelled || Task.isShuttingDownGracefully {
+            // Stopped while the store was being read: not a failure to report.
+            logger.info("stopped before the state was restored")
+            restored.fail()
+            await client.shutdown()
+            return
         } catch {
             // Said here, with its cause: the service group may report another service's end first (READY waited
             // for this restore), which would not say why.

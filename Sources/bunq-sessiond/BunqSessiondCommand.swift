@@ -50,13 +50,6 @@ struct BunqSessiondCommand: AsyncParsableCommand {
         }
     }
 
-    /// A test seam: `SESSIOND_TEST_RESTORE_DELAY_MS` slows the restore down, so a test can watch what clients
-    /// see before it finishes (`starting`). Unset in production.
-    static var testRestoreDelay: Duration {
-        let text = ProcessInfo.processInfo.environment["SESSIOND_TEST_RESTORE_DELAY_MS"] ?? ""
-        return .milliseconds(min(Int(text) ?? 0, 60_000))
-    }
-
     /// `--import-state DIR`: the SQLite state in DIR (locked, so no daemon writes it meanwhile; opened with its own
     /// key: DIR/master.key, else the configured one) into the configured PostgreSQL store (with the store's key).
     static func importState(from directory: String, settings: KeeperConfiguration) async throws {
@@ -192,8 +185,7 @@ struct BunqSessiondCommand: AsyncParsableCommand {
                                       logger: storeLogger)
                 }
             }
-            keeper = try Keeper(configuration: settings, psd2: psd2, logger: logger,
-                                restoreDelay: Self.testRestoreDelay, openStore: openStore)
+            keeper = try Keeper(configuration: settings, psd2: psd2, logger: logger, openStore: openStore)
         } catch {
             logger.error("cannot start", metadata: ["error": "\(error)"])
             ServiceManager.failed(errno: EIO, status: "cannot start: \(error)")

@@ -173,47 +173,86 @@ import TestSupport
         #expect(!FileManager.default.fileExists(atPath: running.socket), "no socket is left behind")
         #expect(try Data(contentsOf: URL(fileURLWithPath: keyPath)) != original, "the key file is not replaced")
 
-        // The right key back, and a slow restore: until it finishes, ops answers 1003 starting (never 1001);
-        // SIGTERM meanwhile stops the daemon at once.
-        try original.write(to: URL(fileURLWithPath: keyPath))
-        let slow = try ChildProcess(Binaries.daemon, ["--config", running.config], log: running.dir.path("slow.log"),
-                                    environment: ["SESSIOND_TEST_RESTORE_DELAY_MS": "30000"])
-        #expect(await slow.waitFor(.seconds(20)) { $0.contains("listening") }, "\(slow.log)")
-        let starting = try RawSocketClient(running.socket)
-            .call(#"{"jsonrpc":"2.0","id":1,"method":"session.get","params":{"context":"ops"}}"#)
-        #expect(errorCode(starting) == 1003, "\(starting)")
-        #expect(((starting["error"] as? [String: Any])?["data"] as? [String: Any])?["state"] as? String == "starting")
-        let stopping = ContinuousClock.now
-        kill(slow.process.processIdentifier, SIGTERM)
-        while slow.process.isRunning, ContinuousClock.now - stopping < .seconds(5) { try await Task.sleep(for: .milliseconds(50)) }
-        #expect(!slow.process.isRunning, "SIGTERM during start exits within 5 s: \(slow.log)")
-        _ = slow.stop()
-        #expect(!FileManager.default.fileExists(atPath: running.socket), "its own socket is removed")
+        #expect(try Data(contentsOf: URL(fileURLWithPath: keyPath)) != original, "the key file is not replaced")
     }
 
-    @Test func socketActivationWithASlowRestoreAnswersStartingThenTheToken() async throws {
-        let running = try await RunningDaemon.start(provider: false)
-        defer { running.stop() }
-        #expect(running.daemon.stop() == 0)
+    /// A state store that does not answer at start (PostgreSQL frozen: connections open, nothing answers, as in a
+    /// failover): the socket answers `starting` (never `unknown context`) meanwhile, SIGTERM stops the daemon at
+    /// once, and once the store answers the restore goes on — here started by socket activation, with the first
+    /// client connected and its request written before the daemon ran.
+    @Test func aStoreSlowToAnswerAtStartMeansStartingThenTheTokenAndSIGTERMStopsAtOnce() async throws {
+        if let reason = PostgresServer.unavailable {
+            #expect(!Skip.report("a slow store at start: \(reason)"))
+            return
+        }
+        let server = try PostgresServer()
+        defer { server.stop() }
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let sandbox = try await Sandbox.start(in: dir, ["--session-timeout", "600"])
+        defer { _ = sandbox.child.stop() }
+        let keyFile = try dir.write("master.key", (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined())
+        chmod(keyFile, 0o600)
+        var config = try String(contentsOfFile: try writeConfig(dir, sandbox: sandbox, apiKey: try sandbox.newAPIKey(), provider: false),
+                                encoding: .utf8)
+        config = config.replacingOccurrences(of: "state:\n  directory: \(dir.path("state"))\n", with: """
+            state:
+              directory: \(dir.path("state"))
+              backend: postgresql
+              master_key_file: \(keyFile)
+              postgresql: {url: '\(server.url)', password_file: \(server.passwordFile)}
+
+            """)
+        let path = try dir.write("config.yaml", config)
+        let socket = dir.path("socket")
+        func sessionGet(_ client: RawSocketClient, _ id: Int) -> [String: Any] {
+            client.call(#"{"jsonrpc":"2.0","id":\#(id),"method":"session.get","params":{"context":"ops"}}"#)
+        }
+        func state(_ answer: [String: Any]) -> String? {
+            ((answer["error"] as? [String: Any])?["data"] as? [String: Any])?["state"] as? String
+        }
+
+        // Registered once, its session stored in PostgreSQL.
+        let first = try ChildProcess(Binaries.daemon, ["--config", path], log: dir.path("first.log"))
+        #expect(await first.waitFor(.seconds(60)) { $0.contains("[bunq_sessiond] ready") }, "\(first.log)")
+        #expect(await eventually(within: .seconds(30)) {
+            (try? RawSocketClient(socket)).map { result(sessionGet($0, 1))?["token"] != nil } ?? false
+        }, "\(first.log)")
+        #expect(first.stop() == 0)
+
+        // Frozen at start: `starting`, and SIGTERM stops it within 5 s, its socket removed.
+        server.freeze()
+        let frozen = try ChildProcess(Binaries.daemon, ["--config", path], log: dir.path("frozen.log"))
+        #expect(await frozen.waitFor(.seconds(20)) { $0.contains("listening") }, "\(frozen.log)")
+        let starting = sessionGet(try RawSocketClient(socket), 1)
+        #expect(errorCode(starting) == 1003 && state(starting) == "starting", "\(starting)")
+        let stopping = ContinuousClock.now
+        kill(frozen.process.processIdentifier, SIGTERM)
+        #expect(await eventually(within: .seconds(5)) { !frozen.process.isRunning },
+                "SIGTERM during a stalled start exits within 5 s: \(frozen.log)")
+        #expect(frozen.stop() == 0, "a stop asked for is not a failure: \(frozen.log)")
+        #expect(ContinuousClock.now - stopping < .seconds(5))
+        #expect(!FileManager.default.fileExists(atPath: socket), "its own socket is removed")
+
         // As systemd does: the socket listens before the daemon runs, the first client connects and writes at once,
-        // and the daemon starts with the socket as fd 3 (LISTEN_FDS); its restore takes 3 s.
-        let listener = try ActivationSocket(running.socket)
-        let client = try RawSocketClient(running.socket)
+        // and the daemon starts with the socket as fd 3 (LISTEN_FDS) while the store is still frozen.
+        let listener = try ActivationSocket(socket)
+        let client = try RawSocketClient(socket)
         client.send(#"{"jsonrpc":"2.0","id":1,"method":"session.get","params":{"context":"ops"}}"#)
-        let activated = try listener.spawn(Binaries.daemon, ["--config", running.config], log: running.dir.path("activated.log"),
-                                           environment: ["SESSIOND_TEST_RESTORE_DELAY_MS=3000"])
+        let activated = try listener.spawn(Binaries.daemon, ["--config", path], log: dir.path("activated.log"))
         defer { _ = activated.stop() }
-        let first = try #require(client.readLine(timeout: 20).flatMap {
+        let answer = try #require(client.readLine(timeout: 20).flatMap {
             try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
         }, "the first client is answered: \(activated.log)")
-        #expect(errorCode(first) == 1003 && ((first["error"] as? [String: Any])?["data"] as? [String: Any])?["state"] as? String
-                == "starting", "the first client is told the daemon is starting: \(first)")
+        #expect(errorCode(answer) == 1003 && state(answer) == "starting", "the first client is told the daemon is starting: \(answer)")
+        // The store answers again: the restore goes on and the same client gets the token, never `unknown`.
+        server.thaw()
         var token: String?
-        for id in 2..<300 where token == nil {
-            try await Task.sleep(for: .milliseconds(100))
-            let answer = client.call(#"{"jsonrpc":"2.0","id":\#(id),"method":"session.get","params":{"context":"ops"}}"#)
-            #expect(errorCode(answer) != 1001, "never unknown: \(answer)")
-            token = result(answer)?["token"] as? String
+        for id in 2..<600 where token == nil {
+            let next = client.call(#"{"jsonrpc":"2.0","id":\#(id),"method":"session.get","params":{"context":"ops"}}"#)
+            #expect(errorCode(next) != 1001, "never unknown: \(next)")
+            token = result(next)?["token"] as? String
+            if token == nil { try await Task.sleep(for: .milliseconds(100)) }
         }
         #expect(token != nil, "then its token: \(activated.log)")
         #expect(activated.log.contains("listening on the socket systemd passed"), "\(activated.log)")
