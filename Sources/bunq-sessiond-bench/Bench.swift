@@ -3,6 +3,7 @@ import BunqCrypto
 import Foundation
 import SessionKeeper
 import Synchronization
+import TestSupport
 
 #if canImport(Glibc)
 import Glibc
@@ -242,7 +243,7 @@ struct Bench {
 
     /// One HTTP/1.1 GET on 127.0.0.1: the bytes of the whole answer (0 on failure).
     static func httpGet(port: Int, path: String) -> Int {
-        guard let fd = connectTCP(port) else { return 0 }
+        guard let fd = RawSockets.tcp(port) else { return 0 }
         defer { close(fd) }
         let request = Array("GET \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".utf8)
         guard request.withUnsafeBytes({ send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) == request.count else { return 0 }
@@ -328,7 +329,7 @@ struct Bench {
     /// Latencies are per batch; the rate counts requests.
     static func load(_ socket: String, _ line: String, connections: Int, seconds: Double, depth: Int = 1) -> LoadResult {
         let request = Array(String(repeating: line + "\n", count: depth).utf8)
-        let result = closedLoop(connections: connections, seconds: seconds, connect: { connectUnix(socket) }) { fd, buffer in
+        let result = closedLoop(connections: connections, seconds: seconds, connect: { RawSockets.unix(socket) }) { fd, buffer in
             guard request.withUnsafeBytes({ send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) == request.count
             else { return false }
             var got = 0, lines = 0
@@ -378,22 +379,10 @@ struct Bench {
                           p99: all[min(all.count - 1, all.count * 99 / 100)])
     }
 
-    static func connectUnix(_ path: String) -> Int32? {
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(path.utf8) + [0]) }
-        let ok = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        if ok != 0 { close(fd); return nil }
-        return fd
-    }
-
     static func waitLive(_ socket: String) -> Bool {
         let line = Array((#"{"jsonrpc":"2.0","id":1,"method":"session.get","params":{"context":"ops"}}"# + "\n").utf8)
         for _ in 0..<300 {
-            if let fd = connectUnix(socket) {
+            if let fd = RawSockets.unix(socket) {
                 _ = line.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
                 var buffer = [UInt8](repeating: 0, count: 4096)
                 let count = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }

@@ -89,7 +89,7 @@ final class Rpc {
     private var pending: [UInt8] = []
 
     init?(_ socket: String) {
-        guard let fd = Bench.connectUnix(socket) else { return nil }
+        guard let fd = RawSockets.unix(socket) else { return nil }
         self.fd = fd
     }
 

@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 
 #if canImport(Glibc)
 import Glibc
@@ -27,11 +28,11 @@ extension Bench {
         let proxied: @Sendable () -> [UInt8] = { proxiedBytes }
         var rows: [String] = []
         for connections in [1, 8] {
-            _ = httpLoad(connect: { connectTCP(port) }, request: direct, connections: connections, seconds: 1)  // warm-up
-            _ = httpLoad(connect: { connectUnix(work + "/proxy.sock") }, request: proxied, connections: connections, seconds: 1)
-            let sandboxDirect = httpLoad(connect: { connectTCP(port) }, request: direct, connections: connections, seconds: seconds)
+            _ = httpLoad(connect: { RawSockets.tcp(port) }, request: direct, connections: connections, seconds: 1)  // warm-up
+            _ = httpLoad(connect: { RawSockets.unix(work + "/proxy.sock") }, request: proxied, connections: connections, seconds: 1)
+            let sandboxDirect = httpLoad(connect: { RawSockets.tcp(port) }, request: direct, connections: connections, seconds: seconds)
             let cpuBefore = cpuSeconds(daemon.process.processIdentifier)
-            let throughProxy = httpLoad(connect: { connectUnix(work + "/proxy.sock") }, request: proxied,
+            let throughProxy = httpLoad(connect: { RawSockets.unix(work + "/proxy.sock") }, request: proxied,
                                         connections: connections, seconds: seconds)
             let cpuPerRequest = (cpuSeconds(daemon.process.processIdentifier) - cpuBefore)
                 / max(1, throughProxy.rate * seconds) * 1e6
@@ -48,7 +49,7 @@ extension Bench {
 
     /// The session token of `ops`, from the daemon's socket.
     static func sessionToken(_ socket: String) throws -> String? {
-        guard let fd = connectUnix(socket) else { return nil }
+        guard let fd = RawSockets.unix(socket) else { return nil }
         defer { close(fd) }
         let line = Array((#"{"jsonrpc":"2.0","id":1,"method":"session.get","params":{"context":"ops"}}"# + "\n").utf8)
         _ = line.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
@@ -57,21 +58,6 @@ extension Bench {
         guard count > 0, let json = try JSONSerialization.jsonObject(with: Data(buffer.prefix(count))) as? [String: Any]
         else { return nil }
         return (json["result"] as? [String: Any])?["token"] as? String
-    }
-
-    static func connectTCP(_ port: Int) -> Int32? {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = in_port_t(UInt16(port).bigEndian)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        let ok = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        if ok != 0 { close(fd); return nil }
-        var one: Int32 = 1
-        setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
-        return fd
     }
 
     /// `connections` keep-alive HTTP/1.1 clients, one request outstanding each, for `seconds`; a reply is read to

@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 
 #if canImport(Glibc)
 import Glibc
@@ -16,13 +17,13 @@ extension Bench {
         let redis = try Child(binary, ["--port", "0", "--unixsocket", work + "/redis.sock", "--unixsocketperm", "700",
                                        "--save", "", "--appendonly", "no", "--daemonize", "no", "--dir", work],
                               log: work + "/redis.log")
-        for _ in 0..<100 where connectUnix(work + "/redis.sock") == nil { usleep(50_000) }
+        for _ in 0..<100 where RawSockets.unix(work + "/redis.sock") == nil { usleep(50_000) }
         return redis
     }
 
     /// `SET k VALUE` over RESP; whether redis said OK.
     static func redisSet(_ socket: String, _ value: [UInt8]) -> Bool {
-        guard let fd = connectUnix(socket) else { return false }
+        guard let fd = RawSockets.unix(socket) else { return false }
         defer { close(fd) }
         let command = Array("*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$\(value.count)\r\n".utf8) + value + Array("\r\n".utf8)
         guard command.withUnsafeBytes({ send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) == command.count else { return false }
@@ -33,7 +34,7 @@ extension Bench {
 
     /// One `session.get` answer of `ops` from the daemon's socket: what the redis value mirrors in size.
     static func sessionGetAnswer(_ socket: String) -> [UInt8]? {
-        guard let fd = connectUnix(socket) else { return nil }
+        guard let fd = RawSockets.unix(socket) else { return nil }
         defer { close(fd) }
         let line = Array((#"{"jsonrpc":"2.0","id":1,"method":"session.get","params":{"context":"ops"}}"# + "\n").utf8)
         _ = line.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
@@ -60,13 +61,13 @@ extension Bench {
         for connections in [1, 50] {
             let threads = min(2, connections)
             func redis(_ seconds: Double) -> LoadResult {
-                pollLoad(connections: connections, threads: threads, seconds: seconds, connect: { connectUnix(redisSocket) },
+                pollLoad(connections: connections, threads: threads, seconds: seconds, connect: { RawSockets.unix(redisSocket) },
                           request: redisGet, complete: wholeBulkString)
             }
             _ = redis(1)  // warm-up
             let redisResult = redis(seconds)
             let cpuBefore = cpuSeconds(daemonPID)
-            let ours = pollLoad(connections: connections, threads: threads, seconds: seconds, connect: { connectUnix(socket) },
+            let ours = pollLoad(connections: connections, threads: threads, seconds: seconds, connect: { RawSockets.unix(socket) },
                                  request: getLine, complete: wholeLine)
             let cpuPerRequest = (cpuSeconds(daemonPID) - cpuBefore) / max(1, ours.rate * seconds) * 1e6
             let row = "| `session.get` / redis GET (\(answer.count) bytes), \(connections) connection\(connections == 1 ? "" : "s"), same run | "

@@ -9,23 +9,6 @@ import TestThreads
 /// serving loop is closed, never dropped (swift-nio traps on an `NIOAsyncChannel` dropped unclosed, which took
 /// the whole test process down once, at the end of a test that stopped its server under load).
 @Suite(.ownThread) struct ServerShutdownTests {
-    /// Opens a TCP connection to 127.0.0.1:`port` without waiting for anything; -1 if refused.
-    static func connect(_ port: Int) -> Int32 {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = in_port_t(UInt16(port).bigEndian)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        let result = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        if result != 0 {
-            close(fd)
-            return -1
-        }
-        return fd
-    }
-
     /// What one server run saw.
     final class Run: Sendable {
         let port = Mutex<Int?>(nil)
@@ -46,14 +29,11 @@ import TestThreads
                     await Task.yield()
                 }
                 // Connections arriving as the server is cancelled: some are taken, some still in NIO's buffer.
-                let descriptors = (0..<16).map { _ in Self.connect(port!) }
+                let descriptors = (0..<16).map { _ in RawSockets.tcp(port!) }
                 group.cancelAll()
                 try? await group.waitForAll()
                 // Every connection was ended by the server side, taken or not.
-                for fd in descriptors where fd >= 0 {
-                    if !ClientEnd.endedByServer(fd, within: .seconds(10)) { open += 1 }
-                    close(fd)
-                }
+                open += RawSockets.leftOpen(descriptors)
             }
             if open > 0 { break }
         }

@@ -34,23 +34,10 @@ import TestSupport
     /// shared PostgreSQL store and key, its source address and egress group, and 3-second leases.
     static func config(_ base: String, dir: TemporaryDirectory, index: Int, server: PostgresServer, keyFile: String,
                        source: String, group: String) -> String {
-        base.replacingOccurrences(of: "bunq:\n", with: "bunq:\n  source_address: \(source)\n")
+        let shared = onPostgreSQL(base, dir: dir, server: server, keyFile: keyFile, stateDirectory: dir.path("state-\(index)"))
+        return shared.replacingOccurrences(of: "bunq:\n", with: "bunq:\n  source_address: \(source)\n")
             .replacingOccurrences(of: "socket:\n  path: \(dir.path("socket"))\n", with: "socket:\n  path: \(dir.path("socket-\(index)"))\n")
-            .replacingOccurrences(of: "state:\n  directory: \(dir.path("state"))\n", with: """
-                state:
-                  directory: \(dir.path("state-\(index)"))
-                  backend: postgresql
-                  master_key_file: \(keyFile)
-                  postgresql: {url: '\(server.url)', password_file: \(server.passwordFile)}
-
-                """)
             + "\ncluster: {instance: daemon-\(index), egress_group: \(group), lease_seconds: 3}\n"
-    }
-
-    static func masterKey(_ dir: TemporaryDirectory) throws -> String {
-        let keyFile = try dir.write("master.key", (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined())
-        chmod(keyFile, 0o600)
-        return keyFile
     }
 
     /// Two daemons leaving from one address, in one egress group: one session-server budget between them. Every
@@ -67,7 +54,7 @@ import TestSupport
         defer { dir.remove() }
         let sandbox = try await Sandbox.start(in: dir, ["--session-timeout", "600"], limits: .scaled(0.05))
         defer { _ = sandbox.child.stop() }
-        let keyFile = try Self.masterKey(dir)
+        let keyFile = try writeMasterKey(dir)
         let base = try String(contentsOfFile: try writeConfig(dir, sandbox: sandbox, apiKey: try sandbox.newAPIKey(), provider: false,
                                                               moreKeys: try (1...5).map { _ in try sandbox.newAPIKey() }),
                               encoding: .utf8)
@@ -124,7 +111,7 @@ import TestSupport
         let sandbox = try await Sandbox.start(in: dir, ["--session-timeout", "60", "--psd2-first-session-timeout", "600"],
                                            limits: .scaled(0.05))
         defer { _ = sandbox.child.stop() }
-        let keyFile = try Self.masterKey(dir)
+        let keyFile = try writeMasterKey(dir)
         let base = try String(contentsOfFile: try writeConfig(dir, sandbox: sandbox, apiKey: try sandbox.newAPIKey(), provider: true,
                                                               firstSession: 600, moreKeys: try (1...8).map { _ in try sandbox.newAPIKey() }),
                               encoding: .utf8)
@@ -300,7 +287,7 @@ extension ClusterTests {
         #expect(await relay.waitFor(.seconds(20)) { $0.contains("relaying") }, "\(relay.log)")
         let sandbox = try await Sandbox.start(in: dir, ["--session-timeout", "600"], limits: .scaled(0.05))
         defer { _ = sandbox.child.stop() }
-        let keyFile = try Self.masterKey(dir)
+        let keyFile = try writeMasterKey(dir)
         let base = try String(contentsOfFile: try writeConfig(dir, sandbox: sandbox, apiKey: try sandbox.newAPIKey(), provider: false,
                                                               moreKeys: try (1...5).map { _ in try sandbox.newAPIKey() }),
                               encoding: .utf8)

@@ -152,6 +152,29 @@ struct HarnessError: Error, CustomStringConvertible {
     init(_ description: String) { self.description = description }
 }
 
+/// An operator's master key for a store several daemons share: 32 random bytes in hex, in `dir`'s `name`
+/// (mode 0600); its path.
+func writeMasterKey(_ dir: TemporaryDirectory, _ name: String = "master.key") throws -> String {
+    let keyFile = try dir.write(name, (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined())
+    chmod(keyFile, 0o600)
+    return keyFile
+}
+
+/// `config` (as `writeConfig` wrote it, its state in `dir`'s `state`) with the state in `server`'s PostgreSQL
+/// instead, sealed with `keyFile`; the state directory (which then holds only the daemon's lock) is
+/// `stateDirectory`, `dir`'s `state` unless given.
+func onPostgreSQL(_ config: String, dir: TemporaryDirectory, server: PostgresServer, keyFile: String,
+                  stateDirectory: String? = nil) -> String {
+    config.replacingOccurrences(of: "state:\n  directory: \(dir.path("state"))\n", with: """
+        state:
+          directory: \(stateDirectory ?? dir.path("state"))
+          backend: postgresql
+          master_key_file: \(keyFile)
+          postgresql: {url: '\(server.url)', password_file: \(server.passwordFile)}
+
+        """)
+}
+
 /// Writes a daemon configuration for `sandbox` with an API-key identity `ops` and, optionally, a PSD2 provider.
 /// `moreKeys` adds API-key identities `id-1`, `id-2`, …
 func writeConfig(_ dir: TemporaryDirectory, sandbox: Sandbox, apiKey: String, provider: Bool,

@@ -191,18 +191,9 @@ import TestSupport
         defer { dir.remove() }
         let sandbox = try await Sandbox.start(in: dir, ["--session-timeout", "600"])
         defer { _ = sandbox.child.stop() }
-        let keyFile = try dir.write("master.key", (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined())
-        chmod(keyFile, 0o600)
-        var config = try String(contentsOfFile: try writeConfig(dir, sandbox: sandbox, apiKey: try sandbox.newAPIKey(), provider: false),
-                                encoding: .utf8)
-        config = config.replacingOccurrences(of: "state:\n  directory: \(dir.path("state"))\n", with: """
-            state:
-              directory: \(dir.path("state"))
-              backend: postgresql
-              master_key_file: \(keyFile)
-              postgresql: {url: '\(server.url)', password_file: \(server.passwordFile)}
-
-            """)
+        let config = onPostgreSQL(try String(contentsOfFile: try writeConfig(dir, sandbox: sandbox, apiKey: try sandbox.newAPIKey(),
+                                                                             provider: false), encoding: .utf8),
+                                  dir: dir, server: server, keyFile: try writeMasterKey(dir))
         let path = try dir.write("config.yaml", config)
         let socket = dir.path("socket")
         func sessionGet(_ client: RawSocketClient, _ id: Int) -> [String: Any] {

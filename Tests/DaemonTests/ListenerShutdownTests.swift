@@ -16,24 +16,6 @@ import UnixListener
         let bound = Mutex(false)
     }
 
-    /// Connects to the Unix socket at `path` without waiting for anything; -1 if refused.
-    static func connect(_ path: String) -> Int32 {
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &address.sun_path) { buffer in
-            for (index, byte) in path.utf8.prefix(buffer.count - 1).enumerated() { buffer[index] = byte }
-        }
-        let result = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        if result != 0 {
-            close(fd)
-            return -1
-        }
-        return fd
-    }
-
     @Test func cancellingTheListenerWhileClientsConnectClosesEveryConnection() async throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
@@ -57,14 +39,11 @@ import UnixListener
                 }
                 while !run.bound.withLock({ $0 }) { await Task.yield() }
                 // Connections arriving as the listener is cancelled: some are taken, some still in NIO's buffer.
-                let descriptors = (0..<16).map { _ in Self.connect(path) }
+                let descriptors = (0..<16).map { _ in RawSockets.unix(path) }
                 group.cancelAll()
                 try? await group.waitForAll()
                 // Every connection was ended by the listener's side, taken or not.
-                for fd in descriptors where fd >= 0 {
-                    if !ClientEnd.endedByServer(fd, within: .seconds(10)) { open += 1 }
-                    close(fd)
-                }
+                open += RawSockets.leftOpen(descriptors)
             }
             if open > 0 { break }
         }

@@ -18,18 +18,9 @@ import TestSupport
         let sandbox = try await Sandbox.start(in: dir, ["--session-timeout", "600"])
         defer { _ = sandbox.child.stop() }
         // The key every daemon of the store shares: the operator's, never generated.
-        let keyFile = try dir.write("master.key", (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined())
-        chmod(keyFile, 0o600)
-        var config = try String(contentsOfFile: try writeConfig(dir, sandbox: sandbox, apiKey: try sandbox.newAPIKey(), provider: false),
-                                encoding: .utf8)
-        config = config.replacingOccurrences(of: "state:\n  directory: \(dir.path("state"))\n", with: """
-            state:
-              directory: \(dir.path("state"))
-              backend: postgresql
-              master_key_file: \(keyFile)
-              postgresql: {url: '\(server.url)', password_file: \(server.passwordFile)}
-
-            """)
+        let config = onPostgreSQL(try String(contentsOfFile: try writeConfig(dir, sandbox: sandbox, apiKey: try sandbox.newAPIKey(),
+                                                                             provider: false), encoding: .utf8),
+                                  dir: dir, server: server, keyFile: try writeMasterKey(dir))
         #expect(config.contains("backend: postgresql"))
         let path = try dir.write("config.yaml", config)
 
@@ -88,18 +79,9 @@ import TestSupport
         defer { running.stop() }
 
         // The same identities on PostgreSQL, with the store's own key and another state directory.
-        let keyFile = try running.dir.write("shared.key", (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined())
-        chmod(keyFile, 0o600)
         let sqliteState = running.dir.path("state")
-        let config = try String(contentsOfFile: running.config, encoding: .utf8).replacingOccurrences(
-            of: "state:\n  directory: \(sqliteState)\n", with: """
-            state:
-              directory: \(running.dir.path("pg-state"))
-              backend: postgresql
-              master_key_file: \(keyFile)
-              postgresql: {url: '\(server.url)', password_file: \(server.passwordFile)}
-
-            """)
+        let config = onPostgreSQL(try String(contentsOfFile: running.config, encoding: .utf8), dir: running.dir, server: server,
+                                  keyFile: try writeMasterKey(running.dir, "shared.key"), stateDirectory: running.dir.path("pg-state"))
         let path = try running.dir.write("pg.yaml", config)
         let first = try Command.run([Binaries.daemon, "--config", path, "--import-state", sqliteState])
         #expect(first.status == 0 && first.stdoutText.contains("imported 1 contexts") && first.stdoutText.contains("(ops)"),
@@ -130,18 +112,9 @@ import TestSupport
         defer { dir.remove() }
         let sandbox = try await Sandbox.start(in: dir, ["--session-timeout", "600", "--psd2-first-session-timeout", "600"])
         defer { _ = sandbox.child.stop() }
-        let keyFile = try dir.write("master.key", (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined())
-        chmod(keyFile, 0o600)
-        let config = try String(contentsOfFile: try writeConfig(dir, sandbox: sandbox, apiKey: try sandbox.newAPIKey(), provider: true,
-                                                                firstSession: 600), encoding: .utf8)
-            .replacingOccurrences(of: "state:\n  directory: \(dir.path("state"))\n", with: """
-            state:
-              directory: \(dir.path("state"))
-              backend: postgresql
-              master_key_file: \(keyFile)
-              postgresql: {url: '\(server.url)', password_file: \(server.passwordFile)}
-
-            """)
+        let config = onPostgreSQL(try String(contentsOfFile: try writeConfig(dir, sandbox: sandbox, apiKey: try sandbox.newAPIKey(),
+                                                                             provider: true, firstSession: 600), encoding: .utf8),
+                                  dir: dir, server: server, keyFile: try writeMasterKey(dir))
         let path = try dir.write("config.yaml", config)
         func start(_ name: String) async throws -> ChildProcess {
             let daemon = try ChildProcess(Binaries.daemon, ["--config", path], log: dir.path(name))
