@@ -62,7 +62,7 @@ struct BunqRenewer: SessionRenewer {
             guard let session = try advanced.get() else {
                 // confirm_device found the interrupted device-server call never bound the device: it is
                 // registered at the next attempt.
-                throw RenewalError(.retryable, "the device was not bound; registering it", code: "device_not_bound")
+                throw RenewalError(.retryable, "the device was not bound; registering it", code: .deviceNotBound)
             }
             let skew = session.serverCreated.timeIntervalSince(session.created)
             if abs(skew) > Self.clockSkewWarning, skewWarnings.allow() {
@@ -121,16 +121,15 @@ struct BunqRenewer: SessionRenewer {
     static func classify(_ error: any Error) -> RenewalError {
         switch error {
         case let error as BunqAPIError:
-            return RenewalError(error.isRetryable ? .retryable : .needsAttention, error.description,
-                                code: error.kind.rawValue)
+            return RenewalError(error.isRetryable ? .retryable : .needsAttention, error.description, code: .bunq(error.kind))
         case let error as RenewalError:
             return error
         case let error as StoreError where error.code == .missing:
-            return RenewalError(.needsAttention, error.message, code: "removed")
+            return RenewalError(.needsAttention, error.message, code: .removed)
         case let error as StoreError:
-            return RenewalError(.retryable, "state store: \(error)", code: "store")
+            return RenewalError(.retryable, "state store: \(error)", code: .store)
         case let error as CryptoError:
-            return RenewalError(.needsAttention, "\(error)", code: "crypto")
+            return RenewalError(.needsAttention, "\(error)", code: .crypto)
         default:
             return RenewalError(.retryable, "\(error)")
         }

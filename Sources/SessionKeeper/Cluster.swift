@@ -286,11 +286,11 @@ final class Cluster: Sendable {
                                                     hold: 30 + spacing)
             } catch {
                 throw RenewalError(.retryable, "the state store is unreachable: no session is opened that could not be saved",
-                                   code: "store_unreachable")
+                                   code: .storeUnreachable)
             }
             guard let wait else { return }
             guard ContinuousClock.now < deadline else {
-                throw RenewalError(.retryable, "the egress group's session-server slot stayed taken", code: "rate_limited")
+                throw RenewalError(.retryable, "the egress group's session-server slot stayed taken", code: .bunq(.rateLimited))
             }
             try? await Task.sleep(for: .seconds(min(max(wait, 0.05), 5)))
         }

@@ -100,7 +100,7 @@ actor ContextOwner {
 
     /// A write presented by a renewal of a context that is no longer the one it started for.
     static func gone(_ name: String) -> RenewalError {
-        RenewalError(.needsAttention, "context \(name) was removed", code: "removed")
+        RenewalError(.needsAttention, "context \(name) was removed", code: .removed)
     }
 
     private func next() -> UInt64 {

@@ -1,3 +1,4 @@
+import BunqAPI
 import Foundation
 
 /// Where an identity (a context) stands, as the socket protocol reports it.
@@ -67,29 +68,70 @@ public struct RenewalError: Error, Sendable, Equatable {
         case needsAttention = "needs_attention"
     }
 
+    /// What went wrong, as a case: control flow switches on it; its `description` is the stable code the wire
+    /// and the logs carry (the `reason` a needs-attention context reports).
+    public enum Code: Sendable, Equatable, CustomStringConvertible {
+        /// bunq (or the way to it) answered with this class of error: `signature_invalid`, `rate_limited`, …
+        case bunq(BunqAPIError.Kind)
+        /// Nothing more specific: back off and retry.
+        case transient
+        /// Nothing more specific, and a human must act.
+        case needsAttention
+        /// This daemon no longer holds the context's lease (a cluster): not a failure of the context, which
+        /// another daemon now renews.
+        case leaseLost
+        /// The context was removed while the renewal ran.
+        case removed
+        /// The state store refused or failed a write the renewal needed.
+        case store
+        /// The state store does not answer: nothing that could not be saved is renewed.
+        case storeUnreachable
+        /// The identity's stored key material does not open or parse.
+        case crypto
+        /// bunq did not bind the device; it is registered again.
+        case deviceNotBound
+        /// In a cluster: the daemon holding the context did not renew it when asked.
+        case holderSilent
+        /// The daemon is stopping.
+        case shutdown
+        /// The caller stopped waiting.
+        case cancelled
+
+        public var description: String {
+            switch self {
+            case .bunq(let kind): kind.rawValue
+            case .transient: "transient"
+            case .needsAttention: "needs_attention"
+            case .leaseLost: "lease_lost"
+            case .removed: "removed"
+            case .store: "store"
+            case .storeUnreachable: "store_unreachable"
+            case .crypto: "crypto"
+            case .deviceNotBound: "device_not_bound"
+            case .holderSilent: "holder_silent"
+            case .shutdown: "shutdown"
+            case .cancelled: "cancelled"
+            }
+        }
+    }
+
     public let kind: Kind
     /// Human-readable, secret-free.
     public let message: String
-    /// A stable code for what went wrong (bunq's error class, e.g. `signature_invalid`, `rate_limited`,
-    /// `credentials_rejected`): the `reason` a needs-attention context reports.
-    public let code: String
+    public let code: Code
 
-    public init(_ kind: Kind, _ message: String, code: String? = nil) {
+    public init(_ kind: Kind, _ message: String, code: Code? = nil) {
         self.kind = kind
         self.message = message
-        self.code = code ?? (kind == .needsAttention ? "needs_attention" : "transient")
+        self.code = code ?? (kind == .needsAttention ? .needsAttention : .transient)
     }
-
-    /// The code of a renewal refused because this daemon no longer holds the context's lease (a cluster): not a
-    /// failure of the context, which another daemon now renews.
-    public static let leaseLost = "lease_lost"
 
     static func lostLease(_ name: String) -> RenewalError {
-        RenewalError(.retryable, "this daemon no longer holds the lease of \(name)", code: leaseLost)
+        RenewalError(.retryable, "this daemon no longer holds the lease of \(name)", code: .leaseLost)
     }
 
-    /// bunq's rate limit answered: the session-server window is pushed back.
-    public var isRateLimited: Bool { code == "rate_limited" }
+    /// A session-server window was full (bunq's 429, or the egress group's shared slot): it is pushed back.
+    public var isRateLimited: Bool { code == .bunq(.rateLimited) }
 }
 
 /// The answer to "give me the token of this context": the token only when it is valid beyond the safety margin.

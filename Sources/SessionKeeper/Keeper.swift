@@ -310,7 +310,7 @@ public final class Keeper: Service, Sendable {
             case .failed(let context, let error, let failures, let retryAt, let entered):
                 events.publish(event, await owner.publish(context))
                 // A renewal that outlived its context's removal: nothing failed that anyone needs to hear of.
-                guard error.code != "removed" else { continue }
+                guard error.code != .removed else { continue }
                 KeeperMetrics.renewal(kind: await owner.record(context)?.kind, result: KeeperMetrics.result(error))
                 var metadata: Logger.Metadata = ["bunq.context": "\(context)", "bunq.error": "\(error.message)",
                                                  "bunq.failures": "\(failures)"]
@@ -449,7 +449,7 @@ public final class Keeper: Service, Sendable {
             }
             return (schedule.generation, expiresAt)
         case .failure(let error)?:
-            throw error.kind == .needsAttention ? KeeperError(.needsAttention, error.code)
+            throw error.kind == .needsAttention ? KeeperError(.needsAttention, error.code.description)
                 : KeeperError(.upstream, "renewal failed: \(error.message)")
         case nil:
             throw KeeperError(.unknownContext, "no context named \(context)")
@@ -467,11 +467,11 @@ public final class Keeper: Service, Sendable {
             guard await ask() else {
                 group.cancelAll()
                 return .failure(RenewalError(.retryable, "the state store is unreachable: the holder of \(context) cannot be asked",
-                                             code: "store_unreachable"))
+                                             code: .storeUnreachable))
             }
             group.addTask {
                 try? await Task.sleep(for: .seconds(patience))
-                return .some(.failure(RenewalError(.retryable, "the daemon holding \(context) did not renew it", code: "holder_silent")))
+                return .some(.failure(RenewalError(.retryable, "the daemon holding \(context) did not renew it", code: .holderSilent)))
             }
             let first = await group.next() ?? nil
             group.cancelAll()

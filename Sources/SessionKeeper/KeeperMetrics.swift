@@ -1,3 +1,4 @@
+import BunqAPI
 import Foundation
 import Metrics
 
@@ -21,8 +22,8 @@ public enum KeeperMetrics {
     static func result(_ error: RenewalError) -> String {
         if error.kind == .needsAttention { return "needs_attention" }
         switch error.code {
-        case "rate_limited": return "rate_limited"
-        case "session_invalid": return "session_invalid"
+        case .bunq(.rateLimited): return "rate_limited"
+        case .bunq(.sessionInvalid): return "session_invalid"
         default: return "transient"
         }
     }

@@ -33,7 +33,7 @@ public struct RenewalPlanner<Random: RandomNumberGenerator & Sendable>: Sendable
         var failures = 0
         var nextRetryAt: Date?
         var lastError: String?
-        var lastErrorCode: String?
+        var lastErrorCode: RenewalError.Code?
         var generation = 0
         var phase = Phase.idle
         var needsAttention = false
@@ -253,7 +253,7 @@ public struct RenewalPlanner<Random: RandomNumberGenerator & Sendable>: Sendable
     public mutating func failed(_ name: String, error: RenewalError, now: Date) -> Bool {
         guard !endOrphanedCall(name, now: now), var entry = entries[name] else { return false }
         finish(name, &entry, now: now, rateLimited: error.isRateLimited)
-        if error.code == RenewalError.leaseLost {
+        if error.code == .leaseLost {
             // Not a failure of the context: another daemon renews it now, and this one follows.
             entry.held = false
             entries[name] = entry
@@ -409,7 +409,7 @@ public struct RenewalPlanner<Random: RandomNumberGenerator & Sendable>: Sendable
         let retryAt: Date? = state == .needsAttention ? nil
             : (entry.phase != .idle ? max(now.addingTimeInterval(1), sessionServerOpensAt ?? now) : entry.dueAt ?? now)
         return .unavailable(state: state, retryAt: retryAt,
-                            reason: state == .needsAttention ? entry.lastErrorCode : entry.lastError)
+                            reason: state == .needsAttention ? entry.lastErrorCode?.description : entry.lastError)
     }
 
     /// When the context's next renewal attempt is due; nil while under way or stopped.
@@ -424,7 +424,7 @@ public struct RenewalPlanner<Random: RandomNumberGenerator & Sendable>: Sendable
                                expiresAt: entry.session?.expiresAt, renewAt: entry.renewAt,
                                lastRenewedAt: entry.lastRenewedAt, consecutiveFailures: entry.failures,
                                nextRetryAt: entry.nextRetryAt, lastError: entry.lastError, generation: entry.generation,
-                               reason: entry.needsAttention ? entry.lastErrorCode : nil,
+                               reason: entry.needsAttention ? entry.lastErrorCode?.description : nil,
                                margin: entry.session.map(margin) ?? 0)
     }
 

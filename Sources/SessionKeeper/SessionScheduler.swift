@@ -111,7 +111,7 @@ public actor SessionScheduler<C: Clock> where C.Duration == Duration {
             eventContinuation.finish()
         }
         // Nobody is left to renew: whoever waits for an outcome gets one now.
-        waiters.resumeAll(with: .failure(RenewalError(.retryable, "the daemon is shutting down", code: "shutdown")))
+        waiters.resumeAll(with: .failure(RenewalError(.retryable, "the daemon is shutting down", code: .shutdown)))
     }
 
     private func sleep(until deadline: Date?) async {
@@ -150,7 +150,7 @@ public actor SessionScheduler<C: Clock> where C.Duration == Duration {
         let at = now
         let entered = planner.failed(name, error: error, now: at)
         // Another daemon holds the context now: nothing failed; whoever waits hears of its next session.
-        if error.code == RenewalError.leaseLost { return }
+        if error.code == .leaseLost { return }
         let schedule = planner.schedule(name, now: at)
         eventContinuation.yield(.failed(context: name, error: error,
                                         consecutiveFailures: schedule?.consecutiveFailures ?? 0,
@@ -191,7 +191,7 @@ public actor SessionScheduler<C: Clock> where C.Duration == Duration {
 
     public func remove(_ name: String) {
         planner.remove(name)
-        waiters.resume(name, with: .failure(RenewalError(.needsAttention, "the context was removed", code: "removed")))
+        waiters.resume(name, with: .failure(RenewalError(.needsAttention, "the context was removed", code: .removed)))
         wake.signal()
     }
 
@@ -334,7 +334,7 @@ final class RenewalWaiters: Sendable {
         }
     }
 
-    static var cancelled: Outcome { .failure(RenewalError(.retryable, "the wait was cancelled", code: "cancelled")) }
+    static var cancelled: Outcome { .failure(RenewalError(.retryable, "the wait was cancelled", code: .cancelled)) }
 
     func resume(_ name: String, with outcome: Outcome) {
         for waiter in state.withLock({ $0.waiting.removeValue(forKey: name) ?? [:] }).values { waiter.resume(returning: outcome) }

@@ -261,7 +261,7 @@ public final class SocketService: Sendable {
             case .failure(let error)?:
                 throw error.kind == .needsAttention
                     ? ServiceError(code: .needsAttention, message: "Needs attention: \(error.message)",
-                                   data: ["state": "needs_attention", "reason": error.code])
+                                   data: ["state": "needs_attention", "reason": error.code.description])
                     : ServiceError(code: .upstreamFailure, message: "Renewal failed: \(error.message)")
             case nil:
                 throw ServiceError(code: .unknownContext, message: "Unknown context: \(context)")

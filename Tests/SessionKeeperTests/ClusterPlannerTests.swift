@@ -28,7 +28,7 @@ import Testing
         #expect(due1 == ["ops"])
         #expect(planner.isBusy("ops"))
         // Lost mid-call (the commit was fenced): not a failure, and not renewed here again.
-        planner.failed("ops", error: RenewalError(.retryable, "lost", code: RenewalError.leaseLost), now: start + 3_501)
+        planner.failed("ops", error: RenewalError(.retryable, "lost", code: .leaseLost), now: start + 3_501)
         #expect(planner.schedule("ops", now: start + 3_501)?.consecutiveFailures == 0)
         #expect(!planner.isHeld("ops") && !planner.isBusy("ops"))
         let due2 = planner.takeDue(now: start + 3_590)

@@ -1,3 +1,4 @@
+import BunqAPI
 import Foundation
 import SessionKeeper
 import TestThreads
@@ -158,7 +159,7 @@ extension RenewalPlanner {
         let first = planner.takeDue(now: t0)
         #expect(first.count == 1)
         let at = t0.addingTimeInterval(1)
-        planner.failed(first[0], error: RenewalError(.retryable, "429", code: "rate_limited"), now: at)
+        planner.failed(first[0], error: RenewalError(.retryable, "429", code: .bunq(.rateLimited)), now: at)
         #expect(planner.takeDue(now: at.addingTimeInterval(2.9)).isEmpty, "no call within a window of the 429")
         #expect(planner.takeDue(now: at.addingTimeInterval(3.1)).count == 1)
     }

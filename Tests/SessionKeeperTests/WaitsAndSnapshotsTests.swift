@@ -39,7 +39,7 @@ import Testing
             Issue.record("a cancelled wait returns a failure")
             return
         }
-        #expect(error.code == "cancelled")
+        #expect(error.code == .cancelled)
     }
 
     @Test func stateCountsFollowEveryPublication() {
