@@ -47,11 +47,9 @@ extension BudgetWatch {
     mutating func run<C: Clock>(every interval: Duration, on clock: C,
                                 status: (_ forecast: Bool) async -> BudgetStatus,
                                 report: (Message, BudgetStatus) -> Void) async where C.Duration == Duration {
-        var watch = self
         await every(interval, on: clock) {
-            let current = await status(watch.forecastNext)
-            if let message = watch.observe(current) { report(message, current) }
+            let current = await status(forecastNext)
+            if let message = observe(current) { report(message, current) }
         }
-        self = watch
     }
 }
