@@ -44,6 +44,7 @@ import Testing
     }
 
     @Test func faultRulesAnswerErrorsDelayDropAndMissign() async throws {
+        // Limits off: calls back to back, each to see a fault rule answer; the limits are tested above.
         try await BunqSandbox.test { client in
             let apiKey = try await client.sandboxUser()
             let session = try await client.openSession(secret: apiKey)
@@ -88,6 +89,7 @@ import Testing
     }
 
     @Test func malformedFaultRulesAreRefused() async throws {
+        // Limits off: only the admin API is called, which bunq's limits do not cover.
         try await BunqSandbox.test { client in
             for body: [String: Any] in [["status": 503], ["endpoint": "*"], ["endpoint": "*", "status": 200],
                                         ["endpoint": "*", "status": 500, "drop": true], ["endpoint": "*", "drop": true, "count": 0],
@@ -103,6 +105,7 @@ import Testing
     }
 
     @Test func revokedCredentialsFailAtTheNextSessionServer() async throws {
+        // Limits off: two session-server calls back to back test revocation, not the 1-per-30-s window (tested above).
         try await BunqSandbox.test { client in
             let apiKey = try await client.sandboxUser()
             let session = try await client.openSession(secret: apiKey)
@@ -117,6 +120,7 @@ import Testing
     }
 
     @Test func unknownRoutesAndBadBodiesGetBunqErrors() async throws {
+        // Limits off: a burst of malformed requests tests the error shapes, not the per-endpoint windows.
         try await BunqSandbox.test { client in
             let notFound = try await client.call("GET", "/v1/nothing-here")
             #expect(notFound.status == 404 && notFound.error != nil)

@@ -15,7 +15,8 @@ import TestSupport
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
         _ = try dir.write("ops.key", "sandbox_abc\n")
-        // Only validated, never run: no bunq call is made.
+        // Only validated, never run: no bunq call is made, so `rate_limits: unlimited` limits nothing here; the
+        // keys' own rules (below) are checked with either value.
         let base = """
             bunq: {environment: sandbox, rate_limits: unlimited}
             state: {directory: \(dir.path("state"))}

@@ -48,11 +48,11 @@ final class FakeRenewer: SessionRenewer {
         for name in names { await scheduler.add(name, session: nil) }
         var grantedTooLate = 0
         var generations: [Int] = []
-        try await withThrowingTaskGroup(of: Void.self) { group in
+        await withTaskGroup(of: Void.self) { group in
             group.addTask { await scheduler.run(renewing: renewer) }
-            // Waits for progress rather than a fixed window, so a loaded machine slows the test instead of failing it.
-            let deadline = ContinuousClock.now + .seconds(60)
-            while ContinuousClock.now < deadline {
+            // Awaits progress with a deadline, sampling every grant on the way, so a loaded machine slows the test
+            // instead of failing it.
+            _ = await eventually(within: .seconds(60)) {
                 generations = []
                 for name in names {
                     // The planner decides with its own clock, read after `before`: a grant must outlive the margin from
@@ -62,8 +62,7 @@ final class FakeRenewer: SessionRenewer {
                        expiresAt.timeIntervalSince(before) < 0.15 { grantedTooLate += 1 }
                     generations.append(await scheduler.schedule(name)?.generation ?? 0)
                 }
-                if generations.allSatisfy({ $0 >= 3 }) { break }
-                try await Task.sleep(for: .milliseconds(50))
+                return generations.allSatisfy { $0 >= 3 }
             }
             group.cancelAll()
         }
