@@ -181,20 +181,9 @@ import TestSupport
     /// once, and once the store answers the restore goes on — here started by socket activation, with the first
     /// client connected and its request written before the daemon ran.
     @Test func aStoreSlowToAnswerAtStartMeansStartingThenTheTokenAndSIGTERMStopsAtOnce() async throws {
-        if let reason = PostgresServer.unavailable {
-            #expect(!Skip.report("a slow store at start: \(reason)"))
-            return
-        }
-        let server = try PostgresServer()
-        defer { server.stop() }
-        let dir = try TemporaryDirectory()
-        defer { dir.remove() }
-        let sandbox = try await Sandbox.start(in: dir, ["--session-timeout", "600"])
-        defer { _ = sandbox.child.stop() }
-        let config = onPostgreSQL(try String(contentsOfFile: try writeConfig(dir, sandbox: sandbox, apiKey: try sandbox.newAPIKey(),
-                                                                             provider: false), encoding: .utf8),
-                                  dir: dir, server: server, keyFile: try writeMasterKey(dir))
-        let path = try dir.write("config.yaml", config)
+        guard let deployment = try await PostgresDeployment.make("a slow store at start") else { return }
+        defer { deployment.stop() }
+        let (server, dir, path) = (deployment.server, deployment.dir, deployment.config)
         let socket = dir.path("socket")
         func sessionGet(_ client: RawSocketClient, _ id: Int) -> [String: Any] {
             client.call(#"{"jsonrpc":"2.0","id":\#(id),"method":"session.get","params":{"context":"ops"}}"#)
@@ -204,8 +193,7 @@ import TestSupport
         }
 
         // Registered once, its session stored in PostgreSQL.
-        let first = try ChildProcess(Binaries.daemon, ["--config", path], log: dir.path("first.log"))
-        #expect(await first.waitFor(.seconds(60)) { $0.contains("[bunq_sessiond] ready") }, "\(first.log)")
+        let first = try await deployment.startDaemon("first.log")
         #expect(await eventually(within: .seconds(30)) {
             (try? RawSocketClient(socket)).map { result(sessionGet($0, 1))?["token"] != nil } ?? false
         }, "\(first.log)")
@@ -238,14 +226,16 @@ import TestSupport
         #expect(errorCode(answer) == 1003 && state(answer) == "starting", "the first client is told the daemon is starting: \(answer)")
         // The store answers again: the restore goes on and the same client gets the token, never `unknown`.
         server.thaw()
-        var token: String?
-        for id in 2..<600 where token == nil {
+        var id = 1
+        var unknown: [[String: Any]] = []
+        let served = await eventually(within: .seconds(60), every: .milliseconds(100)) {
+            id += 1
             let next = client.call(#"{"jsonrpc":"2.0","id":\#(id),"method":"session.get","params":{"context":"ops"}}"#)
-            #expect(errorCode(next) != 1001, "never unknown: \(next)")
-            token = result(next)?["token"] as? String
-            if token == nil { try await Task.sleep(for: .milliseconds(100)) }
+            if errorCode(next) == 1001 { unknown.append(next) }
+            return result(next)?["token"] is String
         }
-        #expect(token != nil, "then its token: \(activated.log)")
+        #expect(unknown.isEmpty, "never unknown: \(unknown)")
+        #expect(served, "then its token: \(activated.log)")
         #expect(activated.log.contains("listening on the socket systemd passed"), "\(activated.log)")
     }
 

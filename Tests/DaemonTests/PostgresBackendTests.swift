@@ -7,28 +7,11 @@ import TestSupport
 /// limits on (scaled), and a restart that restores everything from PostgreSQL without registering anything again.
 @Suite(.ownThread) struct PostgresBackendTests {
     @Test func theDaemonKeepsItsStateInPostgreSQLAndRestoresItFromThere() async throws {
-        if let reason = PostgresServer.unavailable {
-            #expect(!Skip.report("PostgreSQL backend end to end: \(reason)"))
-            return
-        }
-        let server = try PostgresServer()
-        defer { server.stop() }
-        let dir = try TemporaryDirectory()
-        defer { dir.remove() }
-        let sandbox = try await Sandbox.start(in: dir, ["--session-timeout", "600"])
-        defer { _ = sandbox.child.stop() }
-        // The key every daemon of the store shares: the operator's, never generated.
-        let config = onPostgreSQL(try String(contentsOfFile: try writeConfig(dir, sandbox: sandbox, apiKey: try sandbox.newAPIKey(),
-                                                                             provider: false), encoding: .utf8),
-                                  dir: dir, server: server, keyFile: try writeMasterKey(dir))
-        #expect(config.contains("backend: postgresql"))
-        let path = try dir.write("config.yaml", config)
-
-        func start(_ name: String) async throws -> ChildProcess {
-            let daemon = try ChildProcess(Binaries.daemon, ["--config", path], log: dir.path(name))
-            #expect(await daemon.waitFor(.seconds(60)) { $0.contains("[bunq_sessiond] ready") }, "\(daemon.log)")
-            return daemon
-        }
+        guard let deployment = try await PostgresDeployment.make("PostgreSQL backend end to end") else { return }
+        defer { deployment.stop() }
+        let (server, dir, sandbox, path) = (deployment.server, deployment.dir, deployment.sandbox, deployment.config)
+        #expect(try String(contentsOfFile: path, encoding: .utf8).contains("backend: postgresql"))
+        func start(_ name: String) async throws -> ChildProcess { try await deployment.startDaemon(name) }
         func token() async throws -> String? {
             for _ in 0..<100 {
                 let answer = result(try RawSocketClient(dir.path("socket")).call(
@@ -102,25 +85,10 @@ import TestSupport
     }
 
     @Test func anOAuthStateIssuedBeforeARestartCompletesAfterIt() async throws {
-        if let reason = PostgresServer.unavailable {
-            #expect(!Skip.report("OAuth states in PostgreSQL: \(reason)"))
-            return
-        }
-        let server = try PostgresServer()
-        defer { server.stop() }
-        let dir = try TemporaryDirectory()
-        defer { dir.remove() }
-        let sandbox = try await Sandbox.start(in: dir, ["--session-timeout", "600", "--psd2-first-session-timeout", "600"])
-        defer { _ = sandbox.child.stop() }
-        let config = onPostgreSQL(try String(contentsOfFile: try writeConfig(dir, sandbox: sandbox, apiKey: try sandbox.newAPIKey(),
-                                                                             provider: true, firstSession: 600), encoding: .utf8),
-                                  dir: dir, server: server, keyFile: try writeMasterKey(dir))
-        let path = try dir.write("config.yaml", config)
-        func start(_ name: String) async throws -> ChildProcess {
-            let daemon = try ChildProcess(Binaries.daemon, ["--config", path], log: dir.path(name))
-            #expect(await daemon.waitFor(.seconds(60)) { $0.contains("[bunq_sessiond] ready") }, "\(daemon.log)")
-            return daemon
-        }
+        guard let deployment = try await PostgresDeployment.make("OAuth states in PostgreSQL", provider: true) else { return }
+        defer { deployment.stop() }
+        let dir = deployment.dir
+        func start(_ name: String) async throws -> ChildProcess { try await deployment.startDaemon(name) }
         func call(_ method: String, _ params: String) async throws -> [String: Any] {
             var answer: [String: Any] = [:]
             for _ in 0..<150 {
