@@ -73,9 +73,14 @@ let package = Package(
             swiftSettings: strictSettings
         ),
 
+        // Timekeeping: the injected clock (AnyClock) every part that reads the time or waits takes.
+        .target(
+            name: "Timekeeping",
+            swiftSettings: strictSettings
+        ),
         .target(
             name: "BunqAPI",
-            dependencies: ["BunqCrypto", "CurlHTTP", .product(name: "Metrics", package: "swift-metrics")],
+            dependencies: ["BunqCrypto", "CurlHTTP", "Timekeeping", .product(name: "Metrics", package: "swift-metrics")],
             swiftSettings: strictSettings
         ),
         // What a NIO server accepted and its loop has not taken yet (closed, never dropped).
@@ -146,7 +151,7 @@ let package = Package(
         .target(
             name: "SessionServer",
             dependencies: [
-                "SessionKeeper", "SessionProtocol", "BunqAPI", "UnixListener",
+                "SessionKeeper", "SessionProtocol", "BunqAPI", "UnixListener", "Timekeeping",
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -159,7 +164,7 @@ let package = Package(
         .target(
             name: "BunqProxy",
             dependencies: [
-                "SessionKeeper", "SessionServer", "SessionProtocol", "BunqAPI", "CurlHTTP", "UnixListener",
+                "SessionKeeper", "SessionServer", "SessionProtocol", "BunqAPI", "CurlHTTP", "UnixListener", "Timekeeping",
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -172,7 +177,7 @@ let package = Package(
         .target(
             name: "SessionKeeper",
             dependencies: [
-                "BunqAPI",
+                "BunqAPI", "Timekeeping",
                 "BunqCrypto",
                 .product(name: "HeapModule", package: "swift-collections"),
                 .product(name: "DequeModule", package: "swift-collections"),
@@ -217,6 +222,7 @@ let package = Package(
                 "UnixListener",
                 "SystemdSupport",
                 "BunqAPI",
+                "Timekeeping",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -238,7 +244,7 @@ let package = Package(
         // MARK: Tests
         .target(
             name: "TestSupport",
-            dependencies: ["BunqSandbox", .product(name: "NIOHTTP1", package: "swift-nio")],
+            dependencies: ["BunqSandbox", "Timekeeping", .product(name: "NIOHTTP1", package: "swift-nio")],
             path: "Tests/TestSupport",
             swiftSettings: strictSettings
         ),
@@ -261,7 +267,7 @@ let package = Package(
         ),
         .testTarget(
             name: "BunqAPITests",
-            dependencies: ["TestThreads", "BunqAPI", "BunqSandbox", "BunqCrypto", "CurlHTTP", "TestSupport"],
+            dependencies: ["TestThreads", "BunqAPI", "BunqSandbox", "BunqCrypto", "CurlHTTP", "TestSupport", "Timekeeping"],
             swiftSettings: strictSettings
         ),
         .testTarget(
@@ -275,7 +281,7 @@ let package = Package(
         .testTarget(
             name: "SessionKeeperTests",
             dependencies: [
-                "SessionKeeper", "BunqAPI", "BunqCrypto", "BunqSandbox", "CurlHTTP", "TestSupport", "TestThreads",
+                "SessionKeeper", "BunqAPI", "BunqCrypto", "BunqSandbox", "CurlHTTP", "TestSupport", "TestThreads", "Timekeeping",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strictSettings

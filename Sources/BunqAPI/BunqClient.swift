@@ -1,6 +1,7 @@
 import BunqCrypto
 import CurlHTTP
 import Foundation
+import Timekeeping
 
 /// What calls made with an installation need: its key (to sign), its token, and bunq's key for it (to verify).
 public struct InstallationContext: Sendable {
@@ -21,6 +22,8 @@ public struct InstallationContext: Sendable {
 public final class BunqClient: Sendable {
     public let endpoints: BunqEndpoints
     public let rateLimiter: BunqRateLimiter
+    /// What the client's waits and durations are measured on: its limiter's clock.
+    public var clock: AnyClock { rateLimiter.clock }
     /// Lifetime of a PSD2 provider's first session (bunq: one hour); its user object reports the full timeout.
     public let psd2FirstSessionTimeout: Int
     /// `permitted_ips` of the devices this client registers (`"*"`: any address).
@@ -242,17 +245,18 @@ public final class BunqClient: Sendable {
 
         try await rateLimiter.acquire(method: method, endpoint: endpointKey)
         sentAt = Date()
-        let started = ContinuousClock.now
+        let clock = rateLimiter.clock
+        let started = clock.now
         let response: HTTPResponse
         do {
             response = try await http.execute(HTTPRequest(method: method, url: endpoints.apiBaseURL + path,
                                                           headers: headers, body: bytes))
         } catch let error as HTTPClientError {
-            BunqMetrics.request(endpoint: endpointKey, method: method, code: "error", duration: ContinuousClock.now - started)
+            BunqMetrics.request(endpoint: endpointKey, method: method, code: "error", duration: clock.now - started)
             throw BunqAPIError.transport(error, endpoint: endpoint)
         }
         BunqMetrics.request(endpoint: endpointKey, method: method, code: "\(response.status)",
-                            duration: ContinuousClock.now - started)
+                            duration: clock.now - started)
         if response.status == 429 {
             BunqMetrics.rateLimited(endpoint: endpointKey)
             await rateLimiter.rateLimited(method: method, endpoint: endpointKey)

@@ -2,6 +2,7 @@ import BunqCrypto
 import CurlHTTP
 import Foundation
 import Synchronization
+import Timekeeping
 
 /// What forwarding an application's request needs besides the request: the session to send it in and the keys
 /// to sign it and to check bunq's answer.
@@ -103,7 +104,7 @@ extension BunqClient {
     /// `pathAndQuery` is relative to the API base (`user/42/monetary-account?count=10`). A slot that would come
     /// after `deadline` is not taken: `rateLimitWait`, with how long it would have been.
     public func forward(method: String, pathAndQuery: String, callerHeaders: HTTPHeaders, body: Data,
-                        session: ForwardingSession, deadline: ContinuousClock.Instant) async throws(ForwardError) -> ForwardedResponse {
+                        session: ForwardingSession, deadline: AnyClock.Instant) async throws(ForwardError) -> ForwardedResponse {
         let endpointKey = BunqRateLimiter.endpointKey(pathAndQuery)
         let label = EndpointTemplates.shared.label(pathAndQuery)
         let endpoint = "\(method) \(label)"
@@ -126,40 +127,41 @@ extension BunqClient {
             throw ForwardError(code: .upstreamUnreachable, message: "\(endpoint): the request could not be signed", retryAfter: nil)
         }
 
-        let queued = ContinuousClock.now
+        let clock = rateLimiter.clock
+        let queued = clock.now
         // A slot is worth taking only with time left for bunq's answer: a quarter of the time, at most 500 ms.
         let answerAllowance = min(.milliseconds(500), (deadline - queued) / 4)
         guard let slot = await rateLimiter.reserve(method: method, endpoint: endpointKey,
                                                    notAfter: deadline - answerAllowance) else {
             let next = await rateLimiter.nextSlot(method: method, endpoint: endpointKey)
             throw ForwardError(code: .rateLimitWait, message: "\(endpoint): no rate-limit slot before the deadline",
-                               retryAfter: max(.seconds(1), next - .now))
+                               retryAfter: max(.seconds(1), next - clock.now))
         }
-        if slot > .now {
+        if slot > clock.now {
             do {
-                try await Task.sleep(until: slot, clock: .continuous)
+                try await clock.sleep(until: slot)
             } catch {
                 throw ForwardError(code: .upstreamUnreachable, message: "\(endpoint): cancelled", retryAfter: nil)
             }
         }
-        let waited = ContinuousClock.now - queued
-        let remaining = deadline - .now
+        let waited = clock.now - queued
+        let remaining = deadline - clock.now
         guard remaining > .milliseconds(1) else {
             throw ForwardError(code: .upstreamTimeout, message: "\(endpoint): no time left for bunq's answer", retryAfter: nil)
         }
-        let started = ContinuousClock.now
+        let started = clock.now
         let response: HTTPResponse
         do {
             response = try await http.execute(HTTPRequest(method: method, url: endpoints.apiBaseURL + pathAndQuery,
                                                           headers: headers, body: body, timeout: remaining))
         } catch let error as HTTPClientError {
-            BunqMetrics.request(endpoint: label, method: method, code: "error", duration: ContinuousClock.now - started)
+            BunqMetrics.request(endpoint: label, method: method, code: "error", duration: clock.now - started)
             let code: ForwardError.Code = error.kind == .timeout || error.kind == .connectTimeout ? .upstreamTimeout : .upstreamUnreachable
             throw ForwardError(code: code, message: "\(endpoint): \(error.message)", retryAfter: nil)
         } catch {
             throw ForwardError(code: .upstreamUnreachable, message: "\(endpoint): \(error)", retryAfter: nil)
         }
-        BunqMetrics.request(endpoint: label, method: method, code: "\(response.status)", duration: ContinuousClock.now - started)
+        BunqMetrics.request(endpoint: label, method: method, code: "\(response.status)", duration: clock.now - started)
         if response.status == 429 {
             BunqMetrics.rateLimited(endpoint: label)
             await rateLimiter.rateLimited(method: method, endpoint: endpointKey)

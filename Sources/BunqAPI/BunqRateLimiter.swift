@@ -1,3 +1,5 @@
+import Timekeeping
+
 /// Our side of bunq's rate limits: a sliding window per method and endpoint, shared by every identity, so the
 /// daemon never earns a 429 it could have predicted. Callers wait for a slot instead of failing, so a start-up
 /// burst is spread out rather than refused.
@@ -9,6 +11,8 @@
 /// The session-server budget (1 per 30 s per IP) is the scarce resource. A caller that grants it itself, in order
 /// of urgency (the keeper's scheduler), builds this limiter with `exempt: [sessionServer]`, so a session-server
 /// call is never charged twice.
+///
+/// Windows are kept on `clock`, which the forwarder's deadlines and waits share (tests advance a manual clock).
 public actor BunqRateLimiter {
     public enum Mode: String, Sendable, CaseIterable {
         /// bunq's documented limits: GET 3, POST 5, PUT and DELETE 2 per 3 s; session-server 1 per 30 s.
@@ -33,19 +37,23 @@ public actor BunqRateLimiter {
     public nonisolated let mode: Mode
     /// Multiplies every window (testing: 0.1 gives session-server 1 per 3 s, against `bunq-sandbox --rate-limit-scale 0.1`).
     public nonisolated let scale: Double
+    /// What the windows are measured on and the waits sleep on.
+    public nonisolated let clock: AnyClock
     private let limits: @Sendable (_ method: String, _ endpoint: String) -> Limit?
     /// Reserved call times per endpoint key, oldest first, pruned as they leave the window.
-    private var reservations: [String: [ContinuousClock.Instant]] = [:]
+    private var reservations: [String: [AnyClock.Instant]] = [:]
     /// Per endpoint key: no call before this instant (set by a 429).
-    private var blockedUntil: [String: ContinuousClock.Instant] = [:]
+    private var blockedUntil: [String: AnyClock.Instant] = [:]
     /// 429s seen per endpoint key, for status and tests.
     public private(set) var rateLimitedCount: [String: Int] = [:]
 
     /// bunq's limits (or none), windows multiplied by `scale`; `exempt` lists `(method, endpoint)` pairs another
     /// component limits (they pass through here unlimited).
-    public init(mode: Mode, scale: Double = 1, exempt: [(method: String, endpoint: String)] = []) {
+    public init(mode: Mode, scale: Double = 1, exempt: [(method: String, endpoint: String)] = [],
+                clock: AnyClock = .continuous) {
         self.mode = mode
         self.scale = scale
+        self.clock = clock
         let exemptKeys = Set(exempt.map { "\($0.method) \($0.endpoint)" })
         self.limits = { method, endpoint in
             guard mode == .bunq, !exemptKeys.contains("\(method) \(endpoint)") else { return nil }
@@ -55,9 +63,10 @@ public actor BunqRateLimiter {
     }
 
     /// A limiter with custom limits (tests).
-    public init(limits: @escaping @Sendable (_ method: String, _ endpoint: String) -> Limit?) {
+    public init(clock: AnyClock = .continuous, limits: @escaping @Sendable (_ method: String, _ endpoint: String) -> Limit?) {
         self.mode = .bunq
         self.scale = 1
+        self.clock = clock
         self.limits = limits
     }
 
@@ -84,14 +93,14 @@ public actor BunqRateLimiter {
     }
 
     /// When the next call to `endpoint` may go out, reserving that slot; `now` when it may go at once.
-    public func reserve(method: String, endpoint: String) -> ContinuousClock.Instant {
-        reserve(method: method, endpoint: endpoint, notAfter: nil) ?? .now
+    public func reserve(method: String, endpoint: String) -> AnyClock.Instant {
+        reserve(method: method, endpoint: endpoint, notAfter: nil) ?? clock.now
     }
 
     /// `reserve`, but only a slot no later than `notAfter`: nil (nothing reserved) when the next one comes later.
     /// The proxy's requests take their slots here, from the same windows as the daemon's own calls.
-    public func reserve(method: String, endpoint: String, notAfter: ContinuousClock.Instant?) -> ContinuousClock.Instant? {
-        let now = ContinuousClock.now
+    public func reserve(method: String, endpoint: String, notAfter: AnyClock.Instant?) -> AnyClock.Instant? {
+        let now = clock.now
         guard let limit = limits(method, endpoint) else { return now }
         let key = "\(method) \(endpoint)"
         let slot = nextSlot(key: key, limit: limit, now: now)
@@ -103,13 +112,14 @@ public actor BunqRateLimiter {
     }
 
     /// When a call to `endpoint` could go out next, reserving nothing.
-    public func nextSlot(method: String, endpoint: String) -> ContinuousClock.Instant {
-        guard let limit = limits(method, endpoint) else { return .now }
-        return nextSlot(key: "\(method) \(endpoint)", limit: limit, now: .now)
+    public func nextSlot(method: String, endpoint: String) -> AnyClock.Instant {
+        let now = clock.now
+        guard let limit = limits(method, endpoint) else { return now }
+        return nextSlot(key: "\(method) \(endpoint)", limit: limit, now: now)
     }
 
     /// The earliest slot for `key` (pruning reservations that left the window).
-    private func nextSlot(key: String, limit: Limit, now: ContinuousClock.Instant) -> ContinuousClock.Instant {
+    private func nextSlot(key: String, limit: Limit, now: AnyClock.Instant) -> AnyClock.Instant {
         let window = limit.window + Self.margin(for: limit.window)
         let earliest = max(now, blockedUntil[key] ?? now)
         var slots = reservations[key, default: []]
@@ -125,15 +135,15 @@ public actor BunqRateLimiter {
         let key = "\(method) \(endpoint)"
         rateLimitedCount[key, default: 0] += 1
         let window = limits(method, endpoint)?.window ?? Self.bunqLimit(method: method, endpoint: endpoint).window * scale
-        let until = ContinuousClock.now + window + Self.margin(for: window)
+        let until = clock.now + window + Self.margin(for: window)
         blockedUntil[key] = max(blockedUntil[key] ?? until, until)
     }
 
     /// Waits until a call to `endpoint` fits bunq's limit. Throws only when the task is cancelled.
     public nonisolated func acquire(method: String, endpoint: String) async throws {
         let slot = await reserve(method: method, endpoint: endpoint)
-        if slot > ContinuousClock.now {
-            try await Task.sleep(until: slot, clock: .continuous)
+        if slot > clock.now {
+            try await clock.sleep(until: slot)
         }
     }
 }

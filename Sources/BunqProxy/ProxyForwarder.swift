@@ -6,8 +6,9 @@ import Metrics
 import NIOCore
 import NIOHTTP1
 import SessionKeeper
-import UnixListener
 import SessionServer
+import Timekeeping
+import UnixListener
 
 /// Decides and forwards one complete request: who may use which context, which calls may go through, the
 /// session to send it in, one renewal and one retry when bunq refuses that session, and the record of it.
@@ -17,6 +18,8 @@ struct ProxyForwarder: Sendable {
     /// `proxy.timeout`: for the rate-limit slot, bunq's answer, and a renewal bunq's refusal asks for, together.
     let timeout: Duration
     let logger: Logger
+    /// The keeper's clock, which the client's rate-limit windows are kept on too: deadlines and waits share it.
+    var clock: AnyClock { keeper.clock }
 
     /// Endpoints (the first path segment after `/v1/`) the proxy refuses: they would spend the session-server
     /// budget the renewals need (`session-server`), end the daemon's session (`session`), or create or change
@@ -32,10 +35,11 @@ struct ProxyForwarder: Sendable {
     static let methods: Set<String> = ["GET", "POST", "PUT", "DELETE"]
 
     func respond(to head: HTTPRequestHead, body: ByteBuffer, peer: PeerCredentials) async -> ProxyReply {
-        let started = ContinuousClock.now
+        let clock = self.clock
+        let started = clock.now
         let reply = await decide(head, body: body, context: head.headers.first(name: "X-Bunq-Context"), peer: peer,
                                  deadline: started + timeout)
-        audit(head, reply, peer: peer, duration: ContinuousClock.now - started)
+        audit(head, reply, peer: peer, duration: clock.now - started)
         return reply
     }
 
@@ -61,7 +65,7 @@ struct ProxyForwarder: Sendable {
     }
 
     private func decide(_ head: HTTPRequestHead, body: ByteBuffer, context: String?, peer: PeerCredentials,
-                        deadline: ContinuousClock.Instant) async -> ProxyReply {
+                        deadline: AnyClock.Instant) async -> ProxyReply {
         guard let context, !context.isEmpty else {
             return .error(.missingContext, "Name the identity with the header X-Bunq-Context.")
         }
@@ -142,8 +146,9 @@ struct ProxyForwarder: Sendable {
 
     /// Renews `context` past `generation` (the path of `session.report_invalid`), within the deadline; nil once
     /// a new session is live, else the answer to give.
-    private func renew(_ context: String, after generation: Int, deadline: ContinuousClock.Instant) async -> ProxyReply? {
+    private func renew(_ context: String, after generation: Int, deadline: AnyClock.Instant) async -> ProxyReply? {
         let keeper = self.keeper
+        let clock = self.clock
         let outcome: Result<Int, any Error>? = await withTaskGroup(of: Result<Int, any Error>?.self) { group in
             group.addTask {
                 do { return .success(try await keeper.reportInvalid(context, generation: generation).generation) } catch {
@@ -151,7 +156,7 @@ struct ProxyForwarder: Sendable {
                 }
             }
             group.addTask {
-                try? await Task.sleep(until: deadline, clock: .continuous)
+                try? await clock.sleep(until: deadline)
                 return nil
             }
             let first = await group.next() ?? nil

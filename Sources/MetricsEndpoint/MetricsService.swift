@@ -102,7 +102,7 @@ public final class MetricsService: Service {
     private func refreshGauges() async {
         let gauges = StateGauges(registry: registry)
         await cancelWhenGracefulShutdown {
-            await every(.seconds(2), on: ContinuousClock()) { gauges.update(await self.keeper.metricsSnapshot()) }
+            await every(.seconds(2), on: self.keeper.clock) { gauges.update(await self.keeper.metricsSnapshot()) }
         }
     }
 }

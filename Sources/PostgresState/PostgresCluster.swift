@@ -229,7 +229,9 @@ extension PostgresState {
 
     public func listen(_ handle: @escaping @Sendable (StoreChange) async -> Void) async {
         var failures = 0
-        while !Task.isCancelled {
+        // Listens until the connection ends, then reconnects after a backoff; the backoff's sleep ends the loop
+        // once the task is cancelled.
+        repeat {
             do {
                 let connection = try await connectAsync()
                 do {
@@ -248,9 +250,18 @@ extension PostgresState {
             } catch {
                 logger.debug("cannot listen for notifications", metadata: ["bunq.error": "\(Self.describe(error))"])
             }
-            guard !Task.isCancelled else { break }
             failures += 1
-            try? await Task.sleep(for: .seconds(min(10, 0.25 * Double(1 << min(failures, 6)))))
+        } while await Self.pause(.seconds(min(10, 0.25 * Double(1 << min(failures, 6)))))
+    }
+
+    /// Sleeps `duration`; false when the task is cancelled (before or during the sleep).
+    private static func pause(_ duration: Duration) async -> Bool {
+        guard !Task.isCancelled else { return false }
+        do {
+            try await Task.sleep(for: duration)
+            return true
+        } catch {
+            return false
         }
     }
 

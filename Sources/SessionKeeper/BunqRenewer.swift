@@ -3,6 +3,7 @@ import BunqCrypto
 import Foundation
 import Logging
 import Synchronization
+import Timekeeping
 
 /// Renews a context against bunq: bootstraps what is missing (persisting every step), opens a session when the
 /// scheduler grants the session-server slot, and commits it through the context's owner before handing it to
@@ -22,7 +23,7 @@ struct BunqRenewer: SessionRenewer {
     /// bunq's `created` and our clock at the request may differ by this much before it is worth a warning.
     static let clockSkewWarning: TimeInterval = 60
     /// When skew was last warned about: at most once an hour, not once per session.
-    let skewWarnings = Throttle(every: .seconds(3_600))
+    let skewWarnings: Throttle
 
     /// The steps that make no session-server call: key, installation, PSD2 credential, device.
     static func isPreparation(_ step: BootstrapStep) -> Bool {
@@ -139,13 +140,17 @@ struct BunqRenewer: SessionRenewer {
 /// Lets something through at most once per `interval` (a warning that would otherwise repeat per session).
 final class Throttle: Sendable {
     private let interval: Duration
-    private let last = Mutex<ContinuousClock.Instant?>(nil)
+    private let clock: AnyClock
+    private let last = Mutex<AnyClock.Instant?>(nil)
 
-    init(every interval: Duration) { self.interval = interval }
+    init(every interval: Duration, clock: AnyClock) {
+        self.interval = interval
+        self.clock = clock
+    }
 
     func allow() -> Bool {
-        last.withLock { last in
-            let now = ContinuousClock.now
+        let now = clock.now
+        return last.withLock { last in
             guard last.map({ now - $0 >= interval }) ?? true else { return false }
             last = now
             return true

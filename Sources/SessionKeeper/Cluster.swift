@@ -2,6 +2,7 @@ import BunqAPI
 import Foundation
 import Logging
 import Synchronization
+import Timekeeping
 
 /// `cluster:` — this daemon's place among several on one PostgreSQL store.
 public struct ClusterSettings: Sendable, Equatable {
@@ -66,6 +67,8 @@ final class Cluster: Sendable {
     private let logger: Logger
     /// This run of the daemon, so a second process under the same instance name is noticed.
     private let process = UUID().uuidString
+    /// The monotonic clock of the rounds, the waits and the leases as held here (the book's).
+    var clock: AnyClock { book.clock }
 
     init(settings: ClusterSettings, store: any ClusterStore, book: LeaseBook, spacing: Double, logger: Logger) {
         self.settings = settings
@@ -92,7 +95,7 @@ final class Cluster: Sendable {
 
     // MARK: The loops
 
-    func run(owner: ContextOwner, scheduler: SessionScheduler<ContinuousClock>, events: EventBroadcaster) async {
+    func run(owner: ContextOwner, scheduler: SessionScheduler<AnyClock>, events: EventBroadcaster) async {
         await withDiscardingTaskGroup { group in
             group.addTask { await self.leaseLoop(owner, scheduler, events) }
             group.addTask {
@@ -108,11 +111,13 @@ final class Cluster: Sendable {
         book.removeAll()
     }
 
-    private func leaseLoop(_ owner: ContextOwner, _ scheduler: SessionScheduler<ContinuousClock>, _ events: EventBroadcaster) async {
+    private func leaseLoop(_ owner: ContextOwner, _ scheduler: SessionScheduler<AnyClock>, _ events: EventBroadcaster) async {
         var failures = 0
         var rounds = 0
-        while !Task.isCancelled {
-            var delay = settings.roundInterval
+        var delay: Double
+        // One round, then a pause until the next (or a poke); the pause ends the loop when the task is cancelled.
+        repeat {
+            delay = settings.roundInterval
             do {
                 // The first round only announces this daemon: daemons starting together see each other before
                 // anyone takes a share, so the first shares are already even.
@@ -136,12 +141,11 @@ final class Cluster: Sendable {
             if !lapsed.isEmpty, failures > 0 {
                 logger.notice("leases lapsed while the store was unreachable", metadata: ["bunq.count": "\(lapsed.count)"])
             }
-            await sleep(seconds: delay)
-        }
+        } while await pause(seconds: delay)
     }
 
     /// The contexts the scheduler still renews whose lease has run out on this daemon's clock: released to nobody.
-    private func lapsedLeases(_ scheduler: SessionScheduler<ContinuousClock>) async -> [String] {
+    private func lapsedLeases(_ scheduler: SessionScheduler<AnyClock>) async -> [String] {
         let held = book.names
         var lapsed: [String] = []
         for name in await scheduler.heldNames where !held.contains(name) {
@@ -151,18 +155,21 @@ final class Cluster: Sendable {
         return lapsed
     }
 
-    private func sleep(seconds: Double) async {
+    /// Waits `seconds` on the clock or until poked; false once the task is cancelled (the loop ends).
+    private func pause(seconds: Double) async -> Bool {
+        let clock = self.clock
         await withTaskGroup(of: Void.self) { group in
-            group.addTask { try? await Task.sleep(for: .seconds(seconds)) }
+            group.addTask { try? await clock.sleep(until: clock.now + .seconds(seconds)) }
             group.addTask { [wake] in await wake.signalled() }
             await group.next()
             group.cancelAll()
         }
+        return !Task.isCancelled
     }
 
     /// One lease round: heartbeat, extend what is held, take or give back towards the fair share.
-    private func round(_ owner: ContextOwner, _ scheduler: SessionScheduler<ContinuousClock>, acquire: Bool) async throws {
-        let started = ContinuousClock.now
+    private func round(_ owner: ContextOwner, _ scheduler: SessionScheduler<AnyClock>, acquire: Bool) async throws {
+        let started = clock.now
         let instance = settings.instance
         let (members, contexts) = try await store.heartbeat(instance: instance, process: process, egressGroup: settings.egressGroup,
                                                       window: settings.leaseDuration)
@@ -219,7 +226,7 @@ final class Cluster: Sendable {
 
     /// Everything again: new contexts followed, newer sessions adopted, removed ones forgotten. Reads the
     /// generations only, then each context that changed (no token is decrypted for one that did not).
-    private func resync(_ owner: ContextOwner, _ scheduler: SessionScheduler<ContinuousClock>, _ events: EventBroadcaster) async throws {
+    private func resync(_ owner: ContextOwner, _ scheduler: SessionScheduler<AnyClock>, _ events: EventBroadcaster) async throws {
         let known = await owner.generations  // before the read: a context created here meanwhile is not "removed"
         let stored = try await store.generations()
         for (name, generation) in stored where known[name].map({ generation > $0 }) ?? true {
@@ -229,7 +236,7 @@ final class Cluster: Sendable {
     }
 
     /// One notified change of another daemon's.
-    private func follow(_ change: StoreChange, _ owner: ContextOwner, _ scheduler: SessionScheduler<ContinuousClock>,
+    private func follow(_ change: StoreChange, _ owner: ContextOwner, _ scheduler: SessionScheduler<AnyClock>,
                         _ events: EventBroadcaster) async {
         do {
             switch change {
@@ -276,7 +283,8 @@ final class Cluster: Sendable {
     /// Before a session-server call of `name`: the lease must be held, the store reachable, and the egress
     /// group's slot free (waited for, as the group's other daemons use it).
     func beginSessionCall(_ name: String) async throws {
-        let deadline = ContinuousClock.now + .seconds(max(120, spacing * 20))
+        let clock = self.clock
+        let deadline = clock.now + .seconds(max(120, spacing * 20))
         while true {
             guard book.fence(name) != nil else { throw RenewalError.lostLease(name) }
             guard spacing > 0 else { return }
@@ -289,10 +297,10 @@ final class Cluster: Sendable {
                                    code: .storeUnreachable)
             }
             guard let wait else { return }
-            guard ContinuousClock.now < deadline else {
+            guard clock.now < deadline else {
                 throw RenewalError(.retryable, "the egress group's session-server slot stayed taken", code: .bunq(.rateLimited))
             }
-            try? await Task.sleep(for: .seconds(min(max(wait, 0.05), 5)))
+            try? await clock.sleep(until: clock.now + .seconds(min(max(wait, 0.05), 5)))
         }
     }
 

@@ -1,5 +1,6 @@
 import BunqAPI
 import Foundation
+import Timekeeping
 
 /// The one owner of every context's state. Every change — a bootstrap step, a renewal's new session, a removal,
 /// an OAuth completion, a reload — goes through this actor, which writes the store and then publishes an
@@ -27,12 +28,14 @@ actor ContextOwner {
     private var lastIncarnation: UInt64 = 0
     private let store: any StateBackend
     private let sessions: SessionTable
-    private let scheduler: SessionScheduler<ContinuousClock>
+    private let scheduler: SessionScheduler<AnyClock>
     /// In a cluster: the shared store, the leases held here and this daemon's name. Sessions and bootstrap steps
     /// are then written only under the context's lease, and contexts come and go through the store.
     private let fencing: Fencing?
     /// Installation keys as the socket and the proxy read them.
     private let signingKeys: SigningKeys
+    /// The wall clock a session's expiry is read against when its snapshot is published.
+    private let wallClock: @Sendable () -> Date
     /// Contexts with a change under way, and the changes waiting for their turn (first come, first served).
     private var turns: [String: [CheckedContinuation<Void, Never>]] = [:]
 
@@ -46,7 +49,7 @@ actor ContextOwner {
 
         /// Creates the context's row with its lease to this daemon; false when another daemon created it first.
         func insert(_ name: String, _ kind: StoredContext.Kind, _ registration: IdentityRegistration) async throws -> LeaseGrant? {
-            let started = ContinuousClock.now
+            let started = book.clock.now
             guard let grant = try await store.insertRegistration(name, kind: kind, registration, by: instance,
                                                            leaseSeconds: leaseDuration) else { return nil }
             book.grant(grant, until: started + .seconds(localDuration))
@@ -54,9 +57,10 @@ actor ContextOwner {
         }
     }
 
-    init(store: any StateBackend, sessions: SessionTable, scheduler: SessionScheduler<ContinuousClock>, signingKeys: SigningKeys,
-         fencing: Fencing? = nil) {
+    init(store: any StateBackend, sessions: SessionTable, scheduler: SessionScheduler<AnyClock>, signingKeys: SigningKeys,
+         fencing: Fencing? = nil, wallClock: @escaping @Sendable () -> Date = Date.init) {
         self.store = store
+        self.wallClock = wallClock
         self.sessions = sessions
         self.scheduler = scheduler
         self.signingKeys = signingKeys
@@ -122,7 +126,7 @@ actor ContextOwner {
         // In a cluster the lease rounds decide which of them this daemon renews; until then it follows them all.
         let schedules = await scheduler.addMany(records.map { ($0.name, $0.session, $0.generation) }, held: fencing == nil)
         for record in records {
-            if let schedule = schedules[record.name] { sessions.set(Self.entry(record, schedule)) }
+            if let schedule = schedules[record.name] { sessions.set(snapshot(record, schedule)) }
         }
     }
 
@@ -349,17 +353,18 @@ actor ContextOwner {
             sessions.remove(name)
             return nil
         }
-        let entry = Self.entry(owned.record, schedule)
+        let entry = snapshot(owned.record, schedule)
         sessions.set(entry)
         return entry
     }
 
     /// The hot path's view of a context. A token may be handed out only while the scheduler's session is valid
     /// beyond the margin; from then on the monotonic clock decides.
-    static func entry(_ record: ContextRecord, _ schedule: ContextSchedule) -> SessionEntry {
-        var usableUntil: ContinuousClock.Instant?
+    private func snapshot(_ record: ContextRecord, _ schedule: ContextSchedule) -> SessionEntry {
+        var usableUntil: AnyClock.Instant?
         if [.live, .renewing, .retrying].contains(schedule.state), record.session != nil, let expiresAt = schedule.expiresAt {
-            usableUntil = ContinuousClock.now + .seconds(expiresAt.addingTimeInterval(-schedule.margin).timeIntervalSinceNow)
+            let left = expiresAt.addingTimeInterval(-schedule.margin).timeIntervalSince(wallClock())
+            usableUntil = sessions.now + .seconds(left)
         }
         return SessionEntry(context: record.name, kind: record.kind, session: usableUntil == nil ? nil : record.session,
                           renewAt: schedule.renewAt, generation: schedule.generation,

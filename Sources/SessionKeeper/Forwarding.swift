@@ -27,7 +27,7 @@ extension Keeper {
         guard let entry = sessions.entry(context) else {
             throw KeeperError(.unknownContext, "no context named \(context)")
         }
-        guard let session = entry.grantable(), let pem = entry.serverPublicKeyPEM else { return nil }
+        guard let session = entry.grantable(at: sessions.now), let pem = entry.serverPublicKeyPEM else { return nil }
         let key = try await signingKey(context)
         guard let emptyBody = try signingKeys.emptyBodySignature(for: context) else { return nil }
         return ForwardingSession(token: session.token, generation: entry.generation, signingKey: key,

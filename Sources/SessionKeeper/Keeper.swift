@@ -4,13 +4,14 @@ import Foundation
 import Logging
 import ServiceLifecycle
 import Synchronization
+import Timekeeping
 
 /// The session keeper: restores every identity from the state store, reconciles them with the configuration,
 /// and keeps their sessions alive with one scheduler. Its API (lease, schedule, renew) is what the socket server
 /// will expose.
 public final class Keeper: Service, Sendable {
     public let configuration: KeeperConfiguration
-    public let scheduler: SessionScheduler<ContinuousClock>
+    public let scheduler: SessionScheduler<AnyClock>
     let store: any StateBackend
     /// Held for the life of the daemon: one daemon per state directory.
     let stateLock: StateLock
@@ -22,7 +23,7 @@ public final class Keeper: Service, Sendable {
     let renewer: BunqRenewer
     let logger: Logger
     /// Sessions as the socket server reads them, without a round trip through the scheduler.
-    public let sessions = SessionTable()
+    public let sessions: SessionTable
     /// Rotations and failures, for `session.subscribe`.
     public let events = EventBroadcaster()
     /// When the keeper started, for `daemon.status`.
@@ -46,8 +47,9 @@ public final class Keeper: Service, Sendable {
     let certificate: Certificate?
     /// With several daemons on one store: leases, the shared budget and the other daemons' changes.
     let cluster: Cluster?
-    /// What the periodic checks (certificate, budget) wait on, and the wall clock they read.
-    let clock: any Clock<Duration>
+    /// The monotonic clock everything here reads and waits on (renewals, leases, windows, the proxy's waits),
+    /// and the wall clock that bunq's expiry times are read against.
+    public let clock: AnyClock
     let wallClock: @Sendable () -> Date
 
     /// Opens a backend other than the embedded SQLite store, given the master key and where it came from (the
@@ -60,10 +62,11 @@ public final class Keeper: Service, Sendable {
     /// Opens the store and the bunq client. `psd2` is the provider's checked material, when one is configured.
     public init(configuration: KeeperConfiguration, psd2: PSD2Material?, logger: Logger,
                 openStore: StoreOpener? = nil,
-                clock: any Clock<Duration> = ContinuousClock(), wallClock: @escaping @Sendable () -> Date = Date.init) throws {
+                clock: AnyClock = .continuous, wallClock: @escaping @Sendable () -> Date = Date.init) throws {
         self.configuration = configuration
         self.clock = clock
         self.wallClock = wallClock
+        sessions = SessionTable(clock: clock)
         certificate = psd2?.certificate
         self.logger = logger
         // The lock first: a second daemon must not touch the key, the database or the socket.
@@ -84,7 +87,7 @@ public final class Keeper: Service, Sendable {
         // The scheduler grants the session-server budget itself, by urgency: the client's limiter leaves it alone,
         // so no session-server call is ever charged twice.
         let limiter = BunqRateLimiter(mode: configuration.rateLimits, scale: configuration.rateLimitScale,
-                                      exempt: [BunqRateLimiter.sessionServer])
+                                      exempt: [BunqRateLimiter.sessionServer], clock: clock)
         client = try BunqClient(endpoints: configuration.endpoints, rateLimiter: limiter,
                                 psd2FirstSessionTimeout: configuration.psd2FirstSessionTimeout,
                                 permittedIPs: configuration.permittedIPs, sourceAddress: configuration.sourceAddress)
@@ -96,7 +99,7 @@ public final class Keeper: Service, Sendable {
             }
             var clusterLogger = logger
             clusterLogger[metadataKey: "bunq.instance"] = "\(settings.instance)"
-            cluster = Cluster(settings: settings, store: shared, book: LeaseBook(),
+            cluster = Cluster(settings: settings, store: shared, book: LeaseBook(clock: clock),
                               spacing: configuration.sessionServerBudget.spacing, logger: clusterLogger)
         } else {
             cluster = nil
@@ -104,13 +107,14 @@ public final class Keeper: Service, Sendable {
         // In order, nothing wired afterwards: the scheduler; the owner, which schedules what it holds; the
         // renewer, which writes through the owner and is handed to the scheduler's loop when it runs.
         scheduler = SessionScheduler(policy: configuration.policy, budget: configuration.sessionServerBudget,
-                                     maxConcurrent: configuration.maxConcurrentRenewals)
+                                     maxConcurrent: configuration.maxConcurrentRenewals, clock: clock, wallClock: wallClock)
         owner = ContextOwner(store: store, sessions: sessions, scheduler: scheduler, signingKeys: signingKeys, fencing: cluster.map {
             ContextOwner.Fencing(store: $0.store, book: $0.book, instance: $0.settings.instance,
                                  leaseDuration: $0.settings.leaseDuration, localDuration: $0.settings.localDuration)
-        })
+        }, wallClock: wallClock)
         var renewer = BunqRenewer(client: client, store: store, owner: owner, psd2: psd2,
-                                  deviceDescription: configuration.deviceDescription, logger: logger)
+                                  deviceDescription: configuration.deviceDescription, logger: logger,
+                                  skewWarnings: Throttle(every: .seconds(3_600), clock: clock))
         renewer.cluster = cluster
         self.renewer = renewer
     }
@@ -200,7 +204,7 @@ public final class Keeper: Service, Sendable {
     func warmSigningKeys(batch: Int = 64) async {
         var failures = 0
         var done = 0
-        var batchStarted = ContinuousClock.now
+        var batchStarted = clock.now
         for name in await owner.names.sorted() where !signingKeys.has(name) {
             guard !Task.isCancelled else { return }
             do {
@@ -215,8 +219,8 @@ public final class Keeper: Service, Sendable {
             }
             done += 1
             if done % batch == 0 {
-                try? await Task.sleep(for: (ContinuousClock.now - batchStarted) * 3)
-                batchStarted = ContinuousClock.now
+                try? await clock.sleep(until: clock.now + (clock.now - batchStarted) * 3)
+                batchStarted = clock.now
             }
         }
     }
@@ -274,7 +278,6 @@ public final class Keeper: Service, Sendable {
     func watchCertificate(every interval: Duration = .seconds(86_400)) async {
         guard let certificate, let path = configuration.provider?.certificatePath else { return }
         let notAfter = ISO8601DateFormatter().string(from: certificate.notAfter)
-        let clock: any Clock<Duration> = self.clock  // a local: Swift opens the existential for the generic call
         await CertificateWatch(notAfter: certificate.notAfter).run(every: interval, on: clock, wall: wallClock) { finding in
             var metadata: Logger.Metadata = ["bunq.context": "provider", "bunq.certificate": "\(path)",
                                              "bunq.not_after": "\(notAfter)"]
@@ -401,7 +404,8 @@ public final class Keeper: Service, Sendable {
     /// The configured identities (provider, API keys) whose first attempt at a session has not finished yet: no
     /// grantable session and no failure yet. READY waits for these, so a service
     /// started after bunq-sessiond finds its identities live; OAuth users (possibly very many) are not waited for.
-    public func startupPending(at now: ContinuousClock.Instant = .now) async -> [String] {
+    public func startupPending() async -> [String] {
+        let now = sessions.now
         var names = configuration.provider == nil ? [] : ["provider"]
         names += apiKeys.withLock { $0.map(\.name) }
         var pending: [String] = []
@@ -462,6 +466,7 @@ public final class Keeper: Service, Sendable {
     private func awaitingHolder(_ context: String, _ wait: @escaping @Sendable () async -> Result<SessionInfo, RenewalError>?,
                                 ask: @Sendable () async -> Bool) async -> Result<SessionInfo, RenewalError>? {
         let patience = (configuration.cluster?.leaseSeconds ?? 30) * 2 + 30
+        let clock = self.clock
         return await withTaskGroup(of: Result<SessionInfo, RenewalError>??.self) { group in
             group.addTask { await wait() }
             guard await ask() else {
@@ -470,7 +475,7 @@ public final class Keeper: Service, Sendable {
                                              code: .storeUnreachable))
             }
             group.addTask {
-                try? await Task.sleep(for: .seconds(patience))
+                try? await clock.sleep(until: clock.now + .seconds(patience))
                 return .some(.failure(RenewalError(.retryable, "the daemon holding \(context) did not renew it", code: .holderSilent)))
             }
             let first = await group.next() ?? nil
@@ -492,7 +497,6 @@ public final class Keeper: Service, Sendable {
     /// crossing), another above 100% naming how many identities will run late.
     func watchBudget(interval: Duration = .seconds(10)) async {
         var watch = BudgetWatch()
-        let clock: any Clock<Duration> = self.clock  // a local: Swift opens the existential for the generic call
         await watch.run(every: interval, on: clock, status: { forecast in
             var status = await scheduler.budgetStatus(forecast: forecast)
             // A cluster's renewals are spread over its egress groups: each brings one IP's budget.

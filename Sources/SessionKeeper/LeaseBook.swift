@@ -1,5 +1,6 @@
 import Foundation
 import Synchronization
+import Timekeeping
 
 /// The leases this daemon holds, as the last lease round left them, with the moment (on the monotonic clock) each
 /// stops counting here. That moment comes before the store's own expiry of the lease, so a daemon that was paused
@@ -8,33 +9,38 @@ import Synchronization
 public final class LeaseBook: Sendable {
     private struct Held {
         let fence: Int64
-        let until: ContinuousClock.Instant
+        let until: AnyClock.Instant
         /// When it was granted outside a round (a context created here), so a round already under way keeps it.
-        let grantedAt: ContinuousClock.Instant?
+        let grantedAt: AnyClock.Instant?
     }
 
     private let held = Mutex<[String: Held]>([:])
+    /// The monotonic clock the leases run out on here.
+    public let clock: AnyClock
 
-    public init() {}
+    public init(clock: AnyClock) {
+        self.clock = clock
+    }
 
     /// The fence of the context's lease while it is held here; nil otherwise.
-    public func fence(_ context: String, at now: ContinuousClock.Instant = .now) -> Int64? {
-        held.withLock { held in held[context].flatMap { $0.until > now ? $0.fence : nil } }
+    public func fence(_ context: String) -> Int64? {
+        let now = clock.now
+        return held.withLock { held in held[context].flatMap { $0.until > now ? $0.fence : nil } }
     }
 
     public var count: Int {
-        let now = ContinuousClock.now
+        let now = clock.now
         return held.withLock { $0.values.filter { $0.until > now }.count }
     }
 
     public var names: Set<String> {
-        let now = ContinuousClock.now
+        let now = clock.now
         return held.withLock { Set($0.compactMap { $0.value.until > now ? $0.key : nil }) }
     }
 
     /// Replaces the book by the leases of a round that started at `roundStarted`, each valid here until `until`.
     /// A lease granted since the round started (a context created meanwhile) stays: the round could not see it.
-    func replace(_ grants: [LeaseGrant], until: ContinuousClock.Instant, roundStarted: ContinuousClock.Instant) {
+    func replace(_ grants: [LeaseGrant], until: AnyClock.Instant, roundStarted: AnyClock.Instant) {
         held.withLock { held in
             var next = Dictionary(grants.map { ($0.context, Held(fence: $0.fence, until: until, grantedAt: nil)) },
                                   uniquingKeysWith: { a, _ in a })
@@ -46,8 +52,9 @@ public final class LeaseBook: Sendable {
     }
 
     /// Adds one lease (a context this daemon just created).
-    func grant(_ grant: LeaseGrant, until: ContinuousClock.Instant) {
-        held.withLock { $0[grant.context] = Held(fence: grant.fence, until: until, grantedAt: .now) }
+    func grant(_ grant: LeaseGrant, until: AnyClock.Instant) {
+        let now = clock.now
+        held.withLock { $0[grant.context] = Held(fence: grant.fence, until: until, grantedAt: now) }
     }
 
     func remove(_ contexts: some Sequence<String>) {

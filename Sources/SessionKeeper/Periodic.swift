@@ -15,3 +15,13 @@ public func every<C: Clock>(_ interval: Duration, on clock: C, immediately: Bool
         await body()
     }
 }
+
+/// Calls `check` at once and then at every tick of `interval` on `clock` until it returns true or the calling
+/// task is cancelled: a wait for a condition that no event announces (the daemon's first registrations).
+public func poll<C: Clock>(every interval: Duration, on clock: C, until check: () async -> Bool) async
+    where C.Duration == Duration {
+    guard !Task.isCancelled, await !check() else { return }
+    for await _ in AsyncTimerSequence(interval: interval, clock: clock) {
+        if await check() { return }
+    }
+}

@@ -88,7 +88,8 @@ public actor SessionScheduler<C: Clock> where C.Duration == Duration {
     /// which is made after the scheduler (the owner schedules what it restores), so nothing is wired afterwards.
     public func run(renewing renewer: any SessionRenewer) async {
         await withDiscardingTaskGroup { group in
-            while !Task.isCancelled {
+            // A tick, then a sleep until the next wake-up (or a wake signal); the sleep ends the loop on cancellation.
+            repeat {
                 ticks &+= 1
                 let at = now
                 planner.collectDue(now: at)
@@ -106,17 +107,17 @@ public actor SessionScheduler<C: Clock> where C.Duration == Duration {
                         await self.complete(name, result)
                     }
                 }
-                await sleep(until: planner.nextWakeup())
-            }
+            } while await sleep(until: planner.nextWakeup())
             eventContinuation.finish()
         }
         // Nobody is left to renew: whoever waits for an outcome gets one now.
         waiters.resumeAll(with: .failure(RenewalError(.retryable, "the daemon is shutting down", code: .shutdown)))
     }
 
-    private func sleep(until deadline: Date?) async {
+    /// Sleeps until `deadline` (at most `maxSleep`) or a wake signal; false once the task is cancelled.
+    private func sleep(until deadline: Date?) async -> Bool {
         let seconds = min(maxSleep, max(0, deadline?.timeIntervalSince(now) ?? maxSleep))
-        guard seconds > 0 else { return }
+        guard seconds > 0 else { return !Task.isCancelled }
         let instant = clock.now.advanced(by: .seconds(seconds))
         await withTaskGroup(of: Void.self) { group in
             group.addTask { [clock] in try? await clock.sleep(until: instant, tolerance: nil) }
@@ -124,6 +125,7 @@ public actor SessionScheduler<C: Clock> where C.Duration == Duration {
             await group.next()
             group.cancelAll()
         }
+        return !Task.isCancelled
     }
 
     private func prepared(_ name: String, _ result: Result<Void, RenewalError>) {

@@ -1,5 +1,6 @@
 import Foundation
 import Synchronization
+import Timekeeping
 
 /// What the socket server may know about a context without asking the scheduler: its current session and
 /// until when it may be handed out. Updated by the keeper on every change, read on the socket's hot path.
@@ -14,13 +15,13 @@ public struct SessionEntry: Sendable, Equatable {
     public let serverPublicKeyPEM: String?
     /// On the monotonic clock: the last moment the session may be handed out (its expiry minus the token rule's
     /// margin); nil when it may not be at all. A wall clock that steps cannot move it.
-    public let usableUntil: ContinuousClock.Instant?
+    public let usableUntil: AnyClock.Instant?
     /// The context's state when this snapshot was published (a renewal's start publishes nothing: `live` covers
     /// `renewing`; `grantable` decides about the token).
     public let state: ContextState
 
     public init(context: String, kind: StoredContext.Kind, session: SessionInfo?, renewAt: Date?, generation: Int,
-                serverPublicKeyPEM: String?, usableUntil: ContinuousClock.Instant?, state: ContextState = .live) {
+                serverPublicKeyPEM: String?, usableUntil: AnyClock.Instant?, state: ContextState = .live) {
         self.context = context
         self.kind = kind
         self.session = session
@@ -31,8 +32,8 @@ public struct SessionEntry: Sendable, Equatable {
         self.state = state
     }
 
-    /// The session when it may be handed out now.
-    public func grantable(at now: ContinuousClock.Instant = .now) -> SessionInfo? {
+    /// The session when it may be handed out at `now` (on the table's clock: `SessionTable.now`).
+    public func grantable(at now: AnyClock.Instant) -> SessionInfo? {
         guard let session, let usableUntil, now < usableUntil else { return nil }
         return session
     }
@@ -53,8 +54,15 @@ public final class SessionTable: Sendable {
     }
 
     private let contents = Mutex(Contents())
+    /// The monotonic clock the entries' `usableUntil` is on.
+    public let clock: AnyClock
 
-    public init() {}
+    public init(clock: AnyClock) {
+        self.clock = clock
+    }
+
+    /// Now on the entries' clock, to ask an entry whether its session is `grantable(at:)`.
+    public var now: AnyClock.Instant { clock.now }
 
     public func set(_ entry: SessionEntry) {
         contents.withLock { contents in

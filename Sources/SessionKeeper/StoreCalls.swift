@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import Metrics
 import Synchronization
+import Timekeeping
 
 /// Reads and writes fail apart: a database locked by another writer still answers reads.
 enum CallKind: Sendable, Hashable {
@@ -42,11 +43,11 @@ public final class StoreCalls: Sendable {
     public let timeout: Duration
     /// Where the store is, for messages (no password).
     public let location: String
-    private let clock: any Clock<Duration>
+    private let clock: AnyClock
     private let state = Mutex(StoreHealth())
     private let logger: Logger
 
-    public init(location: String, timeout: Duration, clock: any Clock<Duration> = ContinuousClock(), logger: Logger) {
+    public init(location: String, timeout: Duration, clock: AnyClock = .continuous, logger: Logger) {
         self.location = location
         self.timeout = timeout
         self.clock = clock
@@ -65,7 +66,7 @@ public final class StoreCalls: Sendable {
     /// `timeout` replaces the store's deadline for a call that is known to be long (migrations at start, an import).
     public func run<T: Sendable>(_ operation: String, timeout: Duration? = nil, _ body: @escaping @Sendable () async throws -> T,
                                  onTimeout: @escaping @Sendable () -> Void = {}) async throws -> T {
-        let started = ContinuousClock.now
+        let started = clock.now
         do {
             let value = try await Self.race(clock, timeout ?? self.timeout, location, body, onTimeout)
             finished(operation, started, result: "ok", error: nil)
@@ -91,7 +92,7 @@ public final class StoreCalls: Sendable {
     }
 
     private static func race<T: Sendable>(
-        _ clock: any Clock<Duration>, _ timeout: Duration, _ location: String, _ body: @escaping @Sendable () async throws -> T,
+        _ clock: AnyClock, _ timeout: Duration, _ location: String, _ body: @escaping @Sendable () async throws -> T,
         _ onTimeout: @escaping @Sendable () -> Void
     ) async throws -> T {
         let outcome = try await withThrowingTaskGroup(of: Outcome<T>.self) { group in
@@ -113,11 +114,11 @@ public final class StoreCalls: Sendable {
         }
     }
 
-    private func finished(_ operation: String, _ started: ContinuousClock.Instant, result: String, error: StoreError?) {
+    private func finished(_ operation: String, _ started: AnyClock.Instant, result: String, error: StoreError?) {
         Counter(label: "bunq_sessiond_store_operations_total", dimensions: [("operation", operation), ("result", result)])
             .increment()
         Timer(label: "bunq_sessiond_store_operation_duration_seconds", dimensions: [("operation", operation)])
-            .recordNanoseconds(Int64((ContinuousClock.now - started) / .nanoseconds(1)))
+            .recordNanoseconds(Int64((clock.now - started) / .nanoseconds(1)))
         // Whether the store itself failed: an answer that refuses (missing, fenced, locked) is the store working.
         let failed = error.map { $0.code == .timeout || $0.code == .database } ?? false
         if result == "cancelled" { return }

@@ -67,6 +67,8 @@ final class Subscription: Sendable {
     private let peer: PeerCredentials
     private let access: AccessControl
     private let registry: SubscriptionRegistry
+    /// The published sessions (and their clock), to say whether a failed context's token is still good.
+    private let sessions: SessionTable
     /// A subscription with no context is none: such a connection is closed when idle like any other.
     private let flags: ConnectionFlags
     private let state = Mutex<(id: Int?, wanted: Set<String>, ended: Bool)>((nil, [], false))
@@ -78,6 +80,7 @@ final class Subscription: Sendable {
         self.peer = peer
         access = service.access
         registry = service.subscriptions
+        sessions = service.keeper.sessions
     }
 
     /// Replaces what the connection subscribes to.
@@ -102,7 +105,7 @@ final class Subscription: Sendable {
     }
 
     private func offer(_ event: SchedulerEvent, _ entry: SessionEntry?) {
-        guard let (context, line) = SocketService.notification(event, entry),
+        guard let (context, line) = SocketService.notification(event, entry, now: sessions.now),
               state.withLock({ $0.wanted.contains(context) }) else { return }
         guard access.mayUse(peer, context) else {
             revoke([context])

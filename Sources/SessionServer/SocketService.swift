@@ -6,6 +6,7 @@ import SessionKeeper
 import UnixListener
 import SessionProtocol
 import Synchronization
+import Timekeeping
 
 /// The socket protocol's methods over the keeper, with access control. Answers are complete response lines.
 public final class SocketService: Sendable {
@@ -82,7 +83,7 @@ public final class SocketService: Sendable {
             if counted { metrics.sessionGetUnknown.increment() }
             return .unknown
         }
-        guard let session = entry.grantable() else { return .slow }
+        guard let session = entry.grantable(at: keeper.sessions.now) else { return .slow }
         if counted { metrics.sessionGetGranted.increment() }
         // `logged`: this connection was already granted this context (its first grant was logged).
         if !logged || logger.logLevel <= .debug { logGrant(context, peer) }
@@ -419,7 +420,8 @@ public final class SocketService: Sendable {
     }
 
     /// The notification for a scheduler event, or nil when the event is not for this subscriber.
-    static func notification(_ event: SchedulerEvent, _ entry: SessionEntry?) -> (context: String, line: [UInt8])? {
+    static func notification(_ event: SchedulerEvent, _ entry: SessionEntry?,
+                             now: AnyClock.Instant) -> (context: String, line: [UInt8])? {
         switch event {
         case .rotated(let context, let generation, let expiresAt):
             guard let token = entry?.session?.token else { return nil }
@@ -429,7 +431,7 @@ public final class SocketService: Sendable {
             ]))
         case .failed(let context, let error, _, _, _):
             let state = error.kind == .needsAttention ? ContextState.needsAttention
-                : (entry?.grantable() != nil ? .retrying : .expired)
+                : (entry?.grantable(at: now) != nil ? .retrying : .expired)
             return (context, RPCCodec.notification("context.state", [
                 "context": context, "state": state.rawValue, "reason": error.message,
             ]))

@@ -11,6 +11,7 @@ import SessionKeeper
 import SessionServer
 import Synchronization
 import SystemdSupport
+import Timekeeping
 import UnixSignals
 
 /// `bunq-sessiond`: keeps bunq API sessions alive for a PSD2 provider, API-key identities and OAuth-connected users.
@@ -303,7 +304,7 @@ struct Readiness: Service {
                 try Task.checkCancellation()
                 ServiceManager.ready(status: await keeper.statusLine())
                 logger.info("ready", metadata: ["bunq.socket": "\(server.path)"])
-                await every(.seconds(5), on: ContinuousClock(), immediately: false) {
+                await every(.seconds(5), on: keeper.clock, immediately: false) {
                     ServiceManager.status(await keeper.statusLine())
                 }
             }
@@ -317,23 +318,23 @@ struct Readiness: Service {
 
 extension Readiness {
     func waitForFirstRegistrations() async {
-        let clock = ContinuousClock()
+        let clock = keeper.clock
         let start = clock.now
-        var lastExtend: ContinuousClock.Instant?
-        while !Task.isCancelled {
+        var lastExtend: AnyClock.Instant?
+        await poll(every: .milliseconds(100), on: clock) {
             let pending = await keeper.startupPending()
-            if pending.isEmpty { return }
+            if pending.isEmpty { return true }
             if start.duration(to: clock.now) >= registrationWait {
                 logger.warning("ready before the first registration finished",
                                metadata: ["bunq.contexts": "\(pending.joined(separator: ","))"])
-                return
+                return true
             }
             if lastExtend.map({ $0.duration(to: clock.now) >= extendEvery }) ?? true {
                 ServiceManager.extendStartup(by: extendEvery * 3,
                                              status: "registering \(pending.joined(separator: ", ")) with bunq")
                 lastExtend = clock.now
             }
-            try? await Task.sleep(for: .milliseconds(100))
+            return false
         }
     }
 }
@@ -353,7 +354,7 @@ struct Watchdog: Service {
         await keeper.scheduler.setMaxSleep(periodSeconds / 2)
         await cancelWhenGracefulShutdown {
             var lastTicks = await keeper.scheduler.ticks
-            await every(period, on: ContinuousClock(), immediately: false) {
+            await every(period, on: keeper.clock, immediately: false) {
                 let ticks = await keeper.scheduler.ticks
                 let serverAlive = await server.probe(timeout: period / 2)
                 if ticks != lastTicks, serverAlive {

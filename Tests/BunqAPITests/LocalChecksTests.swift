@@ -4,6 +4,7 @@ import Foundation
 import TestThreads
 import Testing
 import TestSupport
+import Timekeeping
 
 @Suite(.ownThread) struct LocalChecksTests {
     @Test func psd2MaterialIsRefusedBeforeAnyCallNamingTheFile() async throws {
@@ -54,29 +55,46 @@ import TestSupport
         #expect(BunqEndpoints.preset(.sandbox).oauthTokenURL == "https://api-oauth.sandbox.bunq.com/v1/token")
     }
 
-    @Test func rateLimiterSpreadsABurstInsteadOfFailingIt() async {
-        let limiter = BunqRateLimiter { method, _ in
+    /// On a manual clock: exact slots, and a wait that only the clock's advance releases.
+    @Test func rateLimiterSpreadsABurstInsteadOfFailingIt() async throws {
+        let manual = ManualClock()
+        let clock = manual.erased
+        let limiter = BunqRateLimiter(clock: clock) { method, _ in
             method == "GET" ? .init(calls: 2, window: .milliseconds(300)) : nil
         }
-        let start = ContinuousClock.now
+        let start = clock.now
         var offsets: [Duration] = []
         for _ in 0..<6 { offsets.append(await limiter.reserve(method: "GET", endpoint: "user") - start) }
         // Each window is kept 50 ms (at least 5%) stricter than bunq's: 350 ms apart.
-        let slots = offsets.map { Int(($0 / .milliseconds(50)).rounded()) }
-        #expect(slots == [0, 0, 7, 7, 14, 14])
-        #expect(await limiter.reserve(method: "POST", endpoint: "user") - ContinuousClock.now < .milliseconds(50))
+        #expect(offsets == [.zero, .zero, .milliseconds(350), .milliseconds(350), .milliseconds(700), .milliseconds(700)])
+        #expect(await limiter.reserve(method: "POST", endpoint: "user") == clock.now)
 
-        let bunq = BunqRateLimiter(mode: .bunq)
+        // A caller that must wait sleeps on the limiter's clock until its slot: the 7th GET waits 1,050 ms.
+        let acquired = Flag()
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                try await limiter.acquire(method: "GET", endpoint: "user")
+                acquired.set()
+            }
+            #expect(await eventually(within: .seconds(10), every: .milliseconds(1)) { manual.sleeping == 1 })
+            manual.advance(by: .milliseconds(1_049))
+            #expect(!acquired.isSet, "one millisecond before its slot the caller still waits")
+            manual.advance(by: .milliseconds(1))
+            try await group.waitForAll()
+            #expect(acquired.isSet)
+        }
+
+        let bunq = BunqRateLimiter(mode: .bunq, clock: clock)
         let first = await bunq.reserve(method: "POST", endpoint: "session-server")
         let second = await bunq.reserve(method: "POST", endpoint: "session-server")
-        #expect(second - first >= .seconds(30), "session-server: one per 30 s, shared by every identity")
+        #expect(second - first == .seconds(31.5), "session-server: one per 30 s (and a 5% margin), shared by every identity")
         // A 429 pushes that endpoint's window back by a whole window; an exempt endpoint is not limited here.
-        let scaled = BunqRateLimiter(mode: .bunq, scale: 0.1, exempt: [BunqRateLimiter.sessionServer])
+        let scaled = BunqRateLimiter(mode: .bunq, scale: 0.1, exempt: [BunqRateLimiter.sessionServer], clock: clock)
         await scaled.rateLimited(method: "GET", endpoint: "user")
-        #expect(await scaled.reserve(method: "GET", endpoint: "user") - ContinuousClock.now > .milliseconds(300))
-        #expect(await scaled.reserve(method: "GET", endpoint: "user/{id}") - ContinuousClock.now < .milliseconds(50))
+        #expect(await scaled.reserve(method: "GET", endpoint: "user") - clock.now == .milliseconds(350))
+        #expect(await scaled.reserve(method: "GET", endpoint: "user/{id}") == clock.now)
         for _ in 0..<3 {
-            #expect(await scaled.reserve(method: "POST", endpoint: "session-server") - ContinuousClock.now < .milliseconds(50),
+            #expect(await scaled.reserve(method: "POST", endpoint: "session-server") == clock.now,
                     "the keeper's scheduler grants session-server itself")
         }
         #expect(BunqRateLimiter.endpointKey("user/1822179/oauth-client/42") == "user/{id}/oauth-client/{id}")

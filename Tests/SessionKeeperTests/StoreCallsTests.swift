@@ -12,7 +12,7 @@ import TestSupport
     let clock = ManualClock()
 
     func calls() -> StoreCalls {
-        StoreCalls(location: "test-store", timeout: .seconds(2), clock: clock, logger: Logger(label: "test"))
+        StoreCalls(location: "test-store", timeout: .seconds(2), clock: clock.erased, logger: Logger(label: "test"))
     }
 
     /// A call that never answers on its own (it ends only when cancelled).

@@ -2,6 +2,7 @@ import Foundation
 import SessionKeeper
 import TestThreads
 import Testing
+import Timekeeping
 
 /// The waits a shutdown depends on honour cancellation, and the published snapshots keep their state counts.
 @Suite(.ownThread) struct WaitsAndSnapshotsTests {
@@ -43,7 +44,7 @@ import Testing
     }
 
     @Test func stateCountsFollowEveryPublication() {
-        let table = SessionTable()
+        let table = SessionTable(clock: .continuous)
         func entry(_ name: String, _ state: ContextState) -> SessionEntry {
             SessionEntry(context: name, kind: .apiKey, session: nil, renewAt: nil, generation: 0, serverPublicKeyPEM: nil,
                        usableUntil: nil, state: state)
