@@ -24,6 +24,8 @@ public final class BunqClient: Sendable {
     public let rateLimiter: BunqRateLimiter
     /// What the client's waits and durations are measured on: its limiter's clock.
     public var clock: AnyClock { rateLimiter.clock }
+    /// The wall clock a session's expiry is anchored to (when its request was sent).
+    public let wallClock: @Sendable () -> Date
     /// Lifetime of a PSD2 provider's first session (bunq: one hour); its user object reports the full timeout.
     public let psd2FirstSessionTimeout: Int
     /// `permitted_ips` of the devices this client registers (`"*"`: any address).
@@ -33,8 +35,10 @@ public final class BunqClient: Sendable {
     /// `sourceAddress`: the local address calls leave from (an egress IP of this host); nil: the kernel's choice.
     public init(endpoints: BunqEndpoints, rateLimiter: BunqRateLimiter, psd2FirstSessionTimeout: Int = 3_600,
                 permittedIPs: [String] = ["*"], sourceAddress: String? = nil,
-                connectTimeout: Duration = .seconds(10), timeout: Duration = .seconds(30)) throws {
+                connectTimeout: Duration = .seconds(10), timeout: Duration = .seconds(30),
+                wallClock: @escaping @Sendable () -> Date = Date.init) throws {
         self.endpoints = endpoints
+        self.wallClock = wallClock
         self.rateLimiter = rateLimiter
         self.psd2FirstSessionTimeout = psd2FirstSessionTimeout
         self.permittedIPs = permittedIPs
@@ -98,7 +102,7 @@ public final class BunqClient: Sendable {
     public func createSession(_ installation: InstallationContext, secret: String,
                               isFirstPSD2Session: Bool = false) async throws -> BunqSession {
         let endpoint = "POST session-server"
-        var sentAt = Date()
+        var sentAt = wallClock()
         let reply = try await send("POST", "session-server", body: ["secret": secret],
                                    token: installation.token, installation: installation, sentAt: &sentAt)
         let token = try reply.require("Token", endpoint: endpoint)
@@ -220,7 +224,7 @@ public final class BunqClient: Sendable {
     /// signature is verified over its raw body before it is parsed.
     func send(_ method: String, _ path: String, body: [String: any Sendable]? = nil, token: String? = nil,
               installation: InstallationContext? = nil) async throws -> BunqReply {
-        var sentAt = Date()
+        var sentAt = wallClock()
         return try await send(method, path, body: body, token: token, installation: installation, sentAt: &sentAt)
     }
 
@@ -244,7 +248,7 @@ public final class BunqClient: Sendable {
         if let installation { headers.add("X-Bunq-Client-Signature", try installation.key.base64Signature(for: bytes)) }
 
         try await rateLimiter.acquire(method: method, endpoint: endpointKey)
-        sentAt = Date()
+        sentAt = wallClock()
         let clock = rateLimiter.clock
         let started = clock.now
         let response: HTTPResponse

@@ -86,10 +86,12 @@ public final class BunqSandbox: Sendable {
             case .badSignature: corruptSignature = true
             }
         }
-        // Rate limits count on the machine's clock; everything bunq reports or expires on the emulator's own.
+        // Rate limits count on the wall clock without the offset; everything bunq reports or expires on the
+        // emulator's own clock.
         let now = configuration.now
+        let wall = configuration.wallClock()
         if configuration.rateLimits,
-           let message = limiter.withLock({ $0.admit(ip: request.remoteIP, method: request.method, endpoint: endpointName, now: Date()) }) {
+           let message = limiter.withLock({ $0.admit(ip: request.remoteIP, method: request.method, endpoint: endpointName, now: wall) }) {
             store.withLock { $0.stats.rateLimited += 1 }
             return reply(SandboxError(429, message), headers, signedBy: nil)
         }

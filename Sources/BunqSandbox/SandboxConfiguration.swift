@@ -49,8 +49,12 @@ public struct SandboxConfiguration: Sendable {
     /// bunq: one hour (sandbox documentation; the quickstart says four).
     public var apiKeyBindWindow: Int = 3_600
 
+    /// The wall clock the emulator runs on, before `clockOffset`: the machine's, or a test's virtual one (so a test
+    /// moves the emulator's sessions, expiries and rate-limit windows together with the daemon's clock).
+    public var wallClock: @Sendable () -> Date = Date.init
+
     /// The emulator's clock.
-    public var now: Date { Date().addingTimeInterval(clockOffset) }
+    public var now: Date { wallClock().addingTimeInterval(clockOffset) }
 
     public init(host: String = "127.0.0.1", port: Int = 0, sessionTimeout: Int = 604_800,
                 psd2FirstSessionTimeout: Int = 3_600, rateLimits: Bool = true, deadSessionAnswer: DeadSessionAnswer = .mixed,

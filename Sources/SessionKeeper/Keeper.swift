@@ -90,7 +90,8 @@ public final class Keeper: Service, Sendable {
                                       exempt: [BunqRateLimiter.sessionServer], clock: clock)
         client = try BunqClient(endpoints: configuration.endpoints, rateLimiter: limiter,
                                 psd2FirstSessionTimeout: configuration.psd2FirstSessionTimeout,
-                                permittedIPs: configuration.permittedIPs, sourceAddress: configuration.sourceAddress)
+                                permittedIPs: configuration.permittedIPs, sourceAddress: configuration.sourceAddress,
+                                wallClock: wallClock)
         apiKeys = Mutex(configuration.apiKeys)
         minManualRenewal = Mutex(configuration.minManualRenewalInterval)
         if let settings = configuration.cluster {
@@ -378,7 +379,7 @@ public final class Keeper: Service, Sendable {
     public func manualRenewal(_ context: String, force: Bool) async -> Result<(generation: Int, expiresAt: Date, renewed: Bool), RenewalError>? {
         guard let schedule = await scheduler.schedule(context) else { return nil }
         let interval = minManualRenewal.withLock { $0 }
-        if !force, let last = schedule.lastRenewedAt, Date().timeIntervalSince(last) < interval,
+        if !force, let last = schedule.lastRenewedAt, wallClock().timeIntervalSince(last) < interval,
            [.live, .renewing, .retrying].contains(schedule.state), let expiresAt = schedule.expiresAt {
             return .success((schedule.generation, expiresAt, false))
         }
@@ -537,7 +538,7 @@ public final class Keeper: Service, Sendable {
         }
         let health = store.calls.health
         if !health.reachable {
-            let since = health.failingSince.map { " for \(max(0, Int(Date().timeIntervalSince($0))))s" } ?? ""
+            let since = health.failingSince.map { " for \(max(0, Int(wallClock().timeIntervalSince($0))))s" } ?? ""
             line += "; STATE STORE UNREACHABLE\(since), serving held sessions"
         } else if let cluster {
             let status = cluster.status

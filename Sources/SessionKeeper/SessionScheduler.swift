@@ -215,6 +215,9 @@ public actor SessionScheduler<C: Clock> where C.Duration == Duration {
 
     /// Whether a renewal of the context is under way here.
     public func isBusy(_ name: String) -> Bool { planner.isBusy(name) }
+    /// Renewal calls under way: bootstrap steps being prepared, and the session-server call (at most one). A test
+    /// on a manual clock knows the daemon is idle when each of these, and the loop, sleeps on the clock.
+    public var runningRenewals: Int { planner.preparingCount + (planner.calling == nil ? 0 : 1) }
 
     /// A newer session another daemon committed: served from now on; true when it was newer.
     @discardableResult

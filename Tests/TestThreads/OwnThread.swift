@@ -28,9 +28,11 @@ public struct OwnThread: SuiteTrait, TestTrait, TestScoping {
                              performing function: @Sendable () async throws -> Void) async throws {
         await TestSlots.shared.acquire()
         let executor = DedicatedThreadExecutor(name: "test \(test.name)")
+        let started = ContinuousClock.now
         defer {
             executor.shutDown()
             TestSlots.shared.release()
+            TestTimings.record(test, ContinuousClock.now - started)
         }
         try await withTaskExecutorPreference(executor) { try await function() }
     }
@@ -78,5 +80,27 @@ final class TestSlots: Sendable {
             return state.waiting.removeFirst()
         }
         next?.resume()
+    }
+}
+
+/// With `BUNQ_TEST_TIMINGS=file`, each test case's own running time (from its slot to its end, without the wait
+/// for a slot) is appended to `file` as `seconds<TAB>test id`: where the suite's time goes.
+enum TestTimings {
+    static let file = ProcessInfo.processInfo.environment["BUNQ_TEST_TIMINGS"]
+    static let lock = Mutex(())
+
+    static func record(_ test: Test, _ duration: Duration) {
+        guard let file, !file.isEmpty else { return }
+        let seconds = Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
+        let line = "\(String(format: "%.3f", seconds))\t\(test.id)\n"
+        lock.withLock { _ in
+            guard let handle = FileHandle(forWritingAtPath: file) ?? {
+                FileManager.default.createFile(atPath: file, contents: nil)
+                return FileHandle(forWritingAtPath: file)
+            }() else { return }
+            handle.seekToEndOfFile()
+            handle.write(Data(line.utf8))
+            try? handle.close()
+        }
     }
 }
