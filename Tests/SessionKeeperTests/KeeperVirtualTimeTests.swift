@@ -6,102 +6,138 @@ import SessionKeeper
 import TestSupport
 import TestThreads
 import Testing
-import Timekeeping
 
-/// The whole keeper — store, scheduler, bunq client, rate limiter — against the emulator over real HTTP, with one
-/// manual clock under both: four weeks of one-day sessions in seconds, at bunq's real limits (scale 1).
+/// The keeper at bunq's real limits (one session-server call per 30 s, GET 3 and POST 5 per 3 s), against the
+/// emulator over HTTP, in virtual time (`VirtualKeeper`): what used to take minutes of real time on real clocks,
+/// and failed when a loaded machine could not keep up with seconds-long sessions, runs in seconds here, with
+/// sessions as long as bunq's.
 @Suite(.ownThread) struct KeeperVirtualTimeTests {
-    /// What sleeps on the clock while the keeper is idle: the scheduler's loop and the budget check.
-    static let idleSleepers = 2
-
-    @Test func fourWeeksOfDailySessionsAtBunqsLimitsNeverHandOutADeadToken() async throws {
-        let manual = ManualClock()
-        let clock = manual.erased
-        let base = Date()
-        let wall: @Sendable () -> Date = { base.addingTimeInterval(Double(manual.now.offset.components.seconds)) }
-        var sandbox = SandboxConfiguration(sessionTimeout: 86_400, rateLimits: true)
-        sandbox.wallClock = wall
-        let dir = try TemporaryDirectory()
-        defer { dir.remove() }
-        let http = try HTTPClient()
-
-        try await BunqSandbox.withRunning(sandbox) { url in
-            let names = ["a", "b", "c"]
-            var keys = ""
-            for name in names {
-                let key = try await Self.newAPIKey(http, url)
-                keys += "  - {name: \(name), key_file: \(try dir.write("\(name).key", key + "\n"))}\n"
-            }
-            let file = try dir.write("config.yaml", """
-                bunq: {api_base_url: '\(url)/v1/', rate_limits: bunq}
-                state: {directory: \(dir.path("state"))}
-                api_keys:
-                \(keys)
-                """)
-            let configuration = try KeeperConfiguration.load(file: file, environment: [:])
-            let keeper = try Keeper(configuration: configuration, psd2: nil,
-                                    logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }),
-                                    clock: clock, wallClock: wall)
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                group.addTask { try await keeper.run() }
-                try await keeper.restored.fired()
-
-                var tokens: [String: Set<String>] = [:]
-                var deadTokens: [String] = []
-                var refused: [String] = []
-                let step = Duration.seconds(20 * 60)
-                let days = 28
-                for index in 0..<(days * 72) {
-                    guard await Self.idle(keeper, manual) else {
-                        let running = await keeper.scheduler.runningRenewals
-                        Issue.record("the keeper did not settle at step \(index): \(manual.sleeping) sleep, \(running) renewals run")
-                        break
+    @Test func fourWeeksOfDailySessionsNeverHandOutADeadToken() async throws {
+        try await VirtualKeeper.run(identities: 3, sandbox: SandboxConfiguration(sessionTimeout: 86_400)) { world in
+            var tokens: [String: Set<String>] = [:]
+            var deadTokens: [String] = [], refused: [String] = []
+            for step in 0..<(28 * 72) {  // 28 days in 20-minute steps
+                try await world.advance(by: .seconds(20 * 60))
+                for name in world.names {
+                    guard let grant = await world.grant(name) else { continue }
+                    tokens[name, default: []].insert(grant.token)
+                    // bunq's own expiry (the emulator's, on the same clock): a minute's margin at least.
+                    if grant.expiresAt.timeIntervalSince(world.wall()) < 60 { deadTokens.append("\(name) at step \(step)") }
+                    // Once a virtual day, bunq itself is asked whether the token is good.
+                    if step % 72 == 71, try await world.bunqStatus(of: grant.token) != 200 {
+                        refused.append("\(name) on day \(step / 72 + 1)")
                     }
-                    for name in names {
-                        guard case .granted(let token, _, let expiresAt, _, _)? = await keeper.tokenGrant(name) else { continue }
-                        tokens[name, default: []].insert(token)
-                        // bunq's own expiry (the emulator's, on the same clock): a minute's margin at least.
-                        if expiresAt.timeIntervalSince(wall()) < 60 { deadTokens.append("\(name) at step \(index)") }
-                        // Once a virtual day, bunq itself is asked whether the token is good.
-                        if index % 72 == 71 {
-                            let reply = try await http.execute(HTTPRequest(url: "\(url)/v1/user", headers: [
-                                "X-Bunq-Client-Authentication": token, "User-Agent": "test", "Cache-Control": "no-cache",
-                            ]))
-                            if reply.status != 200 { refused.append("\(name) on day \(index / 72 + 1): \(reply.status)") }
-                        }
-                    }
-                    manual.advance(by: step)
                 }
-                group.cancelAll()
-
-                #expect(deadTokens.isEmpty, "no token handed out within a minute of bunq's expiry: \(deadTokens)")
-                #expect(refused.isEmpty, "bunq accepted every token handed out: \(refused)")
-                // 28 days of one-day sessions renewed at 65–85% of their life: 33 to 44 sessions each.
-                for name in names {
-                    #expect((33...45).contains(tokens[name]?.count ?? 0), "\(name): \(tokens[name]?.count ?? 0) sessions")
-                }
-                let stats = try await http.execute(HTTPRequest(url: "\(url)/_sandbox/stats"))
-                let json = try #require(try JSONSerialization.jsonObject(with: stats.body) as? [String: Any])
-                #expect(json["rate_limited"] as? Int == 0, "never a 429 from bunq: \(json)")
             }
-        }
-        await http.shutdown()
-    }
-
-    /// Idle: every renewal under way and the loop sleep on the manual clock (nothing runs that could still
-    /// start a wait), so advancing it is what happens next.
-    static func idle(_ keeper: Keeper, _ clock: ManualClock) async -> Bool {
-        await eventually(within: .seconds(30), every: .milliseconds(1)) {
-            clock.sleeping == idleSleepers + (await keeper.scheduler.runningRenewals)
+            #expect(deadTokens.isEmpty, "no token handed out within a minute of bunq's expiry: \(deadTokens)")
+            #expect(refused.isEmpty, "bunq accepted every token handed out: \(refused)")
+            // 28 days of one-day sessions renewed at 65–85% of their life: 33 to 44 sessions each.
+            for name in world.names {
+                #expect((33...45).contains(tokens[name]?.count ?? 0), "\(name): \(tokens[name]?.count ?? 0) sessions")
+            }
+            #expect(try await world.stat("rate_limited") == 0, "never a 429 from bunq")
         }
     }
 
-    /// A new emulator user's API key.
-    static func newAPIKey(_ http: HTTPClient, _ url: String) async throws -> String {
-        let reply = try await http.execute(HTTPRequest(method: "POST", url: "\(url)/v1/sandbox-user-person",
-                                                       headers: ["User-Agent": "test", "Cache-Control": "no-cache"]))
-        let json = try JSONSerialization.jsonObject(with: reply.body) as? [String: Any]
-        let item = (json?["Response"] as? [[String: Any]])?.first?["ApiKey"] as? [String: Any]
-        return try #require(item?["api_key"] as? String, "no API key: \(String(decoding: reply.body, as: UTF8.self))")
+    /// Four identities registered at once: one session-server call per 30 s, so the last goes live after about
+    /// 90 s, never sooner, and nothing earns a 429.
+    @Test func fourNewIdentitiesGoLiveWithin100Seconds() async throws {
+        try await VirtualKeeper.run(identities: 4, sandbox: SandboxConfiguration()) { world in
+            let start = world.elapsed
+            var live = 0
+            while live < 4, world.elapsed - start < .seconds(120) {
+                try await world.advance(by: .milliseconds(500))
+                live = 0
+                for name in world.names where await world.grant(name) != nil { live += 1 }
+            }
+            let took = world.elapsed - start
+            #expect(live == 4, "four identities live: \(live) after \(took)")
+            #expect(took > .seconds(89) && took <= .seconds(100), "bunq's 30-s window was respected, no more: \(took)")
+            #expect(try await world.stat("sessions_created") == 4, "one session-server call each")
+            #expect(try await world.stat("rate_limited") == 0, "no 429")
+        }
+    }
+
+    /// Ten identities of 10-minute sessions renew every 7.5 minutes: 1 call per 45 s against 1 per 30 s, 67% of
+    /// the budget. For three hours every token handed out works, and the status says 67%.
+    @Test func tenIdentitiesAt70PercentServeOnlyWorkingTokens() async throws {
+        try await VirtualKeeper.run(identities: 10, sandbox: SandboxConfiguration(sessionTimeout: 600)) { world in
+            var generations: [String: Set<Int>] = [:]
+            var refused: [String] = [], checked = 0
+            for step in 0..<1_080 {  // three hours in 10-s steps
+                try await world.advance(by: .seconds(10))
+                // One identity a step asks bunq: far inside its GET limit, on an endpoint the keeper never calls.
+                let name = world.names[step % world.names.count]
+                guard let grant = await world.grant(name) else { continue }
+                generations[name, default: []].insert(grant.generation)
+                checked += 1
+                let status = try await world.bunqStatus(of: grant.token)
+                if status != 200 { refused.append("\(name) generation \(grant.generation) at \(world.elapsed): HTTP \(status)") }
+            }
+            #expect(checked > 1_000, "tokens were checked: \(checked)")
+            #expect(refused.isEmpty, "every token handed out works: \(refused)")
+            #expect(world.names.allSatisfy { (generations[$0]?.count ?? 0) >= 20 }, "each renewed all along: \(generations)")
+            #expect(try await world.stat("rate_limited") == 0, "no 429")
+            let budget = world.keeper.budget
+            #expect(budget.utilisation > 0.6 && budget.utilisation < 0.75, "67% of the budget: \(budget)")
+            #expect(budget.availablePerDay == 2_880, "one call per 30 s")
+        }
+    }
+
+    /// bunq's clock ten minutes ahead of ours, or behind: sessions are anchored to when our request left, so
+    /// renewals keep their pace, every token works, and the skew is reported.
+    @Test(arguments: [600.0, -600.0])
+    func aBunqClockTenMinutesOffChangesNothing(_ offset: TimeInterval) async throws {
+        let sandbox = SandboxConfiguration(sessionTimeout: 3_600, clockOffset: offset)
+        try await VirtualKeeper.run(identities: 1, sandbox: sandbox) { world in
+            let name = world.names[0]
+            var refused: [String] = [], renewedAt: [Duration] = [], generation = 0
+            for _ in 0..<300 {  // five hours in one-minute steps
+                try await world.advance(by: .seconds(60))
+                guard let grant = await world.grant(name) else { continue }
+                if grant.generation != generation {
+                    generation = grant.generation
+                    renewedAt.append(world.elapsed)
+                }
+                let status = try await world.bunqStatus(of: grant.token)
+                if status != 200 { refused.append("generation \(grant.generation) at \(world.elapsed): HTTP \(status)") }
+            }
+            #expect(refused.isEmpty, "every token works: \(refused)")
+            // Five hours of one-hour sessions renewed at 65–85% of their life: six or seven sessions.
+            #expect((6...8).contains(renewedAt.count), "on schedule: \(renewedAt.count) sessions")
+            for (previous, next) in zip(renewedAt, renewedAt.dropFirst()) {
+                // Seen at one-minute steps: 39 to 51 minutes apart, give or take a step.
+                let minutes = (next - previous) / .seconds(60)
+                #expect(minutes >= 38 && minutes <= 52, "renewed at 65–85% of an hour: \(minutes) min")
+            }
+            #expect(world.log.messages(.warning).contains("clock skew with bunq"), "the skew is reported")
+        }
+    }
+
+    /// bunq refuses the signature of the first session-server call: the identity needs attention after that one
+    /// attempt, says why, and ten session-server windows later still has made no other call.
+    @Test func anInvalidSignatureNeedsAttentionAfterOneAttempt() async throws {
+        try await VirtualKeeper.run(identities: 1, sandbox: SandboxConfiguration(), prepare: { url, http in
+            let fault = #"{"endpoint":"POST /v1/session-server","status":400,"error":"The request signature is invalid."}"#
+            let reply = try await http.execute(HTTPRequest(method: "POST", url: "\(url)/_sandbox/faults", body: Data(fault.utf8)))
+            #expect(reply.status == 200, "the fault is installed")
+        }) { world in
+            let name = world.names[0]
+            var state = await world.keeper.schedule(name)?.state
+            while state != .needsAttention, world.elapsed < .seconds(60) {
+                try await world.advance(by: .milliseconds(500))
+                state = await world.keeper.schedule(name)?.state
+            }
+            #expect(state == .needsAttention, "needs attention within a minute")
+            try await world.advance(by: .seconds(300))
+            #expect(try await world.requests("POST /v1/session-server") == 1, "no further session-server calls for it")
+            guard case .unavailable(.needsAttention, let retryAt, let reason)? = await world.keeper.tokenGrant(name) else {
+                Issue.record("no token, and why: \(String(describing: await world.keeper.tokenGrant(name)))")
+                return
+            }
+            #expect(retryAt == nil, "waiting does not help: a human must act")
+            #expect(reason == "signature_invalid")
+            #expect(world.log.messages(.error).filter { $0.hasPrefix("needs attention") }.count == 1, "logged once")
+        }
     }
 }
