@@ -148,7 +148,7 @@ import TestSupport
                 "a partial line is bounded in time, for subscribers too (request_timeout 4 s): \(closed)")
     }
 
-    @Test func partialLinesAreBoundedAndTheirMemoryIsReturned() async throws {
+    @Test(.tags(.long)) func partialLinesAreBoundedAndTheirMemoryIsReturned() async throws {
         // Root (an admin, beyond the per-uid limit) holds the lines: the subject is memory, not fairness.
         let running = try await RunningDaemon.start(access: "socket: {request_timeout: 300, idle_timeout: 300}",
                                                     provider: false, socketInConfig: true)

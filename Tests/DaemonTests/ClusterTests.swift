@@ -99,7 +99,7 @@ import TestSupport
         #expect(try sandbox.stat("rate_limited") == limitedBefore, "one budget for the two daemons on one IP: no 429")
     }
 
-    @Test func threeDaemonsShareOneStoreThroughFailures() async throws {
+    @Test(.tags(.long)) func threeDaemonsShareOneStoreThroughFailures() async throws {
         if let reason = PostgresServer.unavailable {
             #expect(!Skip.report("a cluster on PostgreSQL: \(reason)"))
             return

@@ -5,7 +5,7 @@ import TestSupport
 
 /// The real `bunq-sessiond` against the real `bunq-sandbox`, with short sessions so renewals happen in seconds.
 @Suite(.ownThread) struct DaemonEndToEndTests {
-    @Test func identitiesStayLiveRestartsReuseEverythingAndRevocationNeedsAttention() async throws {
+    @Test(.tags(.long)) func identitiesStayLiveRestartsReuseEverythingAndRevocationNeedsAttention() async throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
         let sandbox = try await Sandbox.start(in: dir, ["--session-timeout", "20", "--psd2-first-session-timeout", "20"])
@@ -44,7 +44,7 @@ import TestSupport
         #expect(daemon.stop() == 0)
     }
 
-    @Test func thirtyPercentUpstreamFailuresExpireNoSession() async throws {
+    @Test(.tags(.long)) func thirtyPercentUpstreamFailuresExpireNoSession() async throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
         // bunq's limits at a fiftieth (session-server one call per 0.6 s): every injected failure costs a slot, and

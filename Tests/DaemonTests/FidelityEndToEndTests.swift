@@ -76,7 +76,7 @@ import TestSupport
 
     /// A device registered for 127.0.0.1 only, and the daemon moved to leave from 127.0.0.2: bunq refuses the
     /// credentials, the context needs attention with that reason, and the daemon does not loop on it.
-    @Test func aDaemonMovedOffItsPermittedAddressNeedsAttentionOnce() async throws {
+    @Test(.tags(.long)) func aDaemonMovedOffItsPermittedAddressNeedsAttentionOnce() async throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
         let sandbox = try await Sandbox.start(in: dir, [])

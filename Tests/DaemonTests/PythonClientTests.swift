@@ -89,7 +89,7 @@ import TestSupport
     /// `CachingClient`: tokens from memory between rotations, never one within the margin of its expiry, never
     /// the token of a generation reported invalid once the daemon moved on. Sessions of 20 s renew about every
     /// 15 s, so 35 s of asking live through two or three rotations.
-    @Test func theCachingClientServesFromMemoryButNeverPastTheMargin() async throws {
+    @Test(.tags(.long)) func theCachingClientServesFromMemoryButNeverPastTheMargin() async throws {
         guard FileManager.default.fileExists(atPath: "/usr/bin/python3") else {
             #expect(!Skip.report("the caching client: /usr/bin/python3 is missing (make deps installs python3)"))
             return

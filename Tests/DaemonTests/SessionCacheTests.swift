@@ -8,7 +8,7 @@ import TestSupport
 /// its margin of expiry, and a token reported invalid is not served once the daemon moved on. Sessions of 20 s
 /// renew about every 15 s, so 35 s of asking live through two or three rotations.
 @Suite(.ownThread) struct SessionCacheTests {
-    @Test func servesFromMemoryButNeverPastTheMargin() async throws {
+    @Test(.tags(.long)) func servesFromMemoryButNeverPastTheMargin() async throws {
         let running = try await RunningDaemon.start(sessionTimeout: 20, provider: false)
         defer { running.stop() }
         let cache = SessionCache(path: running.socket, margin: 2)

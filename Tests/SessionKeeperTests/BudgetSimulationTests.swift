@@ -126,7 +126,7 @@ import Testing
     /// 75% of a lifetime plus the queue's wait, so the wait settles where demand meets supply. At 120% that wait
     /// (27 h for 1-week sessions) fits in the 25% of a session left after its planned renewal, and nobody runs
     /// late; past about 133% it does not. Either way, the forecast names exactly who will.
-    @Test(arguments: [(count: 18_144, percent: 120), (count: 21_168, percent: 140)])
+    @Test(.tags(.long), arguments: [(count: 18_144, percent: 120), (count: 21_168, percent: 140)])
     func aboveTheBudgetExactlyTheForecastIdentitiesRunLate(_ load: (count: Int, percent: Int)) {
         let start = Date(timeIntervalSince1970: 1_700_000_000)
         // N identities of 1-week sessions need N / (0.75 × 7) sessions a day against 2,880. No jitter and no

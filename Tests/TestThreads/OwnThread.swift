@@ -3,8 +3,8 @@ import Synchronization
 import Testing
 import TestSupport
 
-/// Every test case runs on a thread of its own instead of Swift's shared cooperative pool, and at most
-/// `TestSlots.width` of them run at once.
+/// Every test case runs on a thread of its own instead of Swift's shared cooperative pool, and at most eight
+/// of them run at once (`TestSlots`: five short and three long ones).
 ///
 /// Why the thread: the pool has one thread per core (two here), and tests block — a child process run to
 /// completion, a socket read, a PostgreSQL started. Two such calls anywhere in the suite used to stop every
@@ -26,12 +26,13 @@ public struct OwnThread: SuiteTrait, TestTrait, TestScoping {
 
     public func provideScope(for test: Test, testCase: Test.Case?,
                              performing function: @Sendable () async throws -> Void) async throws {
-        await TestSlots.shared.acquire()
+        let slots = test.tags.contains(.long) ? TestSlots.long : TestSlots.short
+        await slots.acquire()
         let executor = DedicatedThreadExecutor(name: "test \(test.name)")
         let started = ContinuousClock.now
         defer {
             executor.shutDown()
-            TestSlots.shared.release()
+            slots.release()
             TestTimings.record(test, ContinuousClock.now - started)
         }
         try await withTaskExecutorPreference(executor) { try await function() }
@@ -43,9 +44,18 @@ extension Trait where Self == OwnThread {
     public static var ownThread: OwnThread { OwnThread() }
 }
 
-/// How many test cases run at once: `BUNQ_TEST_PARALLELISM`, else eight. First come, first served.
+extension Tag {
+    /// A test that runs for tens of seconds (daemons on real clocks, PostgreSQL, a CPU-heavy simulation). Long
+    /// tests have lanes of their own, so they start at once instead of behind a hundred short ones: the suite's
+    /// time is then the longest test's, not a long test's that happened to start last.
+    @Tag public static var long: Self
+}
+
+/// How many test cases run at once, first come, first served in each lane: short tests in
+/// `BUNQ_TEST_PARALLELISM` lanes (five by default), long ones in `BUNQ_TEST_LONG_PARALLELISM` more (three).
 final class TestSlots: Sendable {
-    static let shared = TestSlots(width: Int(ProcessInfo.processInfo.environment["BUNQ_TEST_PARALLELISM"] ?? "") ?? 8)
+    static let short = TestSlots(width: Int(ProcessInfo.processInfo.environment["BUNQ_TEST_PARALLELISM"] ?? "") ?? 5)
+    static let long = TestSlots(width: Int(ProcessInfo.processInfo.environment["BUNQ_TEST_LONG_PARALLELISM"] ?? "") ?? 3)
 
     private struct State {
         var free: Int
@@ -95,7 +105,7 @@ enum TestTimings {
         let line = "\(String(format: "%.3f", seconds))\t\(test.id)\n"
         lock.withLock { _ in
             guard let handle = FileHandle(forWritingAtPath: file) ?? {
-                FileManager.default.createFile(atPath: file, contents: nil)
+                _ = FileManager.default.createFile(atPath: file, contents: nil)
                 return FileHandle(forWritingAtPath: file)
             }() else { return }
             handle.seekToEndOfFile()
