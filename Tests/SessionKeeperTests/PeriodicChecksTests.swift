@@ -4,6 +4,7 @@ import Synchronization
 import Testing
 import TestSupport
 import TestThreads
+import Timekeeping
 
 /// The daemon's periodic checks on a manual clock: weeks of daily certificate checks and hours of budget checks
 /// in milliseconds, each tick awaited (the check sleeps on the clock) before the clock moves.

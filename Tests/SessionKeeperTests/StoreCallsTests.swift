@@ -4,6 +4,7 @@ import Synchronization
 import TestThreads
 import Testing
 import TestSupport
+import Timekeeping
 
 /// Every store call's deadline and the store's health, in virtual time: a call that does not answer is given up
 /// at its deadline (told to stop through `onTimeout`), the health turns unreachable once and back once, and an

@@ -4,6 +4,7 @@ import Synchronization
 import TestSupport
 import TestThreads
 import Testing
+import Timekeeping
 
 /// A bunq for the virtual-time scheduler: sessions anchored to the (steppable) wall clock at the request, as
 /// BunqClient anchors them, and each token's true end on the monotonic clock.
@@ -53,7 +54,12 @@ final class VirtualBunq: SessionRenewer {
             clock.advance(by: .milliseconds(500))
             if step == 240 { wallOffset.withLock { $0 = 600 } }     // at 2 min: the wall clock jumps 10 min ahead
             if step == 600 { wallOffset.withLock { $0 = -600 } }    // at 5 min: and 20 min back
-            try await Task.sleep(for: .milliseconds(2))
+            // Idle before anyone asks: the loop sleeps on the clock again and no renewal is under way.
+            let settled = await eventually(within: .seconds(30), every: .milliseconds(1)) {
+                let running = await scheduler.runningRenewals
+                return running == 0 && clock.sleeping == 1
+            }
+            #expect(settled, "the scheduler settles at step \(step)")
             for name in names {
                 if case .granted(let token, _, _, _, _)? = await scheduler.tokenGrant(name) {
                     granted += 1

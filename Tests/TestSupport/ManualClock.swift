@@ -3,13 +3,8 @@ import Timekeeping
 
 /// A clock the test moves by hand: sleepers wake when `advance` passes their deadline (or when cancelled).
 public final class ManualClock: Clock, Sendable {
-    public struct Instant: InstantProtocol {
-        public var offset: Duration
-        public init(offset: Duration) { self.offset = offset }
-        public func advanced(by duration: Duration) -> Instant { Instant(offset: offset + duration) }
-        public func duration(to other: Instant) -> Duration { other.offset - offset }
-        public static func < (lhs: Instant, rhs: Instant) -> Bool { lhs.offset < rhs.offset }
-    }
+    /// Time since the clock was made (the same instants as the daemon's `AnyClock`).
+    public typealias Instant = AnyClock.Instant
 
     private struct State {
         var now = Instant(offset: .zero)
