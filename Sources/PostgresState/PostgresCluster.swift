@@ -230,8 +230,9 @@ extension PostgresState {
     public func listen(_ handle: @escaping @Sendable (StoreChange) async -> Void) async {
         var failures = 0
         // Listens until the connection ends, then reconnects after a backoff; the backoff's sleep ends the loop
-        // once the task is cancelled.
-        repeat {
+        // once the task is cancelled, and nothing connects once cancelled.
+        var running = !Task.isCancelled
+        while running {
             do {
                 let connection = try await connectAsync()
                 do {
@@ -251,7 +252,8 @@ extension PostgresState {
                 logger.debug("cannot listen for notifications", metadata: ["bunq.error": "\(Self.describe(error))"])
             }
             failures += 1
-        } while await Self.pause(.seconds(min(10, 0.25 * Double(1 << min(failures, 6)))))
+            running = await Self.pause(.seconds(min(10, 0.25 * Double(1 << min(failures, 6)))))
+        }
     }
 
     /// Sleeps `duration`; false when the task is cancelled (before or during the sleep).

@@ -114,10 +114,11 @@ final class Cluster: Sendable {
     private func leaseLoop(_ owner: ContextOwner, _ scheduler: SessionScheduler<AnyClock>, _ events: EventBroadcaster) async {
         var failures = 0
         var rounds = 0
-        var delay: Double
-        // One round, then a pause until the next (or a poke); the pause ends the loop when the task is cancelled.
-        repeat {
-            delay = settings.roundInterval
+        // One round, then a pause until the next (or a poke); the pause ends the loop when the task is cancelled,
+        // and no round starts once cancelled.
+        var running = !Task.isCancelled
+        while running {
+            var delay = settings.roundInterval
             do {
                 // The first round only announces this daemon: daemons starting together see each other before
                 // anyone takes a share, so the first shares are already even.
@@ -141,7 +142,8 @@ final class Cluster: Sendable {
             if !lapsed.isEmpty, failures > 0 {
                 logger.notice("leases lapsed while the store was unreachable", metadata: ["bunq.count": "\(lapsed.count)"])
             }
-        } while await pause(seconds: delay)
+            running = await pause(seconds: delay)
+        }
     }
 
     /// The contexts the scheduler still renews whose lease has run out on this daemon's clock: released to nobody.

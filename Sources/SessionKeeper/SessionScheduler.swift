@@ -88,8 +88,10 @@ public actor SessionScheduler<C: Clock> where C.Duration == Duration {
     /// which is made after the scheduler (the owner schedules what it restores), so nothing is wired afterwards.
     public func run(renewing renewer: any SessionRenewer) async {
         await withDiscardingTaskGroup { group in
-            // A tick, then a sleep until the next wake-up (or a wake signal); the sleep ends the loop on cancellation.
-            repeat {
+            // A tick, then a sleep until the next wake-up (or a wake signal); the sleep ends the loop on
+            // cancellation, and nothing starts once cancelled.
+            var running = !Task.isCancelled
+            while running {
                 ticks &+= 1
                 let at = now
                 planner.collectDue(now: at)
@@ -107,7 +109,8 @@ public actor SessionScheduler<C: Clock> where C.Duration == Duration {
                         await self.complete(name, result)
                     }
                 }
-            } while await sleep(until: planner.nextWakeup())
+                running = await sleep(until: planner.nextWakeup())
+            }
             eventContinuation.finish()
         }
         // Nobody is left to renew: whoever waits for an outcome gets one now.
