@@ -18,7 +18,7 @@ BUILD_LOG := .build/make-build.log
 SDK_VENV := .build/sdk-venv
 SDK_PACKAGES := bunq-sdk==1.28.0 prometheus-client==0.23.1
 
-.PHONY: all deps build test sdk-compat run sandbox bench install install-files deb deb-files clean
+.PHONY: all deps build test test-deb sdk-compat run sandbox bench install install-files deb deb-files clean
 
 all: build
 
@@ -44,13 +44,34 @@ build: deps
 	  echo "make build: compiler warnings in our code (above) are errors"; exit 1; \
 	fi
 
-## test: deps, build, then every test: the Swift suites, the official-SDK compatibility test, and the daemon under a
-## real systemd (nspawn; prints SKIPPED where it cannot run)
+## test: deps, build, then every test: the Swift suites and, beside them (they wait on clocks far more than they
+## compute), the official-SDK compatibility test and the daemon, installed from a .deb of this build, under a real
+## systemd (nspawn; prints SKIPPED where it cannot run). Their output follows the suites'.
 test: build $(SDK_VENV)/.installed
-	$(SWIFT) test --skip-build
-	$(MAKE) --no-print-directory sdk-compat
-	$(MAKE) --no-print-directory deb
-	DEB="$(CURDIR)/$(DEB)" bash Tests/systemd/nspawn-test.sh
+	$(MAKE) --no-print-directory test-deb
+	@bin="$$($(SWIFT) build --show-bin-path)"; \
+	( $(SDK_VENV)/bin/python Tests/sdk-compat/python_sdk_compat.py "$$bin/bunq-sandbox" \
+	  && lintian --fail-on error $(TEST_DEB) && BIN="$$bin" DEB="$(CURDIR)/$(TEST_DEB)" bash Tests/systemd/nspawn-test.sh ) > $(BESIDE_LOG) 2>&1 & beside=$$!; \
+	status=0; $(SWIFT) test --skip-build || status=$$?; \
+	wait $$beside || status=$$?; \
+	echo "--- beside the suites: the official SDK against bunq-sandbox, lintian, the .deb under systemd"; cat $(BESIDE_LOG); \
+	exit $$status
+BESIDE_LOG := .build/make-test-beside.log
+
+## test-deb: $(TEST_DEB), the package `make test` installs under systemd: the same files as `make deb`'s, from this
+## (debug) build's binaries relinked with Swift's runtime inside, so they need only Debian's libraries as the
+## release ones do. A debug link does not order the toolchain's Foundation archives by itself: they are named as
+## one group.
+SWIFT_STATIC_DIR := $(shell dirname "$$(dirname "$$(readlink -f "$$(PATH="$$PATH:/opt/swift/usr/bin" command -v $(SWIFT))")")")/lib/swift_static/linux
+DEBUG_STATIC_LINK = -Xlinker --start-group $(foreach archive,$(wildcard $(SWIFT_STATIC_DIR)/*.a),-Xlinker $(archive)) -Xlinker --end-group
+TEST_DEB_ROOT := .build/test-deb/root
+TEST_DEB = .build/test-deb/bunq-sessiond_$(VERSION)_$(ARCH).deb
+test-deb: deps
+	$(SWIFT) build --static-swift-stdlib $(DEBUG_STATIC_LINK)
+	@mkdir -p .build/test-deb/bin
+	cd "$$($(SWIFT) build --show-bin-path)" && cp bunq-sessiond bunq-sessionctl bunq-sandbox $(CURDIR)/.build/test-deb/bin/
+	$(MAKE) --no-print-directory deb-files BUILT="$(CURDIR)/.build/test-deb/bin" DEB=$(TEST_DEB) DEB_ROOT=$(TEST_DEB_ROOT) \
+	  DEB_COMPRESSION="-Zgzip -z1"
 
 $(SDK_VENV)/.installed: Makefile
 	python3 -m venv $(SDK_VENV)
@@ -86,6 +107,8 @@ deb: deps
 
 ## deb-files: the package itself, from already built binaries in BUILT (no build step)
 DEB_ROOT := .build/deb/root
+# xz for the package that ships; make test's own (debug binaries, twice the size) is gzipped fast.
+DEB_COMPRESSION := -Zxz
 deb-files:
 	@test -n "$(BUILT)" || { echo "deb-files: set BUILT to the directory of the built binaries"; exit 2; }
 	rm -rf $(DEB_ROOT) $(DEB)
@@ -113,7 +136,7 @@ deb-files:
 	  -e "s|@DEPENDS@|$$(cat .build/deb/shlibs/depends), systemd|" packaging/debian/control.in > $(DEB_ROOT)/DEBIAN/control
 	cd $(DEB_ROOT) && find . -type f ! -path './DEBIAN/*' -printf '%P\n' | sort | xargs md5sum > DEBIAN/md5sums
 	chmod 0644 $(DEB_ROOT)/DEBIAN/md5sums $(DEB_ROOT)/DEBIAN/control $(DEB_ROOT)/DEBIAN/conffiles
-	dpkg-deb --root-owner-group -Zxz --build $(DEB_ROOT) $(DEB)
+	dpkg-deb --root-owner-group $(DEB_COMPRESSION) --build $(DEB_ROOT) $(DEB)
 	@echo "built $(DEB)"
 
 ## install: binaries, systemd units, sysusers and the example config (PREFIX, DESTDIR, SYSCONFDIR)

@@ -13,15 +13,18 @@ import TestSupport
         let apiKey = try sandbox.newAPIKey()
         let config = try writeConfig(dir, sandbox: sandbox, apiKey: apiKey, provider: true)
 
+        // Three renewals each, without a gap, through the real binaries (weeks of renewals run in virtual time:
+        // KeeperVirtualTimeTests).
         var daemon = try ChildProcess(Binaries.daemon, ["--config", config], log: dir.path("daemon1.log"))
-        let renewedFiveTimes = await daemon.waitFor(.seconds(150)) { log in
+        let renewedThreeTimes = await daemon.waitFor(.seconds(120)) { log in
             let all = rotations(in: log)
-            return ["provider", "ops"].allSatisfy { context in all.filter { $0.context == context }.count >= 6 }
+            return ["provider", "ops"].allSatisfy { context in all.filter { $0.context == context }.count >= 4 }
         }
-        #expect(renewedFiveTimes, "both identities renewed at least 5 times: \(daemon.log.suffix(2_000))")
+        #expect(renewedThreeTimes, "both identities renewed at least 3 times: \(daemon.log.suffix(2_000))")
         #expect(daemon.stop() == 0, "SIGTERM is a clean shutdown")
         expectNoGaps(rotations(in: daemon.log))
         #expect(!daemon.log.contains(apiKey), "the API key never appears in the log")
+        let reached = Dictionary(rotations(in: daemon.log).map { ($0.context, $0.generation) }, uniquingKeysWith: max)
         let installations = try sandbox.stat("installations")
         let devices = try sandbox.stat("device_servers")
         #expect(installations == 2 && devices == 2)
@@ -34,7 +37,8 @@ import TestSupport
         })
         #expect(try sandbox.stat("installations") == installations)
         #expect(try sandbox.stat("device_servers") == devices)
-        #expect(rotations(in: daemon.log).allSatisfy { $0.generation > 6 }, "generations continue from the store")
+        #expect(rotations(in: daemon.log).allSatisfy { $0.generation > reached[$0.context, default: .max] },
+                "generations continue from the store: \(reached)")
 
         // A revoked key: needs attention at the next renewal attempt, logged once.
         try sandbox.admin("POST", "revoke", #"{"secret":"\#(apiKey)"}"#)
@@ -42,30 +46,6 @@ import TestSupport
         try await Task.sleep(for: .seconds(3))
         #expect(daemon.log.components(separatedBy: "needs attention").count == 2, "logged once, not every loop")
         #expect(daemon.stop() == 0)
-    }
-
-    @Test(.tags(.long)) func thirtyPercentUpstreamFailuresExpireNoSession() async throws {
-        let dir = try TemporaryDirectory()
-        defer { dir.remove() }
-        // bunq's limits at a fiftieth (session-server one call per 0.6 s): every injected failure costs a slot, and
-        // 20-s sessions leave 5 s to retry in.
-        let sandbox = try await Sandbox.start(in: dir, ["--session-timeout", "20"], limits: .scaled(0.02))
-        defer { _ = sandbox.child.stop() }
-        let config = try writeConfig(dir, sandbox: sandbox, apiKey: try sandbox.newAPIKey(), provider: false,
-                                     extra: "renewal: {backoff_base: 0.05}")
-        try sandbox.admin("POST", "faults", #"{"endpoint":"POST /v1/session-server","status":500,"probability":0.15}"#)
-        try sandbox.admin("POST", "faults", #"{"endpoint":"POST /v1/session-server","status":429,"probability":0.176}"#)
-        let daemon = try ChildProcess(Binaries.daemon, ["--config", config], log: dir.path("daemon.log"))
-        // Until 5 renewals happened and at least 2 injected failures were met (at 30%, a handful of calls can
-        // all succeed, which would prove nothing).
-        let failures = { (log: String) in log.components(separatedBy: "renewal failed").count - 1 }
-        let enough = await daemon.waitFor(.seconds(240)) { rotations(in: $0).count >= 6 && failures($0) >= 2 }
-        #expect(daemon.stop() == 0)
-        #expect(enough, "renewed 5 times through injected failures: \(daemon.log.suffix(2_000))")
-        expectNoGaps(rotations(in: daemon.log))
-        #expect(failures(daemon.log) >= 2, "faults were injected and retried")
-        #expect(!daemon.log.contains("needs attention"))
-        #expect(try sandbox.stat("rate_limited") == 0, "the daemon itself never caused a 429")
     }
 
     @Test func aKillDuringDeviceRegistrationLeavesNoDuplicate() async throws {

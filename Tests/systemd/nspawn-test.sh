@@ -13,7 +13,7 @@ skip() { echo "SKIPPED: systemd integration test: $*"; [ "${CI:-}" = true ] && e
 [ "$(id -u)" = 0 ] || skip "needs root (CI runs as root)"
 command -v systemd-nspawn >/dev/null && command -v debootstrap >/dev/null || skip "systemd-nspawn or debootstrap missing (make deps installs them)"
 
-BIN="$(swift build --show-bin-path)"
+BIN="${BIN:-$(swift build --show-bin-path)}"  # make test passes the bin path (swift test holds the build lock)
 CACHE="$PWD/.cache/nspawn-root-v2"  # bump the suffix when the package list changes
 if [ ! -e "$CACHE/.complete" ]; then
   rm -rf "$CACHE"
