@@ -345,12 +345,12 @@ public final class PostgresState: ClusterStore, Service {
         }
     }
 
-    /// Runs `body` on a connection leased from the pool, within the deadline. Past it the connection is closed:
-    /// the query in flight fails at once (postgres-nio cannot cancel a query otherwise), the lease goes back, and
+    /// Runs `body` on a connection borrowed from the pool, within the deadline. Past it the connection is closed:
+    /// the query in flight fails at once (postgres-nio cannot cancel a query otherwise), it goes back, and
     /// the pool replaces the connection. A transaction cut off that way is rolled back by the server.
     func call<T: Sendable>(_ operation: String, _ what: String, timeout: Duration? = nil,
                            _ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws -> T {
-        let leased = Mutex<PostgresConnection?>(nil)
+        let borrowed = Mutex<PostgresConnection?>(nil)
         let location = settings.location
         return try await calls.run(operation, timeout: timeout, { [client] in
             do {
@@ -360,8 +360,8 @@ public final class PostgresState: ClusterStore, Service {
                     do {
                         return try await client.withConnection { connection in
                             guard !connection.isClosed else { throw StaleConnection() }
-                            leased.withLock { $0 = connection }
-                            defer { leased.withLock { $0 = nil } }
+                            borrowed.withLock { $0 = connection }
+                            defer { borrowed.withLock { $0 = nil } }
                             return try await body(connection)
                         }
                     } catch is StaleConnection {
@@ -384,7 +384,7 @@ public final class PostgresState: ClusterStore, Service {
                 throw StoreError(.database, "cannot \(what) in \(location)", cause: PostgresFailure(description: Self.describe(error)))
             }
         }, onTimeout: {
-            if let connection = leased.withLock({ $0 }) { let _: EventLoopFuture<Void> = connection.close() }
+            if let connection = borrowed.withLock({ $0 }) { let _: EventLoopFuture<Void> = connection.close() }
         })
     }
 

@@ -7,8 +7,8 @@ import Synchronization
 import Timekeeping
 
 /// The session keeper: restores every identity from the state store, reconciles them with the configuration,
-/// and keeps their sessions alive with one scheduler. Its API (lease, schedule, renew) is what the socket server
-/// will expose.
+/// and keeps their sessions alive with one scheduler. Its API (token grants, schedules, renewals on demand) is
+/// what the socket server and the proxy serve.
 public final class Keeper: Service, Sendable {
     public let configuration: KeeperConfiguration
     public let scheduler: SessionScheduler<AnyClock>
