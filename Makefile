@@ -67,7 +67,10 @@ DEBUG_STATIC_LINK = -Xlinker --start-group $(foreach archive,$(wildcard $(SWIFT_
 TEST_DEB_ROOT := .build/test-deb/root
 TEST_DEB = .build/test-deb/bunq-sessiond_$(VERSION)_$(ARCH).deb
 test-deb: deps
-	$(SWIFT) build --static-swift-stdlib $(DEBUG_STATIC_LINK)
+	@# Product by product: a build of every target would take in the test helpers, which need the dynamic runtime.
+	for product in bunq-sessiond bunq-sessionctl bunq-sandbox; do \
+	  $(SWIFT) build --static-swift-stdlib $(DEBUG_STATIC_LINK) --product $$product; \
+	done
 	@mkdir -p .build/test-deb/bin
 	cd "$$($(SWIFT) build --show-bin-path)" && cp bunq-sessiond bunq-sessionctl bunq-sandbox $(CURDIR)/.build/test-deb/bin/
 	$(MAKE) --no-print-directory deb-files BUILT="$(CURDIR)/.build/test-deb/bin" DEB=$(TEST_DEB) DEB_ROOT=$(TEST_DEB_ROOT) \

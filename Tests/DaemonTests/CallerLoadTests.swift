@@ -5,8 +5,8 @@ import TestSupport
 
 /// Hostile callers under load (issue 13): real uids created by the test, the daemon's CPU and memory read from
 /// /proc, every client a separate Python process so that what is timed is the daemon, not this test's share of the
-/// cooperative pool. Serialized: each of these floods the machine on its own.
-@Suite(.serialized, .ownThread) struct CallerLoadTests {
+/// cooperative pool. Serialized: each of these floods the machine on its own. Long as a whole: one lane runs the chain from the start.
+@Suite(.serialized, .ownThread, .tags(.long)) struct CallerLoadTests {
     /// Holds N connections, each asking for a subscription with no context, then prints how many were served.
     static let flood = """
         import json,socket,sys,time
@@ -148,7 +148,7 @@ import TestSupport
                 "a partial line is bounded in time, for subscribers too (request_timeout 4 s): \(closed)")
     }
 
-    @Test(.tags(.long)) func partialLinesAreBoundedAndTheirMemoryIsReturned() async throws {
+    @Test func partialLinesAreBoundedAndTheirMemoryIsReturned() async throws {
         // Root (an admin, beyond the per-uid limit) holds the lines: the subject is memory, not fairness.
         let running = try await RunningDaemon.start(access: "socket: {request_timeout: 300, idle_timeout: 300}",
                                                     provider: false, socketInConfig: true)

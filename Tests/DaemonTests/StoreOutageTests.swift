@@ -9,8 +9,8 @@ import TestSupport
 /// renewals resume by themselves — nothing lost, nothing registered twice. Under bunq's limits (scaled).
 ///
 /// One case at a time, each on a thread of its own: its clients (a socket client, curl) block while they wait for
-/// the daemon.
-@Suite(.serialized, .ownThread) struct StoreOutageTests {
+/// the daemon. Long as a whole: one lane runs the chain from the start.
+@Suite(.serialized, .ownThread, .tags(.long)) struct StoreOutageTests {
     enum Fault: String, CaseIterable, Sendable, CustomTestStringConvertible {
         /// PostgreSQL's processes stopped with SIGSTOP: connections stay open, nothing is refused, nothing answers.
         case frozenPostgreSQL

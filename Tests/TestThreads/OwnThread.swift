@@ -3,8 +3,8 @@ import Synchronization
 import Testing
 import TestSupport
 
-/// Every test case runs on a thread of its own instead of Swift's shared cooperative pool, and at most eight
-/// of them run at once (`TestSlots`: five short and three long ones).
+/// Every test case runs on a thread of its own instead of Swift's shared cooperative pool, and at most ten
+/// of them run at once (`TestSlots`: six short and four long ones).
 ///
 /// Why the thread: the pool has one thread per core (two here), and tests block — a child process run to
 /// completion, a socket read, a PostgreSQL started. Two such calls anywhere in the suite used to stop every
@@ -52,10 +52,10 @@ extension Tag {
 }
 
 /// How many test cases run at once, first come, first served in each lane: short tests in
-/// `BUNQ_TEST_PARALLELISM` lanes (five by default), long ones in `BUNQ_TEST_LONG_PARALLELISM` more (three).
+/// `BUNQ_TEST_PARALLELISM` lanes (six by default), long ones in `BUNQ_TEST_LONG_PARALLELISM` more (four).
 final class TestSlots: Sendable {
-    static let short = TestSlots(width: Int(ProcessInfo.processInfo.environment["BUNQ_TEST_PARALLELISM"] ?? "") ?? 5)
-    static let long = TestSlots(width: Int(ProcessInfo.processInfo.environment["BUNQ_TEST_LONG_PARALLELISM"] ?? "") ?? 3)
+    static let short = TestSlots(width: Int(ProcessInfo.processInfo.environment["BUNQ_TEST_PARALLELISM"] ?? "") ?? 6)
+    static let long = TestSlots(width: Int(ProcessInfo.processInfo.environment["BUNQ_TEST_LONG_PARALLELISM"] ?? "") ?? 4)
 
     private struct State {
         var free: Int
