@@ -108,19 +108,6 @@ import TestSupport
         let members: [Member]
         let names: [String]
 
-        /// Polls `condition` every 100 ms for up to `seconds`; returns how long it took, or nil.
-        func within(_ seconds: Double, _ condition: () throws -> Bool) async throws -> Double? {
-            let started = ContinuousClock.now
-            while ContinuousClock.now - started < .seconds(seconds) {
-                if try condition() {
-                    let elapsed = (ContinuousClock.now - started).components
-                    return Double(elapsed.seconds) + Double(elapsed.attoseconds) / 1e18
-                }
-                try await Task.sleep(for: .milliseconds(100))
-            }
-            return nil
-        }
-
         /// Every token `serving` hands out for `contexts` works at bunq; paced under bunq's GET limit.
         func tokensWork(_ serving: [Member], _ contexts: [String]) async throws -> [String] {
             var failures: [String] = []
@@ -183,15 +170,15 @@ import TestSupport
                                      names: ["provider", "ops"] + (1...8).map { "id-\($0)" })
             let names = world.names
             // Every identity live on every daemon, registered once; the leases spread, together all.
-            let everywhere = try await world.within(60) { members.allSatisfy { member in names.allSatisfy { member.session($0) != nil } } }
-            #expect(everywhere != nil, "\(members.map(\.child.log))")
+            let everywhere = await eventually(within: .seconds(60), every: .milliseconds(100)) { members.allSatisfy { member in names.allSatisfy { member.session($0) != nil } } }
+            #expect(everywhere, "\(members.map(\.child.log))")
             #expect(try sandbox.stat("installations") == names.count, "one installation per identity")
             #expect(try sandbox.stat("device_servers") == names.count, "one device per identity")
-            let spread = try await world.within(15) {
+            let spread = await eventually(within: .seconds(15), every: .milliseconds(100)) {
                 let held = members.map(\.leasesHeld)
                 return held.allSatisfy { $0 > 0 } && held.reduce(0, +) == names.count
             }
-            #expect(spread != nil, "leases: \(members.map(\.leasesHeld))")
+            #expect(spread, "leases: \(members.map(\.leasesHeld))")
             try await body(world)
             #expect(try sandbox.stat("rate_limited") == limitedBefore, "no 429 from the sandbox throughout")
         }
@@ -216,8 +203,8 @@ import TestSupport
             #expect(subscriber.readLine()?.contains(#""result""#) == true)
             let renewed = try #require(result(members[0].call("session.renew", #"{"context":"ops","force":true}"#)), "renew")
             let generation = try #require(renewed["generation"] as? Int)
-            let propagated = try await world.within(2) { members.allSatisfy { ($0.session("ops")?.generation ?? 0) >= generation } }
-            #expect(propagated != nil, "generation \(generation) of ops reached every daemon")
+            let propagated = await eventually(within: .seconds(2), every: .milliseconds(100)) { members.allSatisfy { ($0.session("ops")?.generation ?? 0) >= generation } }
+            #expect(propagated, "generation \(generation) of ops reached every daemon")
             var heard: String?
             while let line = subscriber.readLine(timeout: 3), heard == nil {
                 if line.contains("session.rotated"), line.contains(#""generation":\#(generation)"#) { heard = line }
@@ -230,20 +217,20 @@ import TestSupport
             let location = try Command.check(["curl", "-s", "-o", "/dev/null", "-w", "%{redirect_url}", url]).stdoutText
             let code = try #require(URLComponents(string: location)?.queryItems?.first { $0.name == "code" }?.value, "\(location)")
             var completed: [String: Any] = [:]
-            _ = try await world.within(30) {
+            _ = await eventually(within: .seconds(30), every: .milliseconds(100)) {
                 completed = members[1].call("oauth.complete", #"{"code":"\#(code)","state":"\#(state)"}"#)
                 return errorCode(completed) != 1003 && errorCode(completed) != 1005
             }
             let user = try #require(result(completed)?["context"] as? String, "\(completed)")
-            #expect(try await world.within(5) { members.allSatisfy { $0.session(user) != nil } } != nil, "the OAuth user is live everywhere")
+            #expect(await eventually(within: .seconds(5), every: .milliseconds(100)) { members.allSatisfy { $0.session(user) != nil } }, "the OAuth user is live everywhere")
             let all = names + [user]
 
             // kill -9 of one daemon: the others hold every lease within one lease period (3 s; 1 s of polling slack).
             let atKill = world.generations(members[0], all)
             kill(members[2].child.process.processIdentifier, SIGKILL)
             let survivors = Array(members[0..<2])
-            let takeover = try await world.within(4) { survivors.map(\.leasesHeld).reduce(0, +) == all.count }
-            #expect(takeover != nil, "leases after the kill: \(survivors.map(\.leasesHeld))")
+            let takeover = await eventually(within: .seconds(4), every: .milliseconds(100)) { survivors.map(\.leasesHeld).reduce(0, +) == all.count }
+            #expect(takeover, "leases after the kill: \(survivors.map(\.leasesHeld))")
             // Until the survivors have renewed every identity (each is due within one session lifetime of the kill),
             // every token they hand out works.
             var failures: [String] = []
@@ -277,26 +264,26 @@ import TestSupport
             kill(members[0].child.process.processIdentifier, SIGCONT)
             failures += try await world.tokensWork(members, all)
             #expect(failures.isEmpty, "\(failures)")
-            let caughtUp = try await world.within(5) { world.generations(members[0], all) == world.generations(members[1], all) }
-            #expect(caughtUp != nil, "the resumed daemon serves the current generations")
-            #expect(try await world.within(6) { members.allSatisfy { $0.leasesHeld > 0 } } != nil, "it takes a share again")
+            let caughtUp = await eventually(within: .seconds(5), every: .milliseconds(100)) { world.generations(members[0], all) == world.generations(members[1], all) }
+            #expect(caughtUp, "the resumed daemon serves the current generations")
+            #expect(await eventually(within: .seconds(6), every: .milliseconds(100)) { members.allSatisfy { $0.leasesHeld > 0 } }, "it takes a share again")
 
             // PostgreSQL stopped for a few seconds: tokens still served, the outage reported, renewals resumed after.
             let beforeOutage = world.generations(members[0], all)
             server.halt("fast")
-            let unreachable = try await world.within(5) { members.allSatisfy { $0.cluster["store_reachable"] as? Bool == false } }
-            #expect(unreachable != nil, "daemon.status reports the unreachable store")
+            let unreachable = await eventually(within: .seconds(5), every: .milliseconds(100)) { members.allSatisfy { $0.cluster["store_reachable"] as? Bool == false } }
+            #expect(unreachable, "daemon.status reports the unreachable store")
             // Kept short of the sessions' slack (about 9 s between a renewal and the end of its handing out): a longer
             // outage rightly leaves a session unrenewed, and then unserved, at these lifetimes.
             failures += try await world.tokensWork(Array(members[0..<2]), Array(all.prefix(4)))
             try server.restart()
-            #expect(try await world.within(10) { members.allSatisfy { $0.cluster["store_reachable"] as? Bool == true } } != nil)
+            #expect(await eventually(within: .seconds(10), every: .milliseconds(100)) { members.allSatisfy { $0.cluster["store_reachable"] as? Bool == true } })
             // Every identity is renewed within one lifetime of the store's return (each before its session runs out).
-            let resumed = try await world.within(65) {
+            let resumed = await eventually(within: .seconds(65), every: .milliseconds(100)) {
                 let now = world.generations(members[1], all)
                 return all.allSatisfy { (now[$0] ?? 0) > (beforeOutage[$0] ?? 0) }
             }
-            #expect(resumed != nil, "renewals resume once the store is back")
+            #expect(resumed, "renewals resume once the store is back")
             failures += try await world.tokensWork(members, all)
             #expect(failures.isEmpty, "\(failures)")
             #expect(try sandbox.stat("installations") == all.count, "nothing registered twice")
