@@ -46,15 +46,24 @@ build: deps
 
 ## test: deps, build, then every test: the Swift suites and, beside them (they wait on clocks far more than they
 ## compute), the official-SDK compatibility test and the daemon, installed from a .deb of this build, under a real
-## systemd (nspawn; prints SKIPPED where it cannot run). Their output follows the suites'.
-test: build $(SDK_VENV)/.installed
+## systemd (nspawn; prints SKIPPED where it cannot run). Their output follows the suites'. The SDK's virtualenv is
+## installed while the build compiles (pip waits on the network, the compiler on the cores).
+test: deps
+	@mkdir -p .build
+	@$(MAKE) --no-print-directory $(SDK_VENV)/.installed > .build/make-sdk-venv.log 2>&1 & venv=$$!; \
+	status=0; $(MAKE) --no-print-directory build || status=$$?; \
+	wait $$venv || { echo "make test: the SDK's virtualenv failed:"; cat .build/make-sdk-venv.log; exit 1; }; \
+	exit $$status
 	$(MAKE) --no-print-directory test-deb
 	@bin="$$($(SWIFT) build --show-bin-path)"; \
-	( $(SDK_VENV)/bin/python Tests/sdk-compat/python_sdk_compat.py "$$bin/bunq-sandbox" \
-	  && lintian --fail-on error $(TEST_DEB) && BIN="$$bin" DEB="$(CURDIR)/$(TEST_DEB)" bash Tests/systemd/nspawn-test.sh ) > $(BESIDE_LOG) 2>&1 & beside=$$!; \
+	( $(SDK_VENV)/bin/python Tests/sdk-compat/python_sdk_compat.py "$$bin/bunq-sandbox" ) > $(BESIDE_LOG).sdk 2>&1 & sdk=$$!; \
+	( lintian --fail-on error $(TEST_DEB) && BIN="$$bin" DEB="$(CURDIR)/$(TEST_DEB)" bash Tests/systemd/nspawn-test.sh ) \
+	  > $(BESIDE_LOG).deb 2>&1 & deb=$$!; \
 	status=0; $(SWIFT) test --skip-build || status=$$?; \
-	wait $$beside || status=$$?; \
-	echo "--- beside the suites: the official SDK against bunq-sandbox, lintian, the .deb under systemd"; cat $(BESIDE_LOG); \
+	wait $$sdk || status=$$?; \
+	wait $$deb || status=$$?; \
+	echo "--- beside the suites: the official SDK against bunq-sandbox"; cat $(BESIDE_LOG).sdk; \
+	echo "--- beside the suites: lintian, the .deb under systemd"; cat $(BESIDE_LOG).deb; \
 	exit $$status
 BESIDE_LOG := .build/make-test-beside.log
 
