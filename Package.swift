@@ -78,6 +78,13 @@ let package = Package(
             name: "Timekeeping",
             swiftSettings: strictSettings
         ),
+        // The configuration file: YAML, environment overrides, and the refusal of keys nobody reads; each section's
+        // type lives in the module it configures.
+        .target(
+            name: "ConfigFile",
+            dependencies: [.product(name: "Yams", package: "Yams")],
+            swiftSettings: strictSettings
+        ),
         .target(
             name: "BunqAPI",
             dependencies: ["BunqCrypto", "CurlHTTP", "Timekeeping", .product(name: "Metrics", package: "swift-metrics")],
@@ -124,7 +131,7 @@ let package = Package(
         .target(
             name: "MetricsEndpoint",
             dependencies: [
-                "SessionKeeper", "BunqAPI", "UnixListener",
+                "SessionKeeper", "BunqAPI", "UnixListener", "ConfigFile",
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -151,7 +158,7 @@ let package = Package(
         .target(
             name: "SessionServer",
             dependencies: [
-                "SessionKeeper", "SessionProtocol", "BunqAPI", "UnixListener", "Timekeeping",
+                "SessionKeeper", "SessionProtocol", "BunqAPI", "UnixListener", "Timekeeping", "ConfigFile",
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -164,7 +171,7 @@ let package = Package(
         .target(
             name: "BunqProxy",
             dependencies: [
-                "SessionKeeper", "SessionServer", "SessionProtocol", "BunqAPI", "CurlHTTP", "UnixListener", "Timekeeping",
+                "SessionKeeper", "SessionServer", "SessionProtocol", "BunqAPI", "CurlHTTP", "UnixListener", "Timekeeping", "ConfigFile",
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -177,12 +184,11 @@ let package = Package(
         .target(
             name: "SessionKeeper",
             dependencies: [
-                "BunqAPI", "Timekeeping",
+                "BunqAPI", "Timekeeping", "ConfigFile",
                 "BunqCrypto",
                 .product(name: "HeapModule", package: "swift-collections"),
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "GRDB", package: "GRDB.swift"),
-                .product(name: "Yams", package: "Yams"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -211,9 +217,16 @@ let package = Package(
             swiftSettings: strictSettings
         ),
 
+        // The daemon's whole configuration file: every module's section, read and validated together.
+        .target(
+            name: "SessiondConfiguration",
+            dependencies: ["ConfigFile", "SessionKeeper", "SessionServer", "BunqProxy", "MetricsEndpoint"],
+            swiftSettings: strictSettings
+        ),
         .executableTarget(
             name: "bunq-sessiond",
             dependencies: [
+                "SessiondConfiguration",
                 "SessionKeeper",
                 "SessionServer",
                 "BunqProxy",
@@ -223,6 +236,7 @@ let package = Package(
                 "SystemdSupport",
                 "BunqAPI",
                 "Timekeeping",
+                "ConfigFile",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -293,7 +307,7 @@ let package = Package(
         ),
         .testTarget(
             name: "DaemonTests",
-            dependencies: ["TestThreads", "TestSupport", "SessionServer", "SessiondClient", "UnixListener",
+            dependencies: ["TestThreads", "TestSupport", "SessionServer", "SessiondClient", "UnixListener", "SessiondConfiguration",
                            .product(name: "NIOCore", package: "swift-nio"), .product(name: "Logging", package: "swift-log")],
             swiftSettings: strictSettings
         ),

@@ -16,7 +16,7 @@ import UnixListener
 /// Bounds: connections (in all, per uid, a reserve for admins), the header section, the body, idle and
 /// per-request read timeouts, and a client that does not read its answers is held back and then disconnected.
 public final class ProxyServer: Service, Sendable {
-    public struct Limits: Sendable {
+    public struct Limits: Sendable, Equatable {
         public var maxConnections = 1_024
         public var maxConnectionsPerUID = 64
         public var maxBodyBytes = 1 << 20

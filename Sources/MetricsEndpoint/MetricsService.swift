@@ -21,12 +21,12 @@ public final class MetricsService: Service {
         return registry
     }
 
-    let listen: KeeperConfiguration.MetricsListen
+    let listen: MetricsSettings.Listen
     let registry: PrometheusCollectorRegistry
     let keeper: Keeper
     let logger: Logger
 
-    public init(listen: KeeperConfiguration.MetricsListen, registry: PrometheusCollectorRegistry, keeper: Keeper, logger: Logger) {
+    public init(listen: MetricsSettings.Listen, registry: PrometheusCollectorRegistry, keeper: Keeper, logger: Logger) {
         self.listen = listen
         self.registry = registry
         self.keeper = keeper

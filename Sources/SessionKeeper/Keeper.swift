@@ -35,7 +35,7 @@ public final class Keeper: Service, Sendable {
     /// The session-server budget as `watchBudget` last saw it.
     let budgetState = Mutex(BudgetStatus(neededPerDay: 0, availablePerDay: 0, late: []))
     /// The API-key identities as a reload last set them (the renewal policy lives in the scheduler).
-    let apiKeys: Mutex<[KeeperConfiguration.APIKeyIdentity]>
+    let apiKeys: Mutex<[APIKeyIdentity]>
     /// `renewal.min_manual_interval`, as the last reload set it.
     let minManualRenewal: Mutex<TimeInterval>
     /// Why the state could not be restored at start (the store refused, a wrong key), for the exit status.
@@ -70,15 +70,15 @@ public final class Keeper: Service, Sendable {
         certificate = psd2?.certificate
         self.logger = logger
         // The lock first: a second daemon must not touch the key, the database or the socket.
-        stateLock = try StateLock(directory: configuration.stateDirectory)
-        let key = try MasterKey.load(credentialsDirectory: configuration.credentialsDirectory,
-                                     stateDirectory: configuration.stateDirectory, file: configuration.masterKeyFile)
-        let keySource = MasterKey.source(credentialsDirectory: configuration.credentialsDirectory,
-                                         stateDirectory: configuration.stateDirectory, file: configuration.masterKeyFile)
-        switch (configuration.backend, openStore) {
+        stateLock = try StateLock(directory: configuration.state.directory)
+        let key = try MasterKey.load(credentialsDirectory: configuration.state.credentialsDirectory,
+                                     stateDirectory: configuration.state.directory, file: configuration.state.masterKeyFile)
+        let keySource = MasterKey.source(credentialsDirectory: configuration.state.credentialsDirectory,
+                                         stateDirectory: configuration.state.directory, file: configuration.state.masterKeyFile)
+        switch (configuration.state.backend, openStore) {
         case (.sqlite, _):
-            store = try StateStore(directory: configuration.stateDirectory, masterKey: key, keySource: keySource,
-                                   timeout: configuration.storeTimeout, logger: logger)
+            store = try StateStore(directory: configuration.state.directory, masterKey: key, keySource: keySource,
+                                   timeout: configuration.state.timeout, logger: logger)
         case (.postgresql, let openStore?):
             store = try openStore(key, keySource)
         case (.postgresql, nil):
@@ -86,14 +86,14 @@ public final class Keeper: Service, Sendable {
         }
         // The scheduler grants the session-server budget itself, by urgency: the client's limiter leaves it alone,
         // so no session-server call is ever charged twice.
-        let limiter = BunqRateLimiter(mode: configuration.rateLimits, scale: configuration.rateLimitScale,
+        let limiter = BunqRateLimiter(mode: configuration.bunq.rateLimits, scale: configuration.bunq.rateLimitScale,
                                       exempt: [BunqRateLimiter.sessionServer], clock: clock)
-        client = try BunqClient(endpoints: configuration.endpoints, rateLimiter: limiter,
-                                psd2FirstSessionTimeout: configuration.psd2FirstSessionTimeout,
-                                permittedIPs: configuration.permittedIPs, sourceAddress: configuration.sourceAddress,
+        client = try BunqClient(endpoints: configuration.bunq.endpoints, rateLimiter: limiter,
+                                psd2FirstSessionTimeout: configuration.bunq.psd2FirstSessionTimeout,
+                                permittedIPs: configuration.bunq.permittedIPs, sourceAddress: configuration.bunq.sourceAddress,
                                 wallClock: wallClock)
         apiKeys = Mutex(configuration.apiKeys)
-        minManualRenewal = Mutex(configuration.minManualRenewalInterval)
+        minManualRenewal = Mutex(configuration.renewal.minManualInterval)
         if let settings = configuration.cluster {
             guard let shared = store as? any ClusterStore else {
                 throw StoreError(.database, "the store \(store.location) cannot be shared by a cluster")
@@ -107,8 +107,8 @@ public final class Keeper: Service, Sendable {
         }
         // In order, nothing wired afterwards: the scheduler; the owner, which schedules what it holds; the
         // renewer, which writes through the owner and is handed to the scheduler's loop when it runs.
-        scheduler = SessionScheduler(policy: configuration.policy, budget: configuration.sessionServerBudget,
-                                     maxConcurrent: configuration.maxConcurrentRenewals, clock: clock, wallClock: wallClock)
+        scheduler = SessionScheduler(policy: configuration.renewal.policy, budget: configuration.sessionServerBudget,
+                                     maxConcurrent: configuration.renewal.maxConcurrent, clock: clock, wallClock: wallClock)
         owner = ContextOwner(store: store, sessions: sessions, scheduler: scheduler, signingKeys: signingKeys, fencing: cluster.map {
             ContextOwner.Fencing(store: $0.store, book: $0.book, instance: $0.settings.instance,
                                  leaseDuration: $0.settings.leaseDuration, localDuration: $0.settings.localDuration)
@@ -341,8 +341,8 @@ public final class Keeper: Service, Sendable {
     /// The configuration is already validated in full. The changes are worked out against what the owner holds
     /// now (not against the previous file), so a reload that failed half-way is completed by the next one.
     public func applyReload(_ new: KeeperConfiguration) async throws {
-        await scheduler.setPolicy(new.policy)
-        minManualRenewal.withLock { $0 = new.minManualRenewalInterval }
+        await scheduler.setPolicy(new.renewal.policy)
+        minManualRenewal.withLock { $0 = new.renewal.minManualInterval }
         let wanted = Dictionary(uniqueKeysWithValues: new.apiKeys.map { ($0.name, $0.key) })
         let previous = apiKeys.withLock { $0 }
         var failure: (any Error)?

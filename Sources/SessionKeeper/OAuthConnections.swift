@@ -70,7 +70,7 @@ extension Keeper {
         guard let redirect = try await store.takeOAuthState(state, now: Date()) else {
             throw KeeperError(.invalidOAuthState, "the OAuth state is unknown, already used, or older than 10 minutes")
         }
-        if let name, !KeeperConfiguration.Reader.isValidName(name) || configuredNames.contains(name) {
+        if let name, !APIKeyIdentity.isValidName(name) || configuredNames.contains(name) {
             throw KeeperError(.unknownContext, "'\(name)' is not a usable context name")
         }
         // A state issued by another daemon (or before a restart): this one fetches the client from bunq.

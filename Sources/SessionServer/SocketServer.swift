@@ -13,7 +13,7 @@ import UnixListener
 /// `SO_PEERCRED`, fair bounds on connections (per uid, in all, a reserve for admins), idle and slow connections
 /// closed, and clients that do not read held back and then disconnected.
 public final class SocketServer: Service, Sendable {
-    public struct Limits: Sendable {
+    public struct Limits: Sendable, Equatable {
         /// Connections admins may open beyond `maxConnections`: whoever fills the socket, root gets in.
         public static let adminReserve = 16
         public var maxConnections = 4_096

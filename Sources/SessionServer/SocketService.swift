@@ -349,14 +349,14 @@ public final class SocketService: Sendable {
             if let cluster = keeper.clusterStatus { status["cluster"] = Self.clusterJSON(cluster) }
             // The store's health: tokens and signatures are served from memory whatever it says.
             let health = keeper.storeHealth
-            status["store"] = ["backend": keeper.configuration.backend.rawValue, "reachable": health.reachable,
+            status["store"] = ["backend": keeper.configuration.state.backend.rawValue, "reachable": health.reachable,
                                "failing_since": health.failingSince.map(JSONText.timestamp) ?? NSNull(),
                                "consecutive_failures": health.consecutiveFailures] as [String: Any]
             // Where the state is, and what the store last said, for admins only (`bunq-sessionctl backup` copies
             // it from there).
             if admin {
-                status["state"] = ["backend": keeper.configuration.backend.rawValue,
-                                   "directory": keeper.configuration.stateDirectory,
+                status["state"] = ["backend": keeper.configuration.state.backend.rawValue,
+                                   "directory": keeper.configuration.state.directory,
                                    "last_error": health.lastError ?? NSNull()] as [String: Any]
             }
             return JSONText.encode(status)

@@ -1,11 +1,13 @@
 import ArgumentParser
 import BunqAPI
 import BunqProxy
+import ConfigFile
 import Foundation
 import Logging
 import NIOCore
 import MetricsEndpoint
 import PostgresState
+import SessiondConfiguration
 import ServiceLifecycle
 import SessionKeeper
 import SessionServer
@@ -39,7 +41,7 @@ struct BunqSessiondCommand: AsyncParsableCommand {
     var logLevel: String = "info"
 
     /// The provider's certificate and key, checked locally; problems are configuration errors naming the key.
-    static func checkPSD2(_ provider: KeeperConfiguration.Provider, config: String) throws -> PSD2Material {
+    static func checkPSD2(_ provider: ProviderSettings, config: String) throws -> PSD2Material {
         do {
             return try PSD2Material(certificatePEM: provider.certificatePEM, certificatePath: provider.certificatePath,
                                     privateKeyPEM: provider.privateKeyPEM, privateKeyPath: provider.privateKeySource,
@@ -53,10 +55,10 @@ struct BunqSessiondCommand: AsyncParsableCommand {
 
     /// `--import-state DIR`: the SQLite state in DIR (locked, so no daemon writes it meanwhile; opened with its own
     /// key: DIR/master.key, else the configured one) into the configured PostgreSQL store (with the store's key).
-    static func importState(from directory: String, settings: KeeperConfiguration) async throws {
-        guard let postgres = settings.postgres else {
+    static func importState(from directory: String, state: StateSettings) async throws {
+        guard let postgres = state.postgres else {
             let message = "bunq-sessiond: configuration error: state.backend: --import-state copies into PostgreSQL; "
-                + "this configuration's backend is \(settings.backend.rawValue)\n"
+                + "this configuration's backend is \(state.backend.rawValue)\n"
             FileHandle.standardError.write(Data(message.utf8))
             throw ExitCode(configurationErrorExit)
         }
@@ -70,18 +72,18 @@ struct BunqSessiondCommand: AsyncParsableCommand {
             let ownKey = FileManager.default.fileExists(atPath: directory + "/master.key")
             let sourceKey = ownKey
                 ? try MasterKey.load(credentialsDirectory: nil, stateDirectory: directory)
-                : try MasterKey.load(credentialsDirectory: settings.credentialsDirectory, stateDirectory: directory,
-                                     file: settings.masterKeyFile)
+                : try MasterKey.load(credentialsDirectory: state.credentialsDirectory, stateDirectory: directory,
+                                     file: state.masterKeyFile)
             let source = try StateStore(directory: directory, masterKey: sourceKey, keySource: ownKey ? directory + "/master.key"
-                : MasterKey.source(credentialsDirectory: settings.credentialsDirectory, stateDirectory: directory,
-                                   file: settings.masterKeyFile))
-            let targetKey = try MasterKey.load(credentialsDirectory: settings.credentialsDirectory,
-                                               stateDirectory: settings.stateDirectory, file: settings.masterKeyFile)
+                : MasterKey.source(credentialsDirectory: state.credentialsDirectory, stateDirectory: directory,
+                                   file: state.masterKeyFile))
+            let targetKey = try MasterKey.load(credentialsDirectory: state.credentialsDirectory,
+                                               stateDirectory: state.directory, file: state.masterKeyFile)
             let target = try PostgresState(settings: postgres, masterKey: targetKey,
-                                           keySource: MasterKey.source(credentialsDirectory: settings.credentialsDirectory,
-                                                                       stateDirectory: settings.stateDirectory,
-                                                                       file: settings.masterKeyFile),
-                                           timeout: settings.storeTimeout, logger: Logger(label: "bunq-sessiond"))
+                                           keySource: MasterKey.source(credentialsDirectory: state.credentialsDirectory,
+                                                                       stateDirectory: state.directory,
+                                                                       file: state.masterKeyFile),
+                                           timeout: state.timeout, logger: Logger(label: "bunq-sessiond"))
             let outcome = try await target.withRunning { try await StateImport.run(from: source, into: target) }
             print("bunq-sessiond: imported \(outcome.imported.count) contexts from \(database) into \(target.location)"
                 + (outcome.imported.isEmpty ? "" : " (\(outcome.imported.joined(separator: ", ")))")
@@ -94,26 +96,26 @@ struct BunqSessiondCommand: AsyncParsableCommand {
 
     /// `--restore BACKUP`: a backup made by `bunq-sessionctl backup` becomes the state of the configured (empty)
     /// state directory; the next normal start serves every identity in it without registering anything again.
-    static func restoreState(from backup: String, settings: KeeperConfiguration) async throws {
-        guard settings.backend == .sqlite else {
+    static func restoreState(from backup: String, state: StateSettings) async throws {
+        guard state.backend == .sqlite else {
             let message = "bunq-sessiond: configuration error: state.backend: --restore restores an SQLite state; "
                 + "a PostgreSQL store is restored with PostgreSQL's own tools\n"
             FileHandle.standardError.write(Data(message.utf8))
             throw ExitCode(configurationErrorExit)
         }
-        let keySource = MasterKey.source(credentialsDirectory: settings.credentialsDirectory,
-                                         stateDirectory: settings.stateDirectory, file: settings.masterKeyFile)
+        let keySource = MasterKey.source(credentialsDirectory: state.credentialsDirectory,
+                                         stateDirectory: state.directory, file: state.masterKeyFile)
         do {
             // The backup is sealed by the key it was made under: that key must be back first, never a new one.
             guard FileManager.default.fileExists(atPath: keySource) else {
                 throw StoreError(.masterKey, "the backup is sealed by its master key, and \(keySource) does not exist: put "
                     + "the key back (the master-key credential, state.master_key_file, or master.key in the state directory)")
             }
-            let key = try MasterKey.load(credentialsDirectory: settings.credentialsDirectory,
-                                         stateDirectory: settings.stateDirectory, file: settings.masterKeyFile)
-            let outcome = try await StateBackup.restore(backup, into: settings.stateDirectory, masterKey: key, keySource: keySource)
+            let key = try MasterKey.load(credentialsDirectory: state.credentialsDirectory,
+                                         stateDirectory: state.directory, file: state.masterKeyFile)
+            let outcome = try await StateBackup.restore(backup, into: state.directory, masterKey: key, keySource: keySource)
             print("bunq-sessiond: restored \(outcome.contexts) contexts (\(outcome.bytes) bytes) from \(backup) into "
-                + "\(settings.stateDirectory); start the daemon to serve them")
+                + "\(state.directory); start the daemon to serve them")
         } catch {
             FileHandle.standardError.write(Data("bunq-sessiond: cannot restore \(backup): \(error)\n".utf8))
             throw ExitCode(73)
@@ -131,34 +133,34 @@ struct BunqSessiondCommand: AsyncParsableCommand {
         guard let level = Logger.Level(rawValue: logLevel) else {
             throw ValidationError("--log-level must be one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))")
         }
-        let settings: KeeperConfiguration
+        let settings: DaemonConfiguration
         let psd2: PSD2Material?
         do {
-            settings = try KeeperConfiguration.load(file: config)
-            psd2 = try settings.provider.map { try Self.checkPSD2($0, config: config) }
+            settings = try DaemonConfiguration.load(file: config)
+            psd2 = try settings.keeper.provider.map { try Self.checkPSD2($0, config: config) }
         } catch {
             FileHandle.standardError.write(Data("bunq-sessiond: configuration error: \(error)\n".utf8))
             ServiceManager.failed(errno: EINVAL, status: "configuration error: \(error)")
             throw ExitCode(Self.configurationErrorExit)
         }
         if checkConfig {
-            let identities = (settings.provider == nil ? 0 : 1) + settings.apiKeys.count
-            print("bunq-sessiond: \(config) is valid (\(identities) configured identities, \(settings.environment.rawValue))")
+            let identities = (settings.keeper.provider == nil ? 0 : 1) + settings.keeper.apiKeys.count
+            print("bunq-sessiond: \(config) is valid (\(identities) configured identities, \(settings.keeper.bunq.environment.rawValue))")
             for warning in psd2?.warnings ?? [] { print("warning: \(warning)") }
             return
         }
 
         if let importState {
-            try await Self.importState(from: importState, settings: settings)
+            try await Self.importState(from: importState, state: settings.keeper.state)
             return
         }
         if let restore {
-            try await Self.restoreState(from: restore, settings: settings)
+            try await Self.restoreState(from: restore, state: settings.keeper.state)
             return
         }
 
         // The sockets' I/O threads, before anything starts SwiftNIO's shared group (it can be sized only once).
-        NIOSingletons.groupLoopCountSuggestion = settings.eventLoops
+        NIOSingletons.groupLoopCountSuggestion = settings.socket.eventLoops
         // Native journal entries under systemd (stderr is the journal), readable lines otherwise.
         let journal = JournalLogHandler.stderrIsJournal
         LoggingSystem.bootstrap { label in
@@ -174,68 +176,58 @@ struct BunqSessiondCommand: AsyncParsableCommand {
         let logger = Logger(label: "bunq-sessiond")
         // Metrics, when configured, are bootstrapped before anything makes one (otherwise swift-metrics stays a
         // no-op, at no cost).
-        let registry = settings.metricsListen.map { _ in MetricsService.bootstrap() }
+        let registry = settings.metrics.map { _ in MetricsService.bootstrap() }
         // The certificate's expiry is logged by the keeper: at start, then daily.
         let keeper: Keeper
         do {
             var openStore: Keeper.StoreOpener?
-            if let postgres = settings.postgres {
+            let state = settings.keeper.state
+            if let postgres = state.postgres {
                 let storeLogger = logger
                 openStore = { key, source in
-                    try PostgresState(settings: postgres, masterKey: key, keySource: source, timeout: settings.storeTimeout,
+                    try PostgresState(settings: postgres, masterKey: key, keySource: source, timeout: state.timeout,
                                       logger: storeLogger)
                 }
             }
-            keeper = try Keeper(configuration: settings, psd2: psd2, logger: logger, openStore: openStore)
+            keeper = try Keeper(configuration: settings.keeper, psd2: psd2, logger: logger, openStore: openStore)
         } catch {
             logger.error("cannot start", metadata: ["error": "\(error)"])
             ServiceManager.failed(errno: EIO, status: "cannot start: \(error)")
             throw ExitCode(73)
         }
-        Self.raiseDescriptorLimit(needed: settings.maxConnections + SocketServer.Limits.adminReserve + 256
-                                      + (settings.proxy.map { $0.maxConnections + SocketServer.Limits.adminReserve } ?? 0),
+        Self.raiseDescriptorLimit(needed: settings.socket.limits.maxConnections + SocketServer.Limits.adminReserve + 256
+                                      + (settings.proxy.map { $0.limits.maxConnections + SocketServer.Limits.adminReserve } ?? 0),
                                   logger: logger)
-        logger.info("starting", metadata: ["bunq.api": "\(settings.endpoints.apiBaseURL)",
-                                           "bunq.state": "\(settings.stateDirectory)"])
+        logger.info("starting", metadata: ["bunq.api": "\(settings.keeper.bunq.endpoints.apiBaseURL)",
+                                           "bunq.state": "\(settings.keeper.state.directory)"])
         // Signing inline on the event loops spreads it over the cores only when there is a loop per core; with
         // fewer (the default on 2 cores is one), signatures go to SwiftNIO's blocking pool, a thread per core.
         let service = SocketService(keeper: keeper, access: AccessControl(rules: settings.access), logger: logger,
-                                    signsInline: settings.eventLoops >= ProcessInfo.processInfo.activeProcessorCount)
-        var limits = SocketServer.Limits()
-        limits.maxConnections = settings.maxConnections
-        limits.maxConnectionsPerUID = settings.maxConnectionsPerUID
-        limits.idleTimeout = .seconds(settings.idleTimeout)
-        limits.requestTimeout = .seconds(settings.requestTimeout)
-        limits.sendTimeout = .seconds(settings.sendTimeout)
+                                    signsInline: settings.socket.eventLoops >= ProcessInfo.processInfo.activeProcessorCount)
         // Socket activation: systemd's socket (named "api" in the .socket unit, or the only one passed).
         let inherited = ServiceManager.listeningSockets()
         let socketFD = (inherited.first { $0.name == "api" } ?? (inherited.count == 1 && inherited.first?.name != "proxy" ? inherited.first : nil))?.fd
-        let server = SocketServer(path: settings.socketPath, inheritedSocket: socketFD, service: service, limits: limits,
-                                  logger: logger, releaseFreeMemory: ServiceManager.releaseFreeMemory)
+        let server = SocketServer(path: settings.socket.path, inheritedSocket: socketFD, service: service,
+                                  limits: settings.socket.limits, logger: logger,
+                                  releaseFreeMemory: ServiceManager.releaseFreeMemory)
         // The store's own service (PostgreSQL's connection pool) first: the group stops services in reverse, so it
         // goes last, after the keeper has left the cluster.
         var services: [any Service] = (keeper.stateBackend as? any Service).map { [$0] } ?? []
         services += [keeper, server, Readiness(keeper: keeper, server: server, service: service, logger: logger),
-                                       Reloader(configPath: config, keeper: keeper, service: service, logger: logger)]
+                                       Reloader(configPath: config, running: settings, keeper: keeper, service: service,
+                                                logger: logger)]
         if let proxy = settings.proxy {
-            var proxyLimits = ProxyServer.Limits()
-            proxyLimits.maxConnections = proxy.maxConnections
-            proxyLimits.maxConnectionsPerUID = proxy.maxConnectionsPerUID
-            proxyLimits.maxBodyBytes = proxy.maxBodyBytes
-            proxyLimits.timeout = .seconds(proxy.timeout)
-            proxyLimits.idleTimeout = .seconds(proxy.idleTimeout)
-            proxyLimits.sendTimeout = .seconds(settings.sendTimeout)
             // The access rules are the JSON-RPC socket's own object: a reload changes both at once.
             services.append(ProxyServer(path: proxy.socket, inheritedSocket: inherited.first { $0.name == "proxy" }?.fd,
-                                        keeper: keeper, access: service.access, limits: proxyLimits, logger: logger))
+                                        keeper: keeper, access: service.access, limits: proxy.limits, logger: logger))
         } else if inherited.contains(where: { $0.name == "proxy" }) {
             logger.warning("""
                 systemd passed the proxy's socket, but the configuration has no proxy.socket: its connections are \
                 not answered (disable bunq-sessiond-proxy.socket, or configure the proxy)
                 """)
         }
-        if let listen = settings.metricsListen, let registry {
-            services.append(MetricsService(listen: listen, registry: registry, keeper: keeper, logger: logger))
+        if let metrics = settings.metrics, let registry {
+            services.append(MetricsService(listen: metrics.listen, registry: registry, keeper: keeper, logger: logger))
         }
         if let interval = ServiceManager.watchdogInterval {
             services.append(Watchdog(keeper: keeper, server: server, interval: interval, logger: logger))
@@ -370,9 +362,12 @@ struct Watchdog: Service {
 }
 
 /// SIGHUP: re-reads the configuration and applies access rules, renewal policy and API-key identities without
-/// dropping connections. An invalid new configuration is refused with an error; the old one keeps running.
+/// dropping connections. An invalid new configuration is refused with an error; the old one keeps running. Changes
+/// a reload cannot apply (the socket, the store, bunq's address, …) are named in the log: they wait for a restart.
 struct Reloader: Service {
     let configPath: String
+    /// The configuration the daemon started with.
+    let running: DaemonConfiguration
     let keeper: Keeper
     let service: SocketService
     let logger: Logger
@@ -383,12 +378,19 @@ struct Reloader: Service {
             for await _ in signals {
                 ServiceManager.reloading()
                 do {
-                    // Everything is read and validated before anything changes; the identities are applied next
-                    // (a store failure half-way is finished by the next reload), the access rules last.
-                    let new = try KeeperConfiguration.load(file: configPath)
-                    try await keeper.applyReload(new)
+                    // Every section is read and validated before anything changes; the identities are applied
+                    // next (a store failure half-way is finished by the next reload), the access rules last.
+                    let new = try DaemonConfiguration.load(file: configPath)
+                    try await keeper.applyReload(new.keeper)
                     service.updateAccess(new.access)
-                    logger.notice("configuration reloaded", metadata: ["bunq.config": "\(configPath)"])
+                    let pending = new.changesNeedingRestart(since: running)
+                    if pending.isEmpty {
+                        logger.notice("configuration reloaded", metadata: ["bunq.config": "\(configPath)"])
+                    } else {
+                        logger.warning("configuration reloaded; these changes take effect at the next restart",
+                                       metadata: ["bunq.config": "\(configPath)",
+                                                  "bunq.restart_needed": "\(pending.joined(separator: ","))"])
+                    }
                 } catch {
                     logger.error(error is ConfigurationError
                                  ? "reload refused: the new configuration is invalid; the running one stays"

@@ -48,6 +48,15 @@ import Glibc
         })
         #expect(names(client).isEmpty, "root may see nothing under the new rules")
         #expect(errorCode(client.call(#"{"jsonrpc":"2.0","id":3,"method":"oauth.authorize_url"}"#)) == 1002)
+
+        // What a reload cannot apply is named, and waits for a restart: the socket keeps its limits.
+        _ = try running.dir.write("config.yaml", original.replacingOccurrences(of: "socket:\n", with: "socket:\n  max_connections: 7\n")
+            + "\naccess: {admin: {users: ['4242']}, contexts: {ops: {users: ['4242']}}}\ndevice_description: renamed\n")
+        kill(running.daemon.process.processIdentifier, SIGHUP)
+        #expect(await running.daemon.waitFor(.seconds(20)) {
+            $0.contains("take effect at the next restart") && $0.contains("device_description,socket")
+        })
+        #expect(names(client).isEmpty, "the access rules stay applied")
         #expect(running.daemon.process.isRunning)
     }
 }
