@@ -68,17 +68,21 @@ import TestSupport
         let second = try ChildProcess(Binaries.daemon, ["--config", restoredConfig], log: dir.path("restored.log"))
         defer { _ = second.stop() }
         #expect(await second.waitFor(.seconds(60)) { $0.contains("[bunq_sessiond] ready") }, "\(second.log)")
+        // Each token is tried at bunq as it is served: a ten-second session handed out a second before its end (the
+        // margin) has expired by the time a slower identity is served, so trying them all at the end would measure
+        // how long the others took, not whether the daemon handed out a working token.
         var served: [String: String] = [:]
         for _ in 0..<100 where served.count < names.count {
             for name in names where served[name] == nil {
                 let answer = try RawSocketClient(dir.path("restored.socket"))
                     .call(#"{"jsonrpc":"2.0","id":1,"method":"session.get","params":{"context":"\#(name)"}}"#)
-                if let token = result(answer)?["token"] as? String { served[name] = token }
+                guard let token = result(answer)?["token"] as? String else { continue }
+                served[name] = token
+                #expect(try sandbox.userStatus(token: token) == 200, "\(name)'s token, just served")
             }
-            try await Task.sleep(for: .milliseconds(200))
+            if served.count < names.count { try await Task.sleep(for: .milliseconds(200)) }
         }
         #expect(served.count == names.count, "\(second.log)")
-        for token in served.values { #expect(try sandbox.userStatus(token: token) == 200) }
         #expect(try sandbox.stat("installations") == installations && sandbox.stat("device_servers") == devices,
                 "nothing registered again")
         #expect(try Command.run([Binaries.daemon, "--config", try writePostgresConfig(dir), "--restore", last]).status == 78,
