@@ -167,15 +167,15 @@ public enum RPCCodec {
     public static let resultSuffix = Array("}\n".utf8)
 
     /// `{"jsonrpc":"2.0","id":…,"error":{"code":…,"message":…,"data":…}}\n`.
-    public static func error(id: RPCID, _ code: RPCErrorCode, _ message: String, data: [String: Any]? = nil) -> [UInt8] {
+    public static func error(id: RPCID, _ code: RPCErrorCode, _ message: String, data: [String: String]? = nil) -> [UInt8] {
         var text = "{\"jsonrpc\":\"2.0\",\"id\":\(id.json),\"error\":{\"code\":\(code.rawValue),\"message\":\(JSONText.quote(message))"
-        if let data { text += ",\"data\":" + JSONText.encode(data) }
+        if let data { text += ",\"data\":" + RPCJSON.encode(data) }
         return Array((text + "}}\n").utf8)
     }
 
     /// A server notification: `{"jsonrpc":"2.0","method":…,"params":…}\n`.
-    public static func notification(_ method: String, _ params: [String: Any]) -> [UInt8] {
-        Array("{\"jsonrpc\":\"2.0\",\"method\":\(JSONText.quote(method)),\"params\":\(JSONText.encode(params))}\n".utf8)
+    public static func notification(_ method: String, _ params: some Encodable) -> [UInt8] {
+        Array("{\"jsonrpc\":\"2.0\",\"method\":\(JSONText.quote(method)),\"params\":\(RPCJSON.encode(params))}\n".utf8)
     }
 }
 
@@ -213,5 +213,12 @@ public enum JSONText {
         let formatter = ISO8601DateFormatter()
         formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
         return formatter.string(from: date)
+    }
+
+    /// A protocol timestamp read back (RFC 3339 with milliseconds); nil for any other text.
+    public static func date(_ text: String) -> Date? {
+        let formatter = ISO8601DateFormatter()
+        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        return formatter.date(from: text)
     }
 }

@@ -248,7 +248,7 @@ public final class SocketService: Sendable {
             } else {
                 throw ServiceError(code: .invalidParams, message: "Invalid params: body (string) or body_base64 is required")
             }
-            return JSONText.encode(["signature": try await keeper.sign(context, body: body)])
+            return RPCJSON.encode(RPCResult.Signature(signature: try await keeper.sign(context, body: body)))
 
         case .sessionRenew:
             let context = try await requireContext(request, peer)
@@ -257,8 +257,8 @@ public final class SocketService: Sendable {
             let force = request.bool("force") == true && access.isAdmin(peer)
             switch await keeper.manualRenewal(context, force: force) {
             case .success(let renewal)?:
-                return JSONText.encode(["generation": renewal.generation, "expires_at": JSONText.timestamp(renewal.expiresAt),
-                                        "renewed": renewal.renewed])
+                return RPCJSON.encode(RPCResult.Renewal(generation: renewal.generation, expiresAt: renewal.expiresAt,
+                                                        renewed: renewal.renewed))
             case .failure(let error)?:
                 throw error.kind == .needsAttention
                     ? ServiceError(code: .needsAttention, message: "Needs attention: \(error.message)",
@@ -274,7 +274,7 @@ public final class SocketService: Sendable {
                 throw ServiceError(code: .invalidParams, message: "Invalid params: generation (an integer) is required")
             }
             let renewed = try await keeper.reportInvalid(context, generation: generation)
-            return JSONText.encode(["generation": renewed.generation, "expires_at": JSONText.timestamp(renewed.expiresAt)])
+            return RPCJSON.encode(RPCResult.Replacement(generation: renewed.generation, expiresAt: renewed.expiresAt))
 
         case .sessionSubscribe:
             var contexts: [String]
@@ -285,27 +285,24 @@ public final class SocketService: Sendable {
             }
             contexts.sort()
             subscribe(contexts)
-            return JSONText.encode(["subscribed": contexts])
+            return RPCJSON.encode(RPCResult.Subscribed(subscribed: contexts))
 
         case .contextList:
-            var items: [[String: Any]] = []
+            var items: [RPCResult.ContextSummary] = []
             for name in await keeper.contextNames() where access.mayUse(peer, name) {
                 guard let schedule = await keeper.schedule(name) else { continue }
-                items.append([
-                    "name": name, "kind": keeper.sessions.entry(name)?.kind.rawValue ?? "unknown",
-                    "state": schedule.state.rawValue, "user_id": schedule.userId.map { $0 as Any } ?? NSNull(),
-                    "expires_at": schedule.expiresAt.map(JSONText.timestamp) ?? NSNull(),
-                    "renew_at": schedule.renewAt.map(JSONText.timestamp) ?? NSNull(),
-                ])
+                items.append(RPCResult.ContextSummary(
+                    name: name, kind: keeper.sessions.entry(name)?.kind.rawValue ?? "unknown", state: schedule.state.rawValue,
+                    userId: schedule.userId, expiresAt: schedule.expiresAt, renewAt: schedule.renewAt))
             }
-            return JSONText.encode(["contexts": items])
+            return RPCJSON.encode(RPCResult.ContextList(contexts: items))
 
         case .contextStatus:
             let context = try await requireContext(request, peer)
             guard let schedule = await keeper.schedule(context) else {
                 throw ServiceError(code: .unknownContext, message: "Unknown context: \(context)")
             }
-            return JSONText.encode(Self.statusJSON(context, schedule, kind: keeper.sessions.entry(context)?.kind))
+            return RPCJSON.encode(Self.status(context, schedule, kind: keeper.sessions.entry(context)?.kind))
 
         case .contextRemove:
             try requireAdmin(peer, method)
@@ -316,8 +313,8 @@ public final class SocketService: Sendable {
         case .oauthAuthorizeURL:
             try requireAdmin(peer, method)
             let authorization = try await keeper.oauthAuthorizeURL(redirectURI: request.string("redirect_uri"))
-            return JSONText.encode(["url": authorization.url, "state": authorization.state,
-                                    "expires_at": JSONText.timestamp(authorization.expiresAt)])
+            return RPCJSON.encode(RPCResult.AuthorizeURL(url: authorization.url, state: authorization.state,
+                                                         expiresAt: authorization.expiresAt))
 
         case .oauthComplete:
             try requireAdmin(peer, method)
@@ -325,7 +322,7 @@ public final class SocketService: Sendable {
                 throw ServiceError(code: .invalidParams, message: "Invalid params: code and state (strings) are required")
             }
             let name = try await keeper.completeOAuth(code: code, state: state, name: request.string("name"))
-            return JSONText.encode(["context": name])
+            return RPCJSON.encode(RPCResult.Connected(context: name))
 
         case .daemonStatus:
             // For an admin, from the published snapshots' counts: O(1) however many contexts there are. Anyone
@@ -333,56 +330,44 @@ public final class SocketService: Sendable {
             let admin = access.isAdmin(peer)
             let published = admin ? keeper.sessions.stateCounts
                 : keeper.sessions.stateCounts { [access] name in access.mayUse(peer, name) }
-            var contexts: [String: Any] = Dictionary(uniqueKeysWithValues: ContextState.allCases.filter { $0 != .removed }
+            var contexts = Dictionary(uniqueKeysWithValues: ContextState.allCases.filter { $0 != .removed }
                 .map { ($0.rawValue, published[$0] ?? 0) })
             contexts["total"] = admin ? keeper.sessions.count : published.values.reduce(0, +)
-            var status: [String: Any] = [
-                "version": BunqSessiondVersion.current,
-                "uptime_seconds": Int(Date().timeIntervalSince(keeper.startedAt)),
-                "ready": ready.load(ordering: .acquiring),
-                "starting": !keeper.restored.hasFired,
-                "contexts": contexts,
-                "next_renewal_at": await keeper.scheduler.nextDeadline().map(JSONText.timestamp) ?? NSNull(),
-                // As last checked (every 10 s): a caller cannot make the daemon run the forecast.
-                "budget": ["session_server": Self.budgetJSON(keeper.budget)],
-            ]
-            if let cluster = keeper.clusterStatus { status["cluster"] = Self.clusterJSON(cluster) }
-            // The store's health: tokens and signatures are served from memory whatever it says.
             let health = keeper.storeHealth
-            status["store"] = ["backend": keeper.configuration.state.backend.rawValue, "reachable": health.reachable,
-                               "failing_since": health.failingSince.map(JSONText.timestamp) ?? NSNull(),
-                               "consecutive_failures": health.consecutiveFailures] as [String: Any]
-            // Where the state is, and what the store last said, for admins only (`bunq-sessionctl backup` copies
-            // it from there).
-            if admin {
-                status["state"] = ["backend": keeper.configuration.state.backend.rawValue,
-                                   "directory": keeper.configuration.state.directory,
-                                   "last_error": health.lastError ?? NSNull()] as [String: Any]
-            }
-            return JSONText.encode(status)
+            let backend = keeper.configuration.state.backend.rawValue
+            return RPCJSON.encode(RPCResult.DaemonStatus(
+                version: BunqSessiondVersion.current,
+                uptimeSeconds: Int(Date().timeIntervalSince(keeper.startedAt)),
+                ready: ready.load(ordering: .acquiring),
+                starting: !keeper.restored.hasFired,
+                contexts: contexts,
+                nextRenewalAt: await keeper.scheduler.nextDeadline(),
+                // As last checked (every 10 s): a caller cannot make the daemon run the forecast.
+                budget: .init(sessionServer: Self.budget(keeper.budget)),
+                cluster: keeper.clusterStatus.map(Self.cluster),
+                // The store's health: tokens and signatures are served from memory whatever it says.
+                store: .init(backend: backend, reachable: health.reachable, failingSince: health.failingSince,
+                             consecutiveFailures: health.consecutiveFailures),
+                // Where the state is, and what the store last said, for admins only (`bunq-sessionctl backup`
+                // copies it from there).
+                state: admin ? .init(backend: backend, directory: keeper.configuration.state.directory,
+                                     lastError: health.lastError) : nil))
         }
     }
 
     /// `daemon.status.cluster`: this daemon, its leases and the members the last lease round saw.
-    static func clusterJSON(_ cluster: ClusterStatus) -> [String: Any] {
-        [
-            "instance": cluster.instance,
-            "egress_group": cluster.egressGroup,
-            "leases_held": cluster.leasesHeld,
-            "store_reachable": cluster.storeReachable,
-            "members": cluster.members.map { ["instance": $0.instance, "egress_group": $0.egressGroup, "leases": $0.leases] },
-        ]
+    static func cluster(_ cluster: ClusterStatus) -> RPCResult.DaemonStatus.Cluster {
+        .init(instance: cluster.instance, egressGroup: cluster.egressGroup, leasesHeld: cluster.leasesHeld,
+              storeReachable: cluster.storeReachable,
+              members: cluster.members.map { .init(instance: $0.instance, egressGroup: $0.egressGroup, leases: $0.leases) })
     }
 
-    /// `daemon.status.budget.session_server`: demand, supply and utilisation; `late` (the count) above 100%.
-    static func budgetJSON(_ budget: BudgetStatus) -> [String: Any] {
-        var json: [String: Any] = [
-            "needed_per_day": (budget.neededPerDay * 10).rounded() / 10,
-            "available_per_day": budget.availablePerDay.isFinite ? (budget.availablePerDay * 10).rounded() / 10 : NSNull(),
-            "utilisation": (budget.utilisation * 1_000).rounded() / 1_000,
-        ]
-        if !budget.late.isEmpty { json["will_run_late"] = budget.late.count }
-        return json
+    /// `daemon.status.budget.session_server`: demand, supply and utilisation; `will_run_late` (the count) above 100%.
+    static func budget(_ budget: BudgetStatus) -> RPCResult.DaemonStatus.SessionServerBudget {
+        .init(neededPerDay: (budget.neededPerDay * 10).rounded() / 10,
+              availablePerDay: budget.availablePerDay.isFinite ? (budget.availablePerDay * 10).rounded() / 10 : nil,
+              utilisation: (budget.utilisation * 1_000).rounded() / 1_000,
+              willRunLate: budget.late.isEmpty ? nil : budget.late.count)
     }
 
     private func unavailable(_ context: String, _ grant: TokenGrant?) -> ServiceError {
@@ -398,25 +383,18 @@ public final class SocketService: Sendable {
         return ServiceError(code: .sessionUnavailable, message: "Session unavailable for \(context)", data: data)
     }
 
-    static func statusJSON(_ context: String, _ schedule: ContextSchedule, kind: StoredContext.Kind?) -> [String: Any] {
-        [
-            "context": context, "kind": kind?.rawValue ?? "unknown", "state": schedule.state.rawValue,
-            "user_id": schedule.userId.map { $0 as Any } ?? NSNull(), "generation": schedule.generation,
-            "expires_at": schedule.expiresAt.map(JSONText.timestamp) ?? NSNull(),
-            "renew_at": schedule.renewAt.map(JSONText.timestamp) ?? NSNull(),
-            "last_renewed_at": schedule.lastRenewedAt.map(JSONText.timestamp) ?? NSNull(),
-            "consecutive_failures": schedule.consecutiveFailures,
-            "next_retry_at": schedule.nextRetryAt.map(JSONText.timestamp) ?? NSNull(),
-            "last_error": schedule.lastError ?? NSNull(),
-            "reason": schedule.reason ?? NSNull(),
-        ]
+    static func status(_ context: String, _ schedule: ContextSchedule, kind: StoredContext.Kind?) -> RPCResult.ContextStatus {
+        .init(context: context, kind: kind?.rawValue ?? "unknown", state: schedule.state.rawValue, userId: schedule.userId,
+              generation: schedule.generation, expiresAt: schedule.expiresAt, renewAt: schedule.renewAt,
+              lastRenewedAt: schedule.lastRenewedAt, consecutiveFailures: schedule.consecutiveFailures,
+              nextRetryAt: schedule.nextRetryAt, lastError: schedule.lastError, reason: schedule.reason)
     }
 
     /// What a subscriber is told when a context is no longer its to watch: removed, or its access revoked. The
     /// same words for both, so a caller cannot tell which.
     static func forbidden(_ context: String) -> [UInt8] {
-        RPCCodec.notification("context.state", ["context": context, "state": "forbidden",
-                                                "reason": "the context is not available to this caller"])
+        RPCCodec.notification("context.state", RPCNotification.StateChanged(
+            context: context, state: "forbidden", reason: "the context is not available to this caller"))
     }
 
     /// The notification for a scheduler event, or nil when the event is not for this subscriber.
@@ -425,16 +403,13 @@ public final class SocketService: Sendable {
         switch event {
         case .rotated(let context, let generation, let expiresAt):
             guard let token = entry?.session?.token else { return nil }
-            return (context, RPCCodec.notification("session.rotated", [
-                "context": context, "generation": generation, "token": token,
-                "expires_at": JSONText.timestamp(expiresAt),
-            ]))
+            return (context, RPCCodec.notification("session.rotated", RPCNotification.Rotated(
+                context: context, generation: generation, token: token, expiresAt: expiresAt)))
         case .failed(let context, let error, _, _, _):
             let state = error.kind == .needsAttention ? ContextState.needsAttention
                 : (entry?.grantable(at: now) != nil ? .retrying : .expired)
-            return (context, RPCCodec.notification("context.state", [
-                "context": context, "state": state.rawValue, "reason": error.message,
-            ]))
+            return (context, RPCCodec.notification("context.state", RPCNotification.StateChanged(
+                context: context, state: state.rawValue, reason: error.message)))
         case .removed(let context):
             return (context, forbidden(context))
         }

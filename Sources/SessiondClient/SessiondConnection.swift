@@ -110,6 +110,17 @@ public final class SessiondConnection {
         }
     }
 
+    /// Calls `method` and reads its result as `Result`, one of the protocol's types (`RPCResult.DaemonStatus`,
+    /// `RPCResult.Session`, …).
+    public func call<Result: Decodable>(_ method: String, _ params: [String: Any] = [:], as type: Result.Type) throws -> Result {
+        let result = try call(method, params)
+        do {
+            return try RPCJSON.decode(type, from: JSONSerialization.data(withJSONObject: result))
+        } catch {
+            throw SessiondClientError.protocolError("the result of \(method) is not what the protocol says: \(error)")
+        }
+    }
+
     /// What an error answer with a null id means: "daemon busy" when the daemon refused the connection at its
     /// limit, else the error itself; nil when the message is no error.
     private func refusal(_ message: [String: Any]) -> SessiondClientError? {

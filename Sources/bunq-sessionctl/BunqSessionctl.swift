@@ -48,23 +48,21 @@ struct Connection: ParsableArguments {
     func printJSON(_ object: [String: Any]) {
         print(JSONText.encode(object))
     }
+
+    func printJSON(_ value: some Encodable) {
+        print(RPCJSON.encode(value))
+    }
 }
 
 /// "in 4m12s", "3s ago", "-".
-func relative(_ timestamp: Any?) -> String {
-    guard let text = timestamp as? String, let date = parseTimestamp(text) else { return "-" }
+func relative(_ date: Date?) -> String {
+    guard let date else { return "-" }
     let seconds = Int(date.timeIntervalSinceNow.rounded())
     let magnitude = abs(seconds)
     let text2 = magnitude >= 86_400 ? "\(magnitude / 86_400)d\(magnitude % 86_400 / 3_600)h"
         : magnitude >= 3_600 ? "\(magnitude / 3_600)h\(magnitude % 3_600 / 60)m"
         : magnitude >= 60 ? "\(magnitude / 60)m\(magnitude % 60)s" : "\(magnitude)s"
     return seconds >= 0 ? "in \(text2)" : "\(text2) ago"
-}
-
-func parseTimestamp(_ text: String) -> Date? {
-    let formatter = ISO8601DateFormatter()
-    formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-    return formatter.date(from: text)
 }
 
 func table(_ header: [String], _ rows: [[String]]) -> String {
@@ -80,50 +78,52 @@ extension BunqSessionctl {
         static let configuration = CommandConfiguration(abstract: "The daemon and every context you may see.")
         @OptionGroup var connection: Connection
 
+        /// `--json`: the daemon's status and every context's, as the daemon wrote them.
+        struct Output: Encodable {
+            let daemon: RPCResult.DaemonStatus
+            let contexts: [RPCResult.ContextStatus]
+        }
+
         func run() throws {
             let client = try connection.connect()
-            let daemon = try client.call("daemon.status")
-            let contexts = (try client.call("context.list")["contexts"] as? [[String: Any]]) ?? []
-            var statuses: [[String: Any]] = []
+            let daemon = try client.call("daemon.status", as: RPCResult.DaemonStatus.self)
+            let contexts = try client.call("context.list", as: RPCResult.ContextList.self).contexts
+            var statuses: [RPCResult.ContextStatus] = []
             for context in contexts {
-                guard let name = context["name"] as? String else { continue }
-                statuses.append(try client.call("context.status", ["context": name]))
+                statuses.append(try client.call("context.status", ["context": context.name], as: RPCResult.ContextStatus.self))
             }
             if connection.json {
-                connection.printJSON(["daemon": daemon, "contexts": statuses])
+                connection.printJSON(Output(daemon: daemon, contexts: statuses))
                 return
             }
-            let counts = daemon["contexts"] as? [String: Any] ?? [:]
-            print("bunq-sessiond \(daemon["version"] ?? "?")  ready: \(daemon["ready"] as? Bool == true ? "yes" : "no")  "
-                + "up \(daemon["uptime_seconds"] ?? 0)s  contexts: \(counts["total"] ?? 0) "
+            let counts = daemon.contexts
+            print("bunq-sessiond \(daemon.version)  ready: \(daemon.ready ? "yes" : "no")  "
+                + "up \(daemon.uptimeSeconds)s  contexts: \(counts["total"] ?? 0) "
                 + "(\(counts["live"] ?? 0) live, \(counts["retrying"] ?? 0) retrying, \(counts["expired"] ?? 0) expired, "
                 + "\(counts["needs_attention"] ?? 0) need attention)")
-            if let budget = (daemon["budget"] as? [String: Any])?["session_server"] as? [String: Any],
-               let available = budget["available_per_day"] as? Double, let utilisation = budget["utilisation"] as? Double {
-                var line = "session-server budget: \(Int((utilisation * 100).rounded()))% "
-                    + "(\(Int((budget["needed_per_day"] as? Double ?? 0).rounded())) of \(Int(available)) sessions a day)"
-                if let late = budget["will_run_late"] as? Int { line += ", \(late) will run late" }
+            let budget = daemon.budget.sessionServer
+            if let available = budget.availablePerDay {
+                var line = "session-server budget: \(Int((budget.utilisation * 100).rounded()))% "
+                    + "(\(Int(budget.neededPerDay.rounded())) of \(Int(available)) sessions a day)"
+                if let late = budget.willRunLate { line += ", \(late) will run late" }
                 print(line)
             }
-            if let store = daemon["store"] as? [String: Any], store["reachable"] as? Bool == false {
+            if !daemon.store.reachable {
                 // Served from memory meanwhile; renewals that cannot be saved wait for it.
-                print("state store (\(store["backend"] ?? "?")): UNREACHABLE since \(store["failing_since"] ?? "?"), "
-                    + "\(store["consecutive_failures"] ?? 0) calls failed; serving the sessions held")
+                print("state store (\(daemon.store.backend)): UNREACHABLE since "
+                    + "\(daemon.store.failingSince.map(JSONText.timestamp) ?? "?"), "
+                    + "\(daemon.store.consecutiveFailures) calls failed; serving the sessions held")
             }
-            if let cluster = daemon["cluster"] as? [String: Any] {
-                let members = cluster["members"] as? [[String: Any]] ?? []
-                print("cluster: instance \(cluster["instance"] ?? "?") (egress group \(cluster["egress_group"] ?? "?")), "
-                    + "\(cluster["leases_held"] ?? 0) leases held; state store "
-                    + "\(cluster["store_reachable"] as? Bool == false ? "UNREACHABLE" : "reachable")")
-                print("  members: " + members.map { member in
-                    "\(member["instance"] ?? "?")[\(member["egress_group"] ?? "?")] \(member["leases"] ?? 0)"
-                }.joined(separator: ", "))
+            if let cluster = daemon.cluster {
+                print("cluster: instance \(cluster.instance) (egress group \(cluster.egressGroup)), "
+                    + "\(cluster.leasesHeld) leases held; state store \(cluster.storeReachable ? "reachable" : "UNREACHABLE")")
+                print("  members: " + cluster.members.map { "\($0.instance)[\($0.egressGroup)] \($0.leases)" }.joined(separator: ", "))
             }
             print("")
             print(table(["CONTEXT", "KIND", "STATE", "EXPIRES", "RENEWS", "FAILURES", "LAST ERROR"], statuses.map { status in
-                [status["context"] as? String ?? "?", status["kind"] as? String ?? "?", status["state"] as? String ?? "?",
-                 relative(status["expires_at"]), relative(status["state"] as? String == "retrying" ? status["next_retry_at"] : status["renew_at"]),
-                 "\(status["consecutive_failures"] ?? 0)", String((status["last_error"] as? String ?? "").prefix(60))]
+                [status.context, status.kind, status.state, relative(status.expiresAt),
+                 relative(status.state == "retrying" ? status.nextRetryAt : status.renewAt),
+                 "\(status.consecutiveFailures)", String((status.lastError ?? "").prefix(60))]
             }))
         }
     }
@@ -133,12 +133,11 @@ extension BunqSessionctl {
         @OptionGroup var connection: Connection
 
         func run() throws {
-            let result = try connection.connect().call("context.list")
+            let result = try connection.connect().call("context.list", as: RPCResult.ContextList.self)
             if connection.json { return connection.printJSON(result) }
-            let contexts = result["contexts"] as? [[String: Any]] ?? []
-            print(table(["CONTEXT", "KIND", "STATE", "USER", "EXPIRES", "RENEWS"], contexts.map { context in
-                [context["name"] as? String ?? "?", context["kind"] as? String ?? "?", context["state"] as? String ?? "?",
-                 (context["user_id"] as? Int).map(String.init) ?? "-", relative(context["expires_at"]), relative(context["renew_at"])]
+            print(table(["CONTEXT", "KIND", "STATE", "USER", "EXPIRES", "RENEWS"], result.contexts.map { context in
+                [context.name, context.kind, context.state, context.userId.map(String.init) ?? "-",
+                 relative(context.expiresAt), relative(context.renewAt)]
             }))
         }
     }
@@ -149,9 +148,9 @@ extension BunqSessionctl {
         @Argument var context: String
 
         func run() throws {
-            let result = try connection.connect().call("session.get", ["context": context])
+            let result = try connection.connect().call("session.get", ["context": context], as: RPCResult.Session.self)
             if connection.json { return connection.printJSON(result) }
-            print(result["token"] as? String ?? "")
+            print(result.token)
         }
     }
 
@@ -167,14 +166,14 @@ extension BunqSessionctl {
         func run() throws {
             var directory = state
             if directory == nil {
-                let status = try connection.connect().call("daemon.status")
-                guard let location = status["state"] as? [String: Any] else {
+                let status = try connection.connect().call("daemon.status", as: RPCResult.DaemonStatus.self)
+                guard let location = status.state else {
                     throw ValidationError("only an admin (access.admin) may back up the state")
                 }
-                guard location["backend"] as? String == "sqlite" else {
+                guard location.backend == "sqlite" else {
                     throw ValidationError("the state is in PostgreSQL: back it up with PostgreSQL's own tools (pg_dump, a replica)")
                 }
-                directory = location["directory"] as? String
+                directory = location.directory
             }
             guard let directory else { throw ValidationError("the daemon did not say where its state is; give --state DIR") }
             let outcome: StateBackup.Outcome
@@ -206,10 +205,10 @@ extension BunqSessionctl {
         func run() throws {
             var params: [String: Any] = ["context": context]
             if force { params["force"] = true }
-            let result = try connection.connect().call("session.renew", params)
+            let result = try connection.connect().call("session.renew", params, as: RPCResult.Renewal.self)
             if connection.json { return connection.printJSON(result) }
-            let note = result["renewed"] as? Bool == false ? " (renewed recently: the current session; --force to renew)" : ""
-            print("\(context): generation \(result["generation"] ?? "?"), expires \(relative(result["expires_at"]))\(note)")
+            let note = result.renewed ? "" : " (renewed recently: the current session; --force to renew)"
+            print("\(context): generation \(result.generation), expires \(relative(result.expiresAt))\(note)")
         }
     }
 
@@ -220,10 +219,10 @@ extension BunqSessionctl {
 
         func run() throws {
             let body = FileHandle.standardInput.readDataToEndOfFile()
-            let result = try connection.connect().call("request.sign", ["context": context,
-                                                                          "body_base64": body.base64EncodedString()])
+            let result = try connection.connect().call("request.sign", ["context": context, "body_base64": body.base64EncodedString()],
+                                                       as: RPCResult.Signature.self)
             if connection.json { return connection.printJSON(result) }
-            print(result["signature"] as? String ?? "")
+            print(result.signature)
         }
     }
 
@@ -235,10 +234,10 @@ extension BunqSessionctl {
         func run() throws {
             var params: [String: Any] = [:]
             if let redirectURI { params["redirect_uri"] = redirectURI }
-            let result = try connection.connect().call("oauth.authorize_url", params)
+            let result = try connection.connect().call("oauth.authorize_url", params, as: RPCResult.AuthorizeURL.self)
             if connection.json { return connection.printJSON(result) }
-            print(result["url"] as? String ?? "")
-            FileHandle.standardError.write(Data("state \(result["state"] ?? "?") expires \(relative(result["expires_at"]))\n".utf8))
+            print(result.url)
+            FileHandle.standardError.write(Data("state \(result.state) expires \(relative(result.expiresAt))\n".utf8))
         }
     }
 
@@ -252,9 +251,9 @@ extension BunqSessionctl {
         func run() throws {
             var params: [String: Any] = ["code": code, "state": state]
             if let name { params["name"] = name }
-            let result = try connection.connect().call("oauth.complete", params)
+            let result = try connection.connect().call("oauth.complete", params, as: RPCResult.Connected.self)
             if connection.json { return connection.printJSON(result) }
-            print(result["context"] as? String ?? "")
+            print(result.context)
         }
     }
 
@@ -277,16 +276,16 @@ extension BunqSessionctl {
 
         func run() throws {
             let client = try connection.connect()
-            let subscribed = try client.call("session.subscribe", context.map { ["context": $0] } ?? [:])
+            let subscribed = try client.call("session.subscribe", context.map { ["context": $0] } ?? [:], as: RPCResult.Subscribed.self)
             if !connection.json {
-                print("watching \((subscribed["subscribed"] as? [String] ?? []).joined(separator: ", "))")
+                print("watching \(subscribed.subscribed.joined(separator: ", "))")
             }
             while true {
                 let (method, params) = try client.nextNotification()
                 let line = connection.json ? JSONText.encode(["method": method, "params": params])
                     : method == "session.rotated"
                     ? "\(timeOfDay()) \(params["context"] ?? "?") rotated: generation \(params["generation"] ?? "?"), "
-                        + "expires \(relative(params["expires_at"]))"
+                        + "expires \(relative((params["expires_at"] as? String).flatMap(JSONText.date)))"
                     : "\(timeOfDay()) \(params["context"] ?? "?") \(params["state"] ?? "?"): \(params["reason"] ?? "")"
                 // Unbuffered, so a pipe sees each line as it happens.
                 FileHandle.standardOutput.write(Data((line + "\n").utf8))
