@@ -202,12 +202,12 @@ public final class BunqClient: Sendable {
             throw BunqAPIError.transport(error, endpoint: endpoint)
         }
         if response.status == 429 { await rateLimiter.rateLimited(method: "POST", endpoint: "token") }
-        let json = (try? JSONSerialization.jsonObject(with: response.body)) as? [String: Any]
-        if response.status == 200, let token = json?["access_token"] as? String, !token.isEmpty {
+        let reply = OAuthTokenReply.decode(response.body)
+        if response.status == 200, let token = reply?.accessToken, !token.isEmpty {
             return token
         }
-        let error = json?["error"] as? String
-        let description = (json?["error_description"] as? String) ?? error ?? "no access token in the reply"
+        let error = reply?.error
+        let description = reply?.errorDescription ?? error ?? "no access token in the reply"
         let kind: BunqAPIError.Kind = switch (response.status, error) {
         case (_, "invalid_client"): .credentialsRejected
         case (429, _): .rateLimited
@@ -286,13 +286,15 @@ public final class BunqClient: Sendable {
                                    message: "the reply carries no X-Bunq-Server-Signature", responseId: responseId)
             }
         }
-        let json = (try? JSONSerialization.jsonObject(with: response.body)) as? [String: Any]
         guard success else {
-            let message = ((json?["Error"] as? [[String: Any]])?.first?["error_description"] as? String)
-                ?? "HTTP \(response.status) without a bunq error body"
+            let message = BunqErrorBody.description(in: response.body) ?? "HTTP \(response.status) without a bunq error body"
             throw BunqAPIError.classify(status: response.status, message: message, endpoint: endpoint,
                                         responseId: responseId)
         }
+        // bunq's success envelope, `{"Response": [{"Type": {…}}, …]}`, is read dynamically (`JSONObject`): every
+        // endpoint puts other types in it, and a missing field must be named in the error, not lost in a
+        // DecodingError.
+        let json = (try? JSONSerialization.jsonObject(with: response.body)) as? [String: Any]
         guard let items = json?["Response"] as? [[String: Any]] else {
             throw BunqAPIError(.protocolError, endpoint: endpoint, status: response.status,
                                message: "the reply is not a bunq Response envelope", responseId: responseId)

@@ -182,8 +182,7 @@ extension BunqClient {
     /// the request was refused, so renewing and sending it once more cannot do anything twice.
     public static func refusesSession(_ response: ForwardedResponse) -> Bool {
         guard response.status == 401 || response.status == 403 else { return false }
-        let json = (try? JSONSerialization.jsonObject(with: response.body)) as? [String: Any]
-        let message = ((json?["Error"] as? [[String: Any]])?.first?["error_description"] as? String) ?? ""
+        let message = BunqErrorBody.description(in: response.body) ?? ""
         return BunqAPIError.isDeadSessionText(message) && !message.contains("credentials are incorrect")
     }
 }
