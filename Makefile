@@ -54,34 +54,37 @@ test: deps
 	status=0; $(MAKE) --no-print-directory build || status=$$?; \
 	wait $$venv || { echo "make test: the SDK's virtualenv failed:"; cat .build/make-sdk-venv.log; exit 1; }; \
 	exit $$status
-	$(MAKE) --no-print-directory test-deb
 	@bin="$$($(SWIFT) build --show-bin-path)"; \
 	( $(SDK_VENV)/bin/python Tests/sdk-compat/python_sdk_compat.py "$$bin/bunq-sandbox" ) > $(BESIDE_LOG).sdk 2>&1 & sdk=$$!; \
-	( lintian --fail-on error $(TEST_DEB) && BIN="$$bin" DEB="$(CURDIR)/$(TEST_DEB)" bash Tests/systemd/nspawn-test.sh ) \
-	  > $(BESIDE_LOG).deb 2>&1 & deb=$$!; \
+	( $(MAKE) --no-print-directory test-deb BIN="$$bin" && lintian --fail-on error $(TEST_DEB) \
+	  && BIN="$$bin" DEB="$(CURDIR)/$(TEST_DEB)" bash Tests/systemd/nspawn-test.sh ) > $(BESIDE_LOG).deb 2>&1 & deb=$$!; \
 	status=0; $(SWIFT) test --skip-build || status=$$?; \
 	wait $$sdk || status=$$?; \
 	wait $$deb || status=$$?; \
 	echo "--- beside the suites: the official SDK against bunq-sandbox"; cat $(BESIDE_LOG).sdk; \
-	echo "--- beside the suites: lintian, the .deb under systemd"; cat $(BESIDE_LOG).deb; \
+	echo "--- beside the suites: the .deb of this build, lintian, the .deb under systemd"; cat $(BESIDE_LOG).deb; \
 	exit $$status
 BESIDE_LOG := .build/make-test-beside.log
 
 ## test-deb: $(TEST_DEB), the package `make test` installs under systemd: the same files as `make deb`'s, from this
 ## (debug) build's binaries relinked with Swift's runtime inside, so they need only Debian's libraries as the
-## release ones do. A debug link does not order the toolchain's Foundation archives by itself: they are named as
-## one group.
+## release ones do. The relink runs SwiftPM's own link command from its manifest (packaging/relink-static.py), not
+## `swift build`: SwiftPM holds the build directory while `swift test` runs, and this runs beside it. A debug link
+## does not order the toolchain's Foundation archives by itself: they are named as one group. BIN: the debug build's
+## directory, when the caller knows it (then nothing is built here).
 SWIFT_STATIC_DIR := $(shell dirname "$$(dirname "$$(readlink -f "$$(PATH="$$PATH:/opt/swift/usr/bin" command -v $(SWIFT))")")")/lib/swift_static/linux
 DEBUG_STATIC_LINK = -Xlinker --start-group $(foreach archive,$(wildcard $(SWIFT_STATIC_DIR)/*.a),-Xlinker $(archive)) -Xlinker --end-group
 TEST_DEB_ROOT := .build/test-deb/root
 TEST_DEB = .build/test-deb/bunq-sessiond_$(VERSION)_$(ARCH).deb
 test-deb: deps
-	@# Product by product: a build of every target would take in the test helpers, which need the dynamic runtime.
+	@bin="$(BIN)"; \
+	if [ -z "$$bin" ]; then $(SWIFT) build && bin="$$($(SWIFT) build --show-bin-path)"; fi; \
+	mkdir -p .build/test-deb/bin; \
 	for product in bunq-sessiond bunq-sessionctl bunq-sandbox; do \
-	  $(SWIFT) build --static-swift-stdlib $(DEBUG_STATIC_LINK) --product $$product; \
+	  echo "relinking $$product with Swift's runtime inside"; \
+	  python3 packaging/relink-static.py .build/debug.yaml "$$bin" $$product .build/test-deb/bin/$$product \
+	    $(DEBUG_STATIC_LINK); \
 	done
-	@mkdir -p .build/test-deb/bin
-	cd "$$($(SWIFT) build --show-bin-path)" && cp bunq-sessiond bunq-sessionctl bunq-sandbox $(CURDIR)/.build/test-deb/bin/
 	$(MAKE) --no-print-directory deb-files BUILT="$(CURDIR)/.build/test-deb/bin" DEB=$(TEST_DEB) DEB_ROOT=$(TEST_DEB_ROOT) \
 	  DEB_COMPRESSION="-Zgzip -z1"
 
