@@ -39,6 +39,8 @@ public final class SessiondConnection {
     private let fd: Int32
     private var buffer: [UInt8] = []
     private var nextId: Int64 = 0
+    /// The last line read, as received.
+    private var lastLine = Data()
     /// Notifications that arrived while waiting for an answer.
     private var queuedNotifications: [(method: String, params: [String: Any])] = []
 
@@ -113,9 +115,10 @@ public final class SessiondConnection {
     /// Calls `method` and reads its result as `Result`, one of the protocol's types (`RPCResult.DaemonStatus`,
     /// `RPCResult.Session`, …).
     public func call<Result: Decodable>(_ method: String, _ params: [String: Any] = [:], as type: Result.Type) throws -> Result {
-        let result = try call(method, params)
+        try call(method, params)
+        // The answer's own bytes: `call` returns once it has read the line that answers this request.
         do {
-            return try RPCJSON.decode(type, from: JSONSerialization.data(withJSONObject: result))
+            return try RPCJSON.decode(RPCAnswer<Result>.self, from: lastLine).result
         } catch {
             throw SessiondClientError.protocolError("the result of \(method) is not what the protocol says: \(error)")
         }
@@ -157,7 +160,8 @@ public final class SessiondConnection {
             if let newline = buffer.firstIndex(of: UInt8(ascii: "\n")) {
                 let line = buffer[..<newline]
                 buffer.removeSubrange(...newline)
-                guard let object = try? JSONSerialization.jsonObject(with: Data(line)) as? [String: Any] else {
+                lastLine = Data(line)
+                guard let object = try? JSONSerialization.jsonObject(with: lastLine) as? [String: Any] else {
                     throw SessiondClientError.protocolError("an answer is not a JSON object")
                 }
                 return object
@@ -168,4 +172,9 @@ public final class SessiondConnection {
             buffer.append(contentsOf: chunk.prefix(count))
         }
     }
+}
+
+/// A JSON-RPC answer's result, as a type reads it.
+private struct RPCAnswer<Result: Decodable>: Decodable {
+    let result: Result
 }
