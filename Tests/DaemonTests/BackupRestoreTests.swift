@@ -78,7 +78,8 @@ import TestSupport
                     .call(#"{"jsonrpc":"2.0","id":1,"method":"session.get","params":{"context":"\#(name)"}}"#)
                 guard let token = result(answer)?["token"] as? String else { continue }
                 served[name] = token
-                #expect(try sandbox.userStatus(token: token) == 200, "\(name)'s token, just served")
+                let status = try sandbox.userStatus(token: token)
+                #expect(status == 200, "\(name)'s token, just served: HTTP \(status)")
             }
             if served.count < names.count { try await Task.sleep(for: .milliseconds(200)) }
         }
