@@ -124,9 +124,9 @@ struct Sandbox {
         (try admin("GET", "stats")["requests"] as? [String: Any])?[endpoint] as? Int ?? 0
     }
 
-    /// The HTTP status bunq gives `GET /v1/user` with this session token: 200 while the session lives.
-    /// The status of `GET /v1/user` with `token`. A 429 (the sandbox's GET limit, 3 per 3 s scaled, which a test
-    /// trying several tokens in a row can reach) says nothing about the token: that call is paced and made again.
+    /// The HTTP status bunq gives `GET /v1/user` with this session token: 200 while the session lives. A 429 (the
+    /// sandbox's GET limit, 3 per 3 s scaled, which a test trying several tokens in a row can reach) says nothing
+    /// about the token: that call is paced and made again.
     func userStatus(token: String) throws -> Int {
         var status = -1
         for _ in 0..<40 {
