@@ -42,7 +42,13 @@ import TestSupport
 
     @Test func repliesAreCompactBunqJSONWithEscapedSlashes() async throws {
         try await BunqSandbox.test { client in
-            let reply = try await client.call("POST", "/v1/installation", ["client_public_key": try client.key.publicKey.pem()])
+            // A reply with a slash to escape: a server key's PEM lacks one about once in 500 keys (base64 of a random
+            // key; a run met one), and the emulator hands its three keys to installations in turn, so another
+            // installation is asked for until its key has one.
+            var reply = try await client.call("POST", "/v1/installation", ["client_public_key": try client.key.publicKey.pem()])
+            for _ in 0..<10 where !(reply.item("ServerPublicKey")?["server_public_key"] as? String ?? "").contains("/") {
+                reply = try await client.call("POST", "/v1/installation", ["client_public_key": try client.key.publicKey.pem()])
+            }
             let text = String(decoding: reply.body, as: UTF8.self)
             #expect(text.hasPrefix(#"{"Response":[{"Id":{"id":"#))
             #expect(!text.contains(": ") && !text.contains("\n"))
