@@ -56,13 +56,17 @@ test: deps
 	exit $$status
 	@bin="$$($(SWIFT) build --show-bin-path)"; \
 	( $(SDK_VENV)/bin/python Tests/sdk-compat/python_sdk_compat.py "$$bin/bunq-sandbox" ) > $(BESIDE_LOG).sdk 2>&1 & sdk=$$!; \
-	( $(MAKE) --no-print-directory test-deb BIN="$$bin" && lintian --fail-on error $(TEST_DEB) \
-	  && BIN="$$bin" DEB="$(CURDIR)/$(TEST_DEB)" bash Tests/systemd/nspawn-test.sh ) > $(BESIDE_LOG).deb 2>&1 & deb=$$!; \
+	( $(MAKE) --no-print-directory test-deb BIN="$$bin" \
+	  && { lintian --fail-on error $(TEST_DEB) > $(BESIDE_LOG).lintian 2>&1 & lint=$$!; \
+	       nspawn=0; BIN="$$bin" DEB="$(CURDIR)/$(TEST_DEB)" bash Tests/systemd/nspawn-test.sh || nspawn=$$?; \
+	       linted=0; wait $$lint || linted=$$?; \
+	       echo "--- lintian $(TEST_DEB)"; cat $(BESIDE_LOG).lintian; \
+	       [ $$nspawn = 0 ] && [ $$linted = 0 ]; } ) > $(BESIDE_LOG).deb 2>&1 & deb=$$!; \
 	status=0; $(SWIFT) test --skip-build || status=$$?; \
 	wait $$sdk || status=$$?; \
 	wait $$deb || status=$$?; \
 	echo "--- beside the suites: the official SDK against bunq-sandbox"; cat $(BESIDE_LOG).sdk; \
-	echo "--- beside the suites: the .deb of this build, lintian, the .deb under systemd"; cat $(BESIDE_LOG).deb; \
+	echo "--- beside the suites: the .deb of this build under systemd, and lintian beside it"; cat $(BESIDE_LOG).deb; \
 	exit $$status
 BESIDE_LOG := .build/make-test-beside.log
 
