@@ -6,13 +6,13 @@ import Synchronization
 import Timekeeping
 
 /// Renews a context against bunq: bootstraps what is missing (persisting every step), opens a session when the
-/// scheduler grants the session-server slot, and commits it through the context's owner before handing it to
-/// the scheduler: persist before use. Every write carries the incarnation the renewal started for, so a context
+/// registry's loop grants the session-server slot, and commits it through the registry before handing it back
+/// to the loop: persist before use. Every write carries the incarnation the renewal started for, so a context
 /// removed meanwhile stays removed.
 struct BunqRenewer: SessionRenewer {
     let client: BunqClient
     let store: any StateBackend
-    let owner: ContextOwner
+    let registry: ContextRegistry
     let psd2: PSD2Material?
     let deviceDescription: String
     let logger: Logger
@@ -33,7 +33,7 @@ struct BunqRenewer: SessionRenewer {
     func prepare(_ name: String) async -> Result<Void, RenewalError> {
         do {
             // A bootstrap is itself under the lease: one daemon registers an identity, once.
-            if let cluster, cluster.book.fence(name) == nil { throw RenewalError.lostLease(name) }
+            if cluster != nil, await registry.fence(name) == nil { throw RenewalError.lostLease(name) }
             var (context, incarnation, logger) = try await load(name)
             while Self.isPreparation(context.registration.nextStep) {
                 _ = try await advance(name, incarnation, &context, logger: logger)
@@ -46,13 +46,13 @@ struct BunqRenewer: SessionRenewer {
 
     func openSession(_ name: String) async -> Result<SessionInfo, RenewalError> {
         do {
-            if let cluster, cluster.book.fence(name) == nil { throw RenewalError.lostLease(name) }
+            if cluster != nil, await registry.fence(name) == nil { throw RenewalError.lostLease(name) }
             var (context, incarnation, logger) = try await load(name)
             // A context that lost its registration steps would otherwise never get there: finish them first.
             while Self.isPreparation(context.registration.nextStep) {
                 _ = try await advance(name, incarnation, &context, logger: logger)
             }
-            if let cluster { try await cluster.beginSessionCall(name) }
+            if let cluster { try await cluster.beginSessionCall(name, registry) }
             let advanced: Result<BunqSession?, any Error>
             do {
                 advanced = .success(try await advance(name, incarnation, &context, logger: logger))
@@ -74,7 +74,7 @@ struct BunqRenewer: SessionRenewer {
                                      grantedByUserId: session.user.grantedBy?.id)
             context.session = stored
             context.generation += 1
-            try await owner.commitSession(name, incarnation: incarnation, stored, generation: context.generation,
+            try await registry.commitSession(name, incarnation: incarnation, stored, generation: context.generation,
                                           registration: context.registration)
             return .success(stored)
         } catch {
@@ -85,8 +85,8 @@ struct BunqRenewer: SessionRenewer {
     /// The full registration (with its secrets) comes from the store only now, for this renewal, with the
     /// incarnation its writes must present.
     private func load(_ name: String) async throws -> (StoredContext, UInt64, Logger) {
-        guard let incarnation = await owner.incarnation(name), let context = try await store.context(name) else {
-            throw ContextOwner.gone(name)
+        guard let incarnation = await registry.incarnation(name), let context = try await store.context(name) else {
+            throw ContextRegistry.gone(name)
         }
         var logger = logger
         logger[metadataKey: "bunq.context"] = "\(name)"
@@ -99,8 +99,8 @@ struct BunqRenewer: SessionRenewer {
         var registration = context.registration
         let step = registration.nextStep
         if step != .session { logger.info("bootstrap step", metadata: ["bunq.step": "\(step.rawValue)"]) }
-        let persist: (IdentityRegistration) async throws -> Void = { [owner] registration in
-            try await owner.saveRegistration(name, incarnation: incarnation, registration)
+        let persist: (IdentityRegistration) async throws -> Void = { [registry] registration in
+            try await registry.saveRegistration(name, incarnation: incarnation, registration)
         }
         let opened: BunqSession?
         do {

@@ -59,7 +59,6 @@ public struct ClusterStatus: Sendable, Equatable {
 final class Cluster: Sendable {
     let settings: ClusterSettings
     let store: any ClusterStore
-    let book: LeaseBook
     /// The session-server spacing of one egress IP (0: unlimited, no shared slot is claimed).
     let spacing: Double
     private let state: Mutex<ClusterStatus>
@@ -67,22 +66,22 @@ final class Cluster: Sendable {
     private let logger: Logger
     /// This run of the daemon, so a second process under the same instance name is noticed.
     private let process = UUID().uuidString
-    /// The monotonic clock of the rounds, the waits and the leases as held here (the book's).
-    var clock: AnyClock { book.clock }
+    /// The monotonic clock of the rounds, the waits and the leases as held here (the registry's).
+    let clock: AnyClock
 
-    init(settings: ClusterSettings, store: any ClusterStore, book: LeaseBook, spacing: Double, logger: Logger) {
+    init(settings: ClusterSettings, store: any ClusterStore, clock: AnyClock, spacing: Double, logger: Logger) {
         self.settings = settings
         self.store = store
-        self.book = book
+        self.clock = clock
         self.spacing = spacing
         self.logger = logger
         state = Mutex(ClusterStatus(instance: settings.instance, egressGroup: settings.egressGroup, leasesHeld: 0,
                                     members: [], storeReachable: true))
     }
 
+    /// The cluster as the last round saw it; the leases held are the registry's to count.
     var status: ClusterStatus {
         var status = state.withLock { $0 }
-        status.leasesHeld = book.count
         status.storeReachable = store.calls.health.reachable
         return status
     }
@@ -95,11 +94,11 @@ final class Cluster: Sendable {
 
     // MARK: The loops
 
-    func run(owner: ContextOwner, scheduler: SessionScheduler<AnyClock>, events: EventBroadcaster) async {
+    func run(registry: ContextRegistry, events: EventBroadcaster) async {
         await withDiscardingTaskGroup { group in
-            group.addTask { await self.leaseLoop(owner, scheduler, events) }
+            group.addTask { await self.leaseLoop(registry, events) }
             group.addTask {
-                await self.store.listen { change in await self.follow(change, owner, scheduler, events) }
+                await self.store.listen { change in await self.follow(change, registry, events) }
             }
         }
         // Leaving: every lease released, so the others take over at their next round rather than a period later.
@@ -108,10 +107,10 @@ final class Cluster: Sendable {
         } catch {
             logger.warning("could not leave the cluster; its leases run out by themselves", metadata: ["bunq.error": "\(error)"])
         }
-        book.removeAll()
+        await registry.dropLeases()
     }
 
-    private func leaseLoop(_ owner: ContextOwner, _ scheduler: SessionScheduler<AnyClock>, _ events: EventBroadcaster) async {
+    private func leaseLoop(_ registry: ContextRegistry, _ events: EventBroadcaster) async {
         var failures = 0
         var rounds = 0
         // One round, then a pause until the next (or a poke); the pause ends the loop when the task is cancelled,
@@ -122,8 +121,8 @@ final class Cluster: Sendable {
             do {
                 // The first round only announces this daemon: daemons starting together see each other before
                 // anyone takes a share, so the first shares are already even.
-                try await round(owner, scheduler, acquire: rounds > 0)
-                if failures > 0 || rounds % 3 == 1 { try await resync(owner, scheduler, events) }
+                try await round(registry, acquire: rounds > 0)
+                if failures > 0 || rounds % 3 == 1 { try await resync(registry, events) }
                 if rounds == 0 { delay = min(delay, 1) }
                 failures = 0
                 rounds += 1
@@ -138,23 +137,12 @@ final class Cluster: Sendable {
                 delay = min(settings.roundInterval, 0.25 * Double(1 << min(failures, 8)))
             }
             // Leases that ran out here while no round succeeded are no longer renewed here.
-            let lapsed = await lapsedLeases(scheduler)
+            let lapsed = await registry.lapseLeases()
             if !lapsed.isEmpty, failures > 0 {
                 logger.notice("leases lapsed while the store was unreachable", metadata: ["bunq.count": "\(lapsed.count)"])
             }
             running = await pause(seconds: delay)
         }
-    }
-
-    /// The contexts the scheduler still renews whose lease has run out on this daemon's clock: released to nobody.
-    private func lapsedLeases(_ scheduler: SessionScheduler<AnyClock>) async -> [String] {
-        let held = book.names
-        var lapsed: [String] = []
-        for name in await scheduler.heldNames where !held.contains(name) {
-            await scheduler.setHeld(name, false)
-            lapsed.append(name)
-        }
-        return lapsed
     }
 
     /// Waits `seconds` on the clock or until poked; false once the task is cancelled (the loop ends).
@@ -170,7 +158,7 @@ final class Cluster: Sendable {
     }
 
     /// One lease round: heartbeat, extend what is held, take or give back towards the fair share.
-    private func round(_ owner: ContextOwner, _ scheduler: SessionScheduler<AnyClock>, acquire: Bool) async throws {
+    private func round(_ registry: ContextRegistry, acquire: Bool) async throws {
         let started = clock.now
         let instance = settings.instance
         let (members, contexts) = try await store.heartbeat(instance: instance, process: process, egressGroup: settings.egressGroup,
@@ -185,42 +173,41 @@ final class Cluster: Sendable {
             // Give back the surplus that is idle here (a renewal under way keeps its lease to the end).
             var surplus: [String] = []
             for grant in held where surplus.count < held.count - target {
-                if await !scheduler.isBusy(grant.context) { surplus.append(grant.context) }
+                if await !registry.isBusy(grant.context) { surplus.append(grant.context) }
             }
             if !surplus.isEmpty {
                 try await store.releaseLeases(instance: instance, surplus)
                 held.removeAll { surplus.contains($0.context) }
             }
         }
-        let before = book.names
-        book.replace(held, until: started + .seconds(settings.localDuration), roundStarted: started)
+        // Leases that went stop their renewals here in the same step.
+        let taken = await registry.replaceLeases(held, until: started + .seconds(settings.localDuration), roundStarted: started)
         state.withLock { $0.members = members }
-        let now = book.names
-        for name in now.subtracting(before).sorted() {
+        for name in taken {
             // Taken over: first what the store has (a rotation this daemon may not have heard of), then renewed here.
-            try await refresh(name, owner)
-            await scheduler.setHeld(name, true)
+            try await refresh(name, registry)
+            await registry.beginRenewing(name)
         }
-        for name in before.subtracting(now) { await scheduler.setHeld(name, false) }
-        if now != before {
-            logger.debug("leases", metadata: ["bunq.leases_held": "\(now.count)", "bunq.target": "\(target)",
+        if !taken.isEmpty {
+            let count = await registry.leaseCount
+            logger.debug("leases", metadata: ["bunq.leases_held": "\(count)", "bunq.target": "\(target)",
                                               "bunq.members": "\(members.count)"])
         }
     }
 
     /// Reads one context from the store: adopted when newer, followed when new here, forgotten when gone.
     @discardableResult
-    private func refresh(_ name: String, _ owner: ContextOwner, _ events: EventBroadcaster? = nil) async throws -> Bool {
+    private func refresh(_ name: String, _ registry: ContextRegistry, _ events: EventBroadcaster? = nil) async throws -> Bool {
         guard let stored = try await store.context(name) else {
-            await owner.forget(name)
+            await registry.forget(name)
             return false
         }
-        let known = await owner.generation(name)
+        let known = await registry.generation(name)
         if known == nil {
-            await owner.adoptNew(stored.record)
+            await registry.adoptNew(stored.record)
             return true
         }
-        guard let entry = await owner.adopt(stored.record), let session = stored.session else { return false }
+        guard let entry = await registry.adopt(stored.record), let session = stored.session else { return false }
         events?.publish(.rotated(context: name, generation: stored.generation, expiresAt: session.expiresAt), entry)
         logger.debug("session adopted", metadata: ["bunq.context": "\(name)", "bunq.generation": "\(stored.generation)"])
         return true
@@ -228,34 +215,34 @@ final class Cluster: Sendable {
 
     /// Everything again: new contexts followed, newer sessions adopted, removed ones forgotten. Reads the
     /// generations only, then each context that changed (no token is decrypted for one that did not).
-    private func resync(_ owner: ContextOwner, _ scheduler: SessionScheduler<AnyClock>, _ events: EventBroadcaster) async throws {
-        let known = await owner.generations  // before the read: a context created here meanwhile is not "removed"
+    private func resync(_ registry: ContextRegistry, _ events: EventBroadcaster) async throws {
+        let known = await registry.generations  // before the read: a context created here meanwhile is not "removed"
         let stored = try await store.generations()
         for (name, generation) in stored where known[name].map({ generation > $0 }) ?? true {
-            try await refresh(name, owner, events)
+            try await refresh(name, registry, events)
         }
-        for name in known.keys where stored[name] == nil { await owner.forget(name) }
+        for name in known.keys where stored[name] == nil { await registry.forget(name) }
     }
 
     /// One notified change of another daemon's.
-    private func follow(_ change: StoreChange, _ owner: ContextOwner, _ scheduler: SessionScheduler<AnyClock>,
-                        _ events: EventBroadcaster) async {
+    private func follow(_ change: StoreChange, _ registry: ContextRegistry, _ events: EventBroadcaster) async {
         do {
             switch change {
             case .changed(let name, let generation, let by) where by != settings.instance:
-                if let known = await owner.generation(name), known >= generation { return }
-                try await refresh(name, owner, events)
+                if let known = await registry.generation(name), known >= generation { return }
+                try await refresh(name, registry, events)
                 poke()  // a new context needs a holder
             case .removed(let name, let by) where by != settings.instance:
-                await owner.forget(name)
-            case .renewalRequested(let name, let invalid, let by) where by != settings.instance && book.fence(name) != nil:
+                await registry.forget(name)
+            case .renewalRequested(let name, let invalid, let by) where by != settings.instance:
+                guard await registry.fence(name) != nil else { return }
                 if let invalid {
-                    _ = await scheduler.sessionInvalid(name, generation: invalid)
+                    _ = await registry.sessionInvalid(name, generation: invalid)
                 } else {
-                    await scheduler.requestRenewal(name)
+                    await registry.requestRenewal(name)
                 }
             case .resync:
-                try await resync(owner, scheduler, events)
+                try await resync(registry, events)
             default:
                 break
             }
@@ -264,9 +251,6 @@ final class Cluster: Sendable {
             logger.debug("could not follow a change", metadata: ["bunq.error": "\(error)"])
         }
     }
-
-    /// Whether this daemon renews the context (holds its lease) now.
-    func holds(_ name: String) -> Bool { book.fence(name) != nil }
 
     /// Asks whichever daemon holds the context's lease to renew it; false when the store cannot be told.
     @discardableResult
@@ -284,11 +268,11 @@ final class Cluster: Sendable {
 
     /// Before a session-server call of `name`: the lease must be held, the store reachable, and the egress
     /// group's slot free (waited for, as the group's other daemons use it).
-    func beginSessionCall(_ name: String) async throws {
+    func beginSessionCall(_ name: String, _ registry: ContextRegistry) async throws {
         let clock = self.clock
         let deadline = clock.now + .seconds(max(120, spacing * 20))
         while true {
-            guard book.fence(name) != nil else { throw RenewalError.lostLease(name) }
+            guard await registry.fence(name) != nil else { throw RenewalError.lostLease(name) }
             guard spacing > 0 else { return }
             let wait: Double?
             do {

@@ -21,7 +21,7 @@ extension Keeper {
     public var bunq: BunqClient { client }
 
     /// What forwarding a request in `context`'s current session needs; nil when no session may be handed out now
-    /// (renewing, expired, needs attention). From memory: the key the owner published (read from the store, within
+    /// (renewing, expired, needs attention). From memory: the key the registry published (read from the store, within
     /// its deadline, only for a context whose key was not published yet).
     public func forwardingSession(_ context: String) async throws -> ForwardingSession? {
         guard let entry = sessions.entry(context) else {

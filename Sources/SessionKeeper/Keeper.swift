@@ -7,34 +7,34 @@ import Synchronization
 import Timekeeping
 
 /// The session keeper: restores every identity from the state store, reconciles them with the configuration,
-/// and keeps their sessions alive with one scheduler. Its API (token grants, schedules, renewals on demand) is
-/// what the socket server and the proxy serve.
+/// and keeps their sessions alive through one context registry. Its API (token grants, schedules, renewals on
+/// demand) is what the socket server and the proxy serve.
 public final class Keeper: Service, Sendable {
     public let configuration: KeeperConfiguration
-    public let scheduler: SessionScheduler<AnyClock>
+    /// The one owner of every context: record, schedule, lease, signing key, published snapshot.
+    public let registry: ContextRegistry
     let store: any StateBackend
     /// Held for the life of the daemon: one daemon per state directory.
     let stateLock: StateLock
     let client: BunqClient
-    /// The one writer of every context's state (store rows and published snapshots).
-    let owner: ContextOwner
     let oauthStates = OAuthStates()
-    /// Makes new sessions for the scheduler's loop (bootstrap steps, session-server), through the owner.
+    /// Makes new sessions for the registry's loop (bootstrap steps, session-server), writing through it.
     let renewer: BunqRenewer
     let logger: Logger
-    /// Sessions as the socket server reads them, without a round trip through the scheduler.
+    /// Sessions as the socket server reads them (the registry's published snapshots), without a round trip.
     public let sessions: SessionTable
     /// Rotations and failures, for `session.subscribe`.
     public let events = EventBroadcaster()
     /// When the keeper started, for `daemon.status`.
     public let startedAt = Date()
+    /// Installation keys as the socket and the proxy read them (published by the registry).
     let signingKeys = SigningKeys()
     let serverKeys = ServerKeys()
     /// Fires once every stored context is restored and scheduled (expired ones renewing).
     public let restored = OneShotSignal()
     /// The session-server budget as `watchBudget` last saw it.
     let budgetState = Mutex(BudgetStatus(neededPerDay: 0, availablePerDay: 0, late: []))
-    /// The API-key identities as a reload last set them (the renewal policy lives in the scheduler).
+    /// The API-key identities as a reload last set them (the renewal policy lives in the registry).
     let apiKeys: Mutex<[APIKeyIdentity]>
     /// `renewal.min_manual_interval`, as the last reload set it.
     let minManualRenewal: Mutex<TimeInterval>
@@ -84,7 +84,7 @@ public final class Keeper: Service, Sendable {
         case (.postgresql, nil):
             throw StoreError(.database, "state.backend postgresql: this program has no PostgreSQL support linked")
         }
-        // The scheduler grants the session-server budget itself, by urgency: the client's limiter leaves it alone,
+        // The registry's loop grants the session-server budget itself, by urgency: the client's limiter leaves it alone,
         // so no session-server call is ever charged twice.
         let limiter = BunqRateLimiter(mode: configuration.bunq.rateLimits, scale: configuration.bunq.rateLimitScale,
                                       exempt: [BunqRateLimiter.sessionServer], clock: clock)
@@ -100,20 +100,20 @@ public final class Keeper: Service, Sendable {
             }
             var clusterLogger = logger
             clusterLogger[metadataKey: "bunq.instance"] = "\(settings.instance)"
-            cluster = Cluster(settings: settings, store: shared, book: LeaseBook(clock: clock),
+            cluster = Cluster(settings: settings, store: shared, clock: clock,
                               spacing: configuration.sessionServerBudget.spacing, logger: clusterLogger)
         } else {
             cluster = nil
         }
-        // In order, nothing wired afterwards: the scheduler; the owner, which schedules what it holds; the
-        // renewer, which writes through the owner and is handed to the scheduler's loop when it runs.
-        scheduler = SessionScheduler(policy: configuration.renewal.policy, budget: configuration.sessionServerBudget,
-                                     maxConcurrent: configuration.renewal.maxConcurrent, clock: clock, wallClock: wallClock)
-        owner = ContextOwner(store: store, sessions: sessions, scheduler: scheduler, signingKeys: signingKeys, fencing: cluster.map {
-            ContextOwner.Fencing(store: $0.store, book: $0.book, instance: $0.settings.instance,
-                                 leaseDuration: $0.settings.leaseDuration, localDuration: $0.settings.localDuration)
-        }, wallClock: wallClock)
-        var renewer = BunqRenewer(client: client, store: store, owner: owner, psd2: psd2,
+        // In order, nothing wired afterwards: the registry; the renewer, which writes through it and is handed to
+        // its loop when it runs.
+        registry = ContextRegistry(store: store, sessions: sessions, signingKeys: signingKeys,
+                                   policy: configuration.renewal.policy, budget: configuration.sessionServerBudget,
+                                   maxConcurrent: configuration.renewal.maxConcurrent, fencing: cluster.map {
+            ContextRegistry.Fencing(store: $0.store, instance: $0.settings.instance,
+                                    leaseDuration: $0.settings.leaseDuration, localDuration: $0.settings.localDuration)
+        }, clock: clock, wallClock: wallClock)
+        var renewer = BunqRenewer(client: client, store: store, registry: registry, psd2: psd2,
                                   deviceDescription: configuration.deviceDescription, logger: logger,
                                   skewWarnings: Throttle(every: .seconds(3_600), clock: clock))
         renewer.cluster = cluster
@@ -130,6 +130,7 @@ public final class Keeper: Service, Sendable {
         var kept: [ContextRecord] = []
         var added: [StoredContext] = []
         var dropped: [String] = []
+        var keysAtRestore: [(String, IdentityRegistration)] = []
         if configuration.provider != nil {
             if let record = records["provider"] {
                 kept.append(record)
@@ -141,7 +142,7 @@ public final class Keeper: Service, Sendable {
             if let record = records[identity.name], record.kind == .apiKey,
                let stored = try await store.context(identity.name), stored.registration.secret == identity.key {
                 kept.append(record)
-                try? signingKeys.publish(identity.name, stored.registration)
+                keysAtRestore.append((identity.name, stored.registration))
             } else {
                 if records[identity.name] != nil {
                     logger.notice("API key changed: registering the identity anew",
@@ -160,17 +161,17 @@ public final class Keeper: Service, Sendable {
         // OAuth-connected users are not in the configuration: they live in the store. A provisional entry left by
         // a crash during a connection is resumed under its provisional name.
         kept += records.values.filter { $0.kind == .oauthUser }.sorted { $0.name < $1.name }
-        // Dropped contexts are owned for an instant, only to be removed through the owner: the scheduler does not
+        // Dropped contexts are owned for an instant, only to be removed through the registry: its loop does not
         // run yet, so none of them is renewed.
-        await owner.restore(kept + dropped.compactMap { records[$0] })
+        await registry.restore(kept + dropped.compactMap { records[$0] })
+        for (name, registration) in keysAtRestore { await registry.publishKey(name, registration) }
         var ended: [StoredContext] = []
         for name in dropped {
-            if let stored = try await owner.remove(name) { ended.append(stored) }
-            signingKeys.forget(name)
+            if let stored = try await registry.remove(name) { ended.append(stored) }
         }
         droppedAtStart.withLock { $0 = ended }
         for context in added {
-            try await owner.create(context.name, kind: context.kind, context.registration)
+            try await registry.create(context.name, kind: context.kind, context.registration)
         }
         let wanted = kept + added.map(\.record)
         // One line per identity for small deployments; at scale, only the summary below.
@@ -191,7 +192,7 @@ public final class Keeper: Service, Sendable {
     private func nextStep(_ name: String, _ added: [StoredContext]) async -> String {
         if let fresh = added.first(where: { $0.name == name }) { return fresh.registration.nextStep.rawValue }
         guard let stored = try? await store.context(name) else { return "?" }
-        try? signingKeys.publish(name, stored.registration)
+        await registry.publishKey(name, stored.registration)
         return stored.registration.nextStep.rawValue
     }
 
@@ -206,7 +207,7 @@ public final class Keeper: Service, Sendable {
         var failures = 0
         var done = 0
         var batchStarted = clock.now
-        for name in await owner.names.sorted() where !signingKeys.has(name) {
+        for name in await registry.names.sorted() where !signingKeys.has(name) {
             guard !Task.isCancelled else { return }
             do {
                 _ = try await signingKey(name)
@@ -260,13 +261,12 @@ public final class Keeper: Service, Sendable {
             group.addTask { [self] in await endDroppedSessions() }
             group.addTask { [self] in await cancelWhenGracefulShutdown { await self.warmSigningKeys() } }
             group.addTask { [self] in await cancelWhenGracefulShutdown { await self.watchCertificate() } }
-            group.addTask { [scheduler, renewer] in await cancelWhenGracefulShutdown { await scheduler.run(renewing: renewer) } }
+            group.addTask { [registry, renewer] in await cancelWhenGracefulShutdown { await registry.run(renewing: renewer) } }
             group.addTask { [self] in await logEvents() }
             group.addTask { [self] in await cancelWhenGracefulShutdown { await self.watchBudget() } }
             if let cluster {
                 group.addTask { [self] in
-                    await cancelWhenGracefulShutdown { await cluster.run(owner: self.owner, scheduler: self.scheduler,
-                                                                         events: self.events) }
+                    await cancelWhenGracefulShutdown { await cluster.run(registry: self.registry, events: self.events) }
                 }
             }
         }
@@ -302,20 +302,21 @@ public final class Keeper: Service, Sendable {
     }
 
     private func logEvents() async {
-        for await event in scheduler.events {
+        for await change in registry.events {
+            let event = change.event
             switch event {
             case .rotated(let context, let generation, let expiresAt):
-                events.publish(event, await owner.publish(context))
-                KeeperMetrics.renewal(kind: await owner.record(context)?.kind, result: "ok")
+                events.publish(event, change.entry)
+                KeeperMetrics.renewal(kind: change.kind, result: "ok")
                 logger.info("session renewed", metadata: [
                     "bunq.context": "\(context)", "bunq.generation": "\(generation)",
                     "bunq.expires_at": "\(ISO8601DateFormatter().string(from: expiresAt))",
                 ])
             case .failed(let context, let error, let failures, let retryAt, let entered):
-                events.publish(event, await owner.publish(context))
+                events.publish(event, change.entry)
                 // A renewal that outlived its context's removal: nothing failed that anyone needs to hear of.
                 guard error.code != .removed else { continue }
-                KeeperMetrics.renewal(kind: await owner.record(context)?.kind, result: KeeperMetrics.result(error))
+                KeeperMetrics.renewal(kind: change.kind, result: KeeperMetrics.result(error))
                 var metadata: Logger.Metadata = ["bunq.context": "\(context)", "bunq.error": "\(error.message)",
                                                  "bunq.failures": "\(failures)"]
                 if let retryAt { metadata["bunq.retry_at"] = "\(ISO8601DateFormatter().string(from: retryAt))" }
@@ -332,22 +333,22 @@ public final class Keeper: Service, Sendable {
 
     // MARK: The core's API
 
-    public func tokenGrant(_ context: String) async -> TokenGrant? { await scheduler.tokenGrant(context) }
+    public func tokenGrant(_ context: String) async -> TokenGrant? { await registry.tokenGrant(context) }
 
     /// Applies a reloaded configuration's API-key identities and renewal policy: new identities are registered,
     /// removed ones ended at bunq and forgotten, changed keys registered anew; `needs_attention` contexts are
     /// retried (a reload is how an operator says "I fixed it"). Other settings need a restart.
     ///
-    /// The configuration is already validated in full. The changes are worked out against what the owner holds
+    /// The configuration is already validated in full. The changes are worked out against what the registry holds
     /// now (not against the previous file), so a reload that failed half-way is completed by the next one.
     public func applyReload(_ new: KeeperConfiguration) async throws {
-        await scheduler.setPolicy(new.renewal.policy)
+        await registry.setPolicy(new.renewal.policy)
         minManualRenewal.withLock { $0 = new.renewal.minManualInterval }
         let wanted = Dictionary(uniqueKeysWithValues: new.apiKeys.map { ($0.name, $0.key) })
         let previous = apiKeys.withLock { $0 }
         var failure: (any Error)?
-        for name in await owner.names.sorted() {
-            guard let record = await owner.record(name), record.kind == .apiKey else { continue }
+        for name in await registry.names.sorted() {
+            guard let record = await registry.record(name), record.kind == .apiKey else { continue }
             let key = previous.first { $0.name == name }?.key
             if let wantedKey = wanted[name], wantedKey == key { continue }
             do {
@@ -356,20 +357,20 @@ public final class Keeper: Service, Sendable {
                 failure = failure ?? error
             }
         }
-        for identity in new.apiKeys where await owner.record(identity.name) == nil {
+        for identity in new.apiKeys where await registry.record(identity.name) == nil {
             do {
-                try await owner.create(identity.name, kind: .apiKey, IdentityRegistration(kind: .apiKey, secret: identity.key))
+                try await registry.create(identity.name, kind: .apiKey, IdentityRegistration(kind: .apiKey, secret: identity.key))
                 logger.notice("identity added by reload", metadata: ["bunq.context": "\(identity.name)"])
             } catch {
                 failure = failure ?? error
             }
         }
         // What is applied now, so the next reload's differences are against it.
-        let applied = await owner.names
+        let applied = await registry.names
         apiKeys.withLock { keys in keys = new.apiKeys.filter { applied.contains($0.name) } }
         if let failure { throw failure }
-        for name in await scheduler.contextNames where await scheduler.schedule(name)?.state == .needsAttention {
-            await scheduler.requestRenewal(name)
+        for name in await registry.contextNames where await registry.schedule(name)?.state == .needsAttention {
+            await registry.requestRenewal(name)
         }
     }
 
@@ -377,24 +378,24 @@ public final class Keeper: Service, Sendable {
     /// `renewal.min_manual_interval` (unless `force`, for admins); otherwise a renewal, joining one already under
     /// way, queued for the session-server budget like every other. Nil for an unknown context.
     public func manualRenewal(_ context: String, force: Bool) async -> Result<(generation: Int, expiresAt: Date, renewed: Bool), RenewalError>? {
-        guard let schedule = await scheduler.schedule(context) else { return nil }
+        guard let schedule = await registry.schedule(context) else { return nil }
         let interval = minManualRenewal.withLock { $0 }
         if !force, let last = schedule.lastRenewedAt, wallClock().timeIntervalSince(last) < interval,
            [.live, .renewing, .retrying].contains(schedule.state), let expiresAt = schedule.expiresAt {
             return .success((schedule.generation, expiresAt, false))
         }
         let outcome: Result<SessionInfo, RenewalError>?
-        if let cluster, !cluster.holds(context) {
+        if let cluster, await !registry.holdsLease(context) {
             // Another daemon renews it: asked to, this one waits for the session it commits.
-            outcome = await awaitingHolder(context) { [scheduler] in await scheduler.renewNow(context) } ask: {
+            outcome = await awaitingHolder(context) { [registry] in await registry.renewNow(context) } ask: {
                 await cluster.askHolder(context)
             }
         } else {
-            outcome = await scheduler.renewNow(context)
+            outcome = await registry.renewNow(context)
         }
         switch outcome {
         case .success(let session)?:
-            return .success((await scheduler.schedule(context)?.generation ?? 0, session.expiresAt, true))
+            return .success((await registry.schedule(context)?.generation ?? 0, session.expiresAt, true))
         case .failure(let error)?:
             return .failure(error)
         case nil:
@@ -414,7 +415,7 @@ public final class Keeper: Service, Sendable {
             if sessions.entry(name)?.grantable(at: now) != nil { continue }
             // A failed first attempt settles it too: the STATUS line then says it is failing.
             // A first session that came and went (its renewal waiting for the budget) settles it as well.
-            guard let schedule = await scheduler.schedule(name), schedule.consecutiveFailures == 0, schedule.generation == 0,
+            guard let schedule = await registry.schedule(name), schedule.consecutiveFailures == 0, schedule.generation == 0,
                   schedule.state != .needsAttention, schedule.state != .removed else { continue }
             pending.append(name)
         }
@@ -425,31 +426,30 @@ public final class Keeper: Service, Sendable {
     /// is withdrawn at once and one renewal runs, however many callers report the same generation. Returns the
     /// new session's generation and expiry once it is live.
     public func reportInvalid(_ context: String, generation: Int) async throws -> (generation: Int, expiresAt: Date) {
-        switch await scheduler.sessionInvalid(context, generation: generation) {
+        switch await registry.sessionInvalid(context, generation: generation) {
         case nil:
             throw KeeperError(.unknownContext, "no context named \(context)")
         case .unknownGeneration?:
             throw KeeperError(.invalidGeneration, "generation \(generation) of \(context) was never handed out")
         case .needsAttention?:
-            throw KeeperError(.needsAttention, await scheduler.schedule(context)?.reason ?? "needs attention")
+            throw KeeperError(.needsAttention, await registry.schedule(context)?.reason ?? "needs attention")
         case .renewing?:
             logger.notice("session reported invalid", metadata: ["bunq.context": "\(context)",
                                                                  "bunq.generation": "\(generation)"])
-            await owner.publish(context)
         case .alreadyReplaced?:
             break
         }
         let outcome: Result<SessionInfo, RenewalError>?
-        if let cluster, !cluster.holds(context) {
-            outcome = await awaitingHolder(context) { [scheduler] in await scheduler.renewal(of: context, after: generation) } ask: {
+        if let cluster, await !registry.holdsLease(context) {
+            outcome = await awaitingHolder(context) { [registry] in await registry.renewal(of: context, after: generation) } ask: {
                 await cluster.askHolder(context, invalid: generation)
             }
         } else {
-            outcome = await scheduler.renewal(of: context, after: generation)
+            outcome = await registry.renewal(of: context, after: generation)
         }
         switch outcome {
         case .success?:
-            guard let schedule = await scheduler.schedule(context), let expiresAt = schedule.expiresAt else {
+            guard let schedule = await registry.schedule(context), let expiresAt = schedule.expiresAt else {
                 throw KeeperError(.upstream, "the renewal of \(context) produced no session")
             }
             return (schedule.generation, expiresAt)
@@ -489,7 +489,11 @@ public final class Keeper: Service, Sendable {
     public var storeHealth: StoreHealth { store.calls.health }
 
     /// `daemon.status.cluster`: nil alone on a store.
-    public var clusterStatus: ClusterStatus? { cluster?.status }
+    public func clusterStatus() async -> ClusterStatus? {
+        guard var status = cluster?.status else { return nil }
+        status.leasesHeld = await registry.leaseCount
+        return status
+    }
 
     /// The budget's state as last checked (utilisation, and who will run late above 100%).
     public var budget: BudgetStatus { budgetState.withLock { $0 } }
@@ -499,7 +503,7 @@ public final class Keeper: Service, Sendable {
     func watchBudget(interval: Duration = .seconds(10)) async {
         var watch = BudgetWatch()
         await watch.run(every: interval, on: clock, status: { forecast in
-            var status = await scheduler.budgetStatus(forecast: forecast)
+            var status = await registry.budgetStatus(forecast: forecast)
             // A cluster's renewals are spread over its egress groups: each brings one IP's budget.
             if let cluster { status.availablePerDay *= Double(cluster.egressGroups) }
             budgetState.withLock { $0 = status }
@@ -540,11 +544,10 @@ public final class Keeper: Service, Sendable {
         if !health.reachable {
             let since = health.failingSince.map { " for \(max(0, Int(wallClock().timeIntervalSince($0))))s" } ?? ""
             line += "; STATE STORE UNREACHABLE\(since), serving held sessions"
-        } else if let cluster {
-            let status = cluster.status
+        } else if let status = await clusterStatus() {
             line += "; \(status.leasesHeld) leases, \(status.members.count) daemons"
         }
-        if let (name, at) = await scheduler.nextDue() {
+        if let (name, at) = await registry.nextDue() {
             let seconds = max(0, Int(at.timeIntervalSinceNow))
             let when = seconds >= 3_600 ? "\(seconds / 3_600) h \(seconds % 3_600 / 60) min"
                 : seconds >= 60 ? "\(seconds / 60) min" : "\(seconds) s"
@@ -552,6 +555,6 @@ public final class Keeper: Service, Sendable {
         }
         return line
     }
-    public func schedule(_ context: String) async -> ContextSchedule? { await scheduler.schedule(context) }
-    public func contextNames() async -> [String] { await scheduler.contextNames }
+    public func schedule(_ context: String) async -> ContextSchedule? { await registry.schedule(context) }
+    public func contextNames() async -> [String] { await registry.contextNames }
 }

@@ -43,17 +43,13 @@ public enum KeeperMetrics {
 }
 
 extension Keeper {
-    /// The figures a scrape reports, read from the context owner and the scheduler (one pass over each, off the
-    /// token path).
+    /// The figures a scrape reports, read from the registry in one pass, off the token path (nothing here takes
+    /// the lock the token path reads under).
     public func metricsSnapshot() async -> KeeperMetrics.Snapshot {
-        let kinds = await owner.kindsAndExpiry()
-        // The scheduler's states in one call: nothing here takes the lock the token path reads under.
-        let states = await scheduler.states()
         var contexts: [StoredContext.Kind: [ContextState: Int]] = [:]
         var configured: [String: Date] = [:]
         var oauthMin: Date?
-        for (name, kind, expiry) in kinds {
-            let state = states[name] ?? .bootstrapping
+        for (name, kind, expiry, state) in await registry.kindsExpiryAndStates() {
             contexts[kind, default: [:]][state, default: 0] += 1
             let usable = [.live, .renewing, .retrying].contains(state)
             if kind == .oauthUser {
@@ -65,6 +61,6 @@ extension Keeper {
         return KeeperMetrics.Snapshot(contexts: contexts, configuredExpiry: configured, oauthMinExpiry: oauthMin,
                                       budgetUtilisation: budget.utilisation,
                                       egressGroup: configuration.cluster?.egressGroup ?? "local",
-                                      leasesHeld: cluster?.status.leasesHeld)
+                                      leasesHeld: cluster == nil ? nil : await registry.leaseCount)
     }
 }

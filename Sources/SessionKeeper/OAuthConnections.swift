@@ -27,7 +27,7 @@ extension Keeper {
         guard configuration.provider != nil else {
             throw KeeperError(.noProvider, "no provider is configured (provider: in the configuration)")
         }
-        guard case .granted(let token, let userId, _, _, _)? = await scheduler.tokenGrant("provider"),
+        guard case .granted(let token, let userId, _, _, _)? = await registry.tokenGrant("provider"),
               let context = try await store.context("provider") else {
             throw KeeperError(.providerNotLive, "the provider has no live session yet; try again shortly")
         }
@@ -87,24 +87,23 @@ extension Keeper {
         // retrying (a grant is never dropped) and goes live under its provisional name.
         let provisional = "oauth-pending-" + String(state.prefix(12))
         let registration = IdentityRegistration(kind: .oauthUser, secret: accessToken)
-        try await owner.create(provisional, kind: .oauthUser, registration, schedule: false)
+        try await registry.create(provisional, kind: .oauthUser, registration, schedule: false)
         let session: SessionInfo
-        switch await scheduler.addAwaitingFirstSession(provisional) {
+        switch await registry.scheduleAwaitingFirstSession(provisional) {
         case .success(let opened): session = opened
         case .failure(let error):
-            await owner.publish(provisional)
             throw KeeperError(.upstream, "registering the user's identity failed: \(error.message)")
         }
         let finalName = name ?? "user-\(session.grantedByUserId ?? session.userId)"
-        if await owner.record(finalName) != nil { try await removeContext(finalName, endSession: true) }
+        if await registry.record(finalName) != nil { try await removeContext(finalName, endSession: true) }
         guard let opened = try await store.context(provisional) else {
             throw KeeperError(.unknownContext, "the pending connection was removed")
         }
         let stored = SessionInfo(id: session.id, token: session.token, userId: session.userId,
                                  created: session.created, expiresAt: session.expiresAt)
         // The final context is stored before the provisional one goes: a crash in between keeps the grant.
-        try await owner.createLive(finalName, kind: .oauthUser, opened.registration, session: stored)
-        _ = try await owner.remove(provisional)
+        try await registry.createLive(finalName, kind: .oauthUser, opened.registration, session: stored)
+        _ = try await registry.remove(provisional)
         logger.info("OAuth user connected", metadata: ["bunq.context": "\(finalName)"])
         return finalName
     }
@@ -112,10 +111,9 @@ extension Keeper {
     /// Forgets the context with its secrets, then (best effort) ends its session at bunq: its token stops being
     /// handed out before the session is ended.
     public func removeContext(_ name: String, endSession: Bool = true) async throws {
-        guard let stored = try await owner.remove(name) else {
+        guard let stored = try await registry.remove(name) else {
             throw KeeperError(.unknownContext, "no context named \(name)")
         }
-        signingKeys.forget(name)
         events.publish(.removed(context: name), nil)
         logger.notice("context removed", metadata: ["bunq.context": "\(name)"])
         if endSession { await self.endSession(of: stored) }

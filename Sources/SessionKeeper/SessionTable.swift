@@ -41,7 +41,7 @@ public struct SessionEntry: Sendable, Equatable {
 
 /// Every context's published `SessionEntry`, behind one lock: a `session.get` costs a dictionary lookup, and the
 /// count of contexts per state (for `daemon.status` and the STATUS line) is kept as entries come and go, so
-/// reading it costs nothing per context. Written only by the context owner.
+/// reading it costs nothing per context. Written only by the context registry.
 public final class SessionTable: Sendable {
     private struct Contents {
         var entries: [String: SessionEntry] = [:]

@@ -5,7 +5,7 @@ import Synchronization
 
 /// Parsed installation keys, keyed by context and installation token (a new installation replaces the key).
 ///
-/// The context's owner publishes a key whenever it holds the registration (restore's warm-up, a bootstrap step,
+/// The context registry publishes a key whenever it holds the registration (restore's warm-up, a bootstrap step,
 /// a renewal, an OAuth completion), so serving a signature reads memory only. A key not published yet (a context
 /// restored moments ago, before the warm-up reached it) is read from the store once, within the store's deadline.
 final class SigningKeys: Sendable {
@@ -59,13 +59,10 @@ extension Keeper {
     }
 
     /// The context's published key; one not published yet is read from the store (within its deadline) and
-    /// published.
+    /// published by the registry.
     func signingKey(_ name: String) async throws -> RSAPrivateKey {
         if let key = signingKeys.cachedKey(for: name) { return key }
-        guard let context = try await store.context(name) else {
-            throw KeeperError(.unknownContext, "no context named \(name)")
-        }
-        try signingKeys.publish(name, context.registration)
+        try await registry.loadSigningKey(name)
         guard let key = signingKeys.cachedKey(for: name) else {
             throw KeeperError(.unknownContext, "context \(name) has no installation yet")
         }

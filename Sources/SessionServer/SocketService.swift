@@ -341,10 +341,10 @@ public final class SocketService: Sendable {
                 ready: ready.load(ordering: .acquiring),
                 starting: !keeper.restored.hasFired,
                 contexts: contexts,
-                nextRenewalAt: await keeper.scheduler.nextDeadline(),
+                nextRenewalAt: await keeper.registry.nextDeadline(),
                 // As last checked (every 10 s): a caller cannot make the daemon run the forecast.
                 budget: .init(sessionServer: Self.budget(keeper.budget)),
-                cluster: keeper.clusterStatus.map(Self.cluster),
+                cluster: await keeper.clusterStatus().map(Self.cluster),
                 // The store's health: tokens and signatures are served from memory whatever it says.
                 store: .init(backend: backend, reachable: health.reachable, failingSince: health.failingSince,
                              consecutiveFailures: health.consecutiveFailures),

@@ -1,9 +1,9 @@
 /// The clock the daemon's logic reads and waits on, whatever clock is behind it: production passes
 /// `AnyClock.continuous`, tests a manual clock they advance by hand (weeks of renewals in milliseconds).
 ///
-/// A concrete type rather than `any Clock<Duration>`, because instants must be stored, compared and passed to
-/// generic APIs (`AsyncTimerSequence`, `SessionScheduler<C>`), which an existential's associated `Instant` does not
-/// allow. An instant is the time elapsed since the clock's origin, so instants of two `AnyClock`s over one clock
+/// A concrete type rather than `any Clock<Duration>`, because instants must be stored (the registry's leases,
+/// the published snapshots), compared and passed to generic APIs (`AsyncTimerSequence`), which an existential's
+/// associated `Instant` does not allow. An instant is the time elapsed since the clock's origin, so instants of two `AnyClock`s over one clock
 /// compare only when they share that origin: every `AnyClock` over `ContinuousClock` does (`continuous`, or
 /// `init(ContinuousClock())`), and a test shares its one `AnyClock` over its manual clock.
 ///

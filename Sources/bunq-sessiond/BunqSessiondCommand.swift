@@ -343,11 +343,11 @@ struct Watchdog: Service {
     func run() async throws {
         let period = interval / 2
         let periodSeconds = Double(period.components.seconds) + Double(period.components.attoseconds) / 1e18
-        await keeper.scheduler.setMaxSleep(periodSeconds / 2)
+        await keeper.registry.setMaxSleep(periodSeconds / 2)
         await cancelWhenGracefulShutdown {
-            var lastTicks = await keeper.scheduler.ticks
+            var lastTicks = await keeper.registry.ticks
             await every(period, on: keeper.clock, immediately: false) {
-                let ticks = await keeper.scheduler.ticks
+                let ticks = await keeper.registry.ticks
                 let serverAlive = await server.probe(timeout: period / 2)
                 if ticks != lastTicks, serverAlive {
                     ServiceManager.watchdog()

@@ -43,9 +43,11 @@ final class FakeRenewer: SessionRenewer {
         let renewer = FakeRenewer(lifetime: 1.5, failureRate: 0.3)
         // Twenty identities of 1.5-s sessions need 18 sessions a second: the session-server budget is unlimited
         // here; the budget's own tests run in virtual time (BudgetSimulationTests).
-        let scheduler = SessionScheduler(policy: RenewalPolicy(backoffBase: 0.05, backoffMax: 0.2), budget: .unlimited)
         let names = (0..<20).map { "ctx-\($0)" }
-        for name in names { await scheduler.add(name, session: nil) }
+        let scratch = try await ScratchRegistry(names, policy: RenewalPolicy(backoffBase: 0.05, backoffMax: 0.2),
+                                                budget: .unlimited)
+        defer { scratch.remove() }
+        let scheduler = scratch.registry
         var grantedTooLate = 0
         var generations: [Int] = []
         await withTaskGroup(of: Void.self) { group in
@@ -74,14 +76,18 @@ final class FakeRenewer: SessionRenewer {
 
     @Test func renewNowWaitsForTheNewSessionAndRejectionsNeedAttention() async throws {
         let renewer = FakeRenewer(lifetime: 600)
-        let scheduler = SessionScheduler(policy: RenewalPolicy(), budget: SessionServerBudget(scale: 0.001))
+        let scratch = try await ScratchRegistry([], policy: RenewalPolicy(), budget: SessionServerBudget(scale: 0.001))
+        defer { scratch.remove() }
+        let scheduler = scratch.registry
         let loop = Task { await scheduler.run(renewing: renewer) }
-        await scheduler.add("a", session: nil)
-        await scheduler.add("b", session: nil)
+        await scratch.add(["a", "b"])
         var events = scheduler.events.makeAsyncIterator()
         var rotated: Set<String> = []
-        while rotated.count < 2, let event = await events.next() {
-            if case .rotated(let context, 1, _) = event { rotated.insert(context) }
+        while rotated.count < 2, let change = await events.next() {
+            if case .rotated(let context, 1, _) = change.event {
+                rotated.insert(context)
+                #expect(change.entry?.generation == 1, "the snapshot is published with the event")
+            }
         }
         guard case .granted(let token, _, _, _, 1)? = await scheduler.tokenGrant("a") else {
             Issue.record("a is not live")

@@ -33,7 +33,7 @@ final class VirtualBunq: SessionRenewer {
 }
 
 @Suite(.ownThread) struct VirtualClockSchedulerTests {
-    /// The real scheduler actor on a virtual monotonic clock, while the wall clock jumps 10 minutes ahead, then
+    /// The real registry's loop on a virtual monotonic clock, while the wall clock jumps 10 minutes ahead, then
     /// 20 minutes back: no token is handed out past its true end, and renewals keep their pace (no loop, no gap).
     @Test func aSteppingWallClockMovesNoDeadline() async throws {
         let clock = ManualClock()
@@ -44,10 +44,11 @@ final class VirtualBunq: SessionRenewer {
             base.addingTimeInterval(start.duration(to: clock.now).seconds + wallOffset.withLock { $0 })
         }
         let bunq = VirtualBunq(clock: clock, wall: wall, lifetime: 60)
-        let scheduler = SessionScheduler(policy: RenewalPolicy(), budget: SessionServerBudget(scale: 0.1),
-                                         clock: clock, wallClock: wall)
         let names = ["a", "b", "c"]
-        for name in names { await scheduler.add(name, session: nil) }
+        let scratch = try await ScratchRegistry(names, policy: RenewalPolicy(), budget: SessionServerBudget(scale: 0.1),
+                                                clock: AnyClock(clock), wallClock: wall)
+        defer { scratch.remove() }
+        let scheduler = scratch.registry
         let loop = Task { await scheduler.run(renewing: bunq) }
         var pastTrueEnd = 0, granted = 0
         for step in 1...1_200 {  // 600 virtual seconds in half-second steps

@@ -94,14 +94,14 @@ struct VirtualKeeper: Sendable {
     /// Waits until the keeper is idle (see the type's comment); false after 30 s of real time.
     func idle() async -> Bool {
         await eventually(within: .seconds(30), every: .milliseconds(1)) {
-            manual.sleeping == Self.idleSleepers + (await keeper.scheduler.runningRenewals)
+            manual.sleeping == Self.idleSleepers + (await keeper.registry.runningRenewals)
         }
     }
 
     /// Once the keeper is idle, moves the clock by `duration`.
     func advance(by duration: Duration) async throws {
         guard await idle() else {
-            let running = await keeper.scheduler.runningRenewals
+            let running = await keeper.registry.runningRenewals
             throw VirtualTimeError("the keeper did not settle: \(manual.sleeping) sleep, \(running) renewals run")
         }
         manual.advance(by: duration)

@@ -30,8 +30,9 @@ import Timekeeping
     @Test func aCallerWaitingForARenewalLeavesWhenCancelled() async throws {
         // The loop does not run: the renewal never comes, only the caller's cancellation ends the wait (so no
         // budget applies: unlimited).
-        let scheduler = SessionScheduler(policy: RenewalPolicy(), budget: .unlimited)
-        await scheduler.add("ops", session: nil)
+        let scratch = try await ScratchRegistry(["ops"], policy: RenewalPolicy(), budget: .unlimited)
+        defer { scratch.remove() }
+        let scheduler = scratch.registry
         let waiting = Task { await scheduler.renewNow("ops") }
         try await Task.sleep(for: .milliseconds(50))
         waiting.cancel()
