@@ -193,14 +193,16 @@ public final class BunqClient: Sendable {
         ]
         // URLQueryItem leaves '+' unencoded, which a form decoder reads as a space.
         components.percentEncodedQuery = components.percentEncodedQuery?.replacingOccurrences(of: "+", with: "%2B")
-        try await rateLimiter.acquire(method: "POST", endpoint: "token")
+        let slot = try await rateLimiter.acquire(method: "POST", endpoint: "token")
         let response: HTTPResponse
         do {
             response = try await http.execute(HTTPRequest(method: "POST", url: components.string ?? "",
                                                           headers: ["User-Agent": BunqSessiondVersion.userAgent]))
         } catch let error as HTTPClientError {
+            await rateLimiter.settle(slot)
             throw BunqAPIError.transport(error, endpoint: endpoint)
         }
+        await rateLimiter.settle(slot)
         if response.status == 429 { await rateLimiter.rateLimited(method: "POST", endpoint: "token") }
         let reply = OAuthTokenReply.decode(response.body)
         if response.status == 200, let token = reply?.accessToken, !token.isEmpty {
@@ -247,7 +249,7 @@ public final class BunqClient: Sendable {
         if let token { headers.add("X-Bunq-Client-Authentication", token) }
         if let installation { headers.add("X-Bunq-Client-Signature", try installation.key.base64Signature(for: bytes)) }
 
-        try await rateLimiter.acquire(method: method, endpoint: endpointKey)
+        let slot = try await rateLimiter.acquire(method: method, endpoint: endpointKey)
         sentAt = wallClock()
         let clock = rateLimiter.clock
         let started = clock.now
@@ -256,9 +258,11 @@ public final class BunqClient: Sendable {
             response = try await http.execute(HTTPRequest(method: method, url: endpoints.apiBaseURL + path,
                                                           headers: headers, body: bytes))
         } catch let error as HTTPClientError {
+            await rateLimiter.settle(slot)
             BunqMetrics.request(endpoint: endpointKey, method: method, code: "error", duration: clock.now - started)
             throw BunqAPIError.transport(error, endpoint: endpoint)
         }
+        await rateLimiter.settle(slot)
         BunqMetrics.request(endpoint: endpointKey, method: method, code: "\(response.status)",
                             duration: clock.now - started)
         if response.status == 429 {

@@ -131,17 +131,30 @@ extension BunqClient {
         let queued = clock.now
         // A slot is worth taking only with time left for bunq's answer: a quarter of the time, at most 500 ms.
         let answerAllowance = min(.milliseconds(500), (deadline - queued) / 4)
-        guard let slot = await rateLimiter.reserve(method: method, endpoint: endpointKey,
-                                                   notAfter: deadline - answerAllowance) else {
+        let notAfter = deadline - answerAllowance
+        guard var slot = await rateLimiter.reserve(method: method, endpoint: endpointKey, notAfter: notAfter) else {
             let next = await rateLimiter.nextSlot(method: method, endpoint: endpointKey)
             throw ForwardError(code: .rateLimitWait, message: "\(endpoint): no rate-limit slot before the deadline",
                                retryAfter: max(.seconds(1), next - clock.now))
         }
-        if slot > clock.now {
-            do {
-                try await clock.sleep(until: slot)
-            } catch {
-                throw ForwardError(code: .upstreamUnreachable, message: "\(endpoint): cancelled", retryAfter: nil)
+        // At its time the slot is checked again against the calls before it as they actually went (a loaded
+        // machine runs them late): it may have to wait longer, up to the same limit.
+        departing: while true {
+            if slot.at > clock.now {
+                do {
+                    try await clock.sleep(until: slot.at)
+                } catch {
+                    throw ForwardError(code: .upstreamUnreachable, message: "\(endpoint): cancelled", retryAfter: nil)
+                }
+            }
+            switch await rateLimiter.depart(slot, notAfter: notAfter) {
+            case .go:
+                break departing
+            case .wait(let later):
+                slot = later
+            case .tooLate(let next):
+                throw ForwardError(code: .rateLimitWait, message: "\(endpoint): no rate-limit slot before the deadline",
+                                   retryAfter: max(.seconds(1), next - clock.now))
             }
         }
         let waited = clock.now - queued
@@ -155,12 +168,15 @@ extension BunqClient {
             response = try await http.execute(HTTPRequest(method: method, url: endpoints.apiBaseURL + pathAndQuery,
                                                           headers: headers, body: body, timeout: remaining))
         } catch let error as HTTPClientError {
+            await rateLimiter.settle(slot)
             BunqMetrics.request(endpoint: label, method: method, code: "error", duration: clock.now - started)
             let code: ForwardError.Code = error.kind == .timeout || error.kind == .connectTimeout ? .upstreamTimeout : .upstreamUnreachable
             throw ForwardError(code: code, message: "\(endpoint): \(error.message)", retryAfter: nil)
         } catch {
+            await rateLimiter.settle(slot)
             throw ForwardError(code: .upstreamUnreachable, message: "\(endpoint): \(error)", retryAfter: nil)
         }
+        await rateLimiter.settle(slot)
         BunqMetrics.request(endpoint: label, method: method, code: "\(response.status)", duration: clock.now - started)
         if response.status == 429 {
             BunqMetrics.rateLimited(endpoint: label)

@@ -4,8 +4,12 @@ import Timekeeping
 /// daemon never earns a 429 it could have predicted. Callers wait for a slot instead of failing, so a start-up
 /// burst is spread out rather than refused.
 ///
-/// Each window is kept a little stricter than bunq's (`margin`), because bunq counts a call when it arrives and we
-/// count it when it leaves. A 429 that arrives anyway (another process on the same IP spent the budget) pushes
+/// bunq counts a call when it arrives; we can only know when it left and when its answer came. So a call counts
+/// from when it actually leaves (`depart`: its planned slot may have passed long before a loaded machine ran it),
+/// and once answered from its answer (`settle`: the latest moment bunq can have counted it); each window is kept
+/// a little stricter than bunq's (`margin`) for the time between leaving and arriving. A call planned behind
+/// others checks again when it is about to leave, against the calls before it as they actually went, and waits
+/// longer if they went late. A 429 that arrives anyway (another process on the same IP spent the budget) pushes
 /// that endpoint's window back by a whole window.
 ///
 /// The session-server budget (1 per 30 s per IP) is the scarce resource. A caller that grants it itself, in order
@@ -40,8 +44,10 @@ public actor BunqRateLimiter {
     /// What the windows are measured on and the waits sleep on.
     public nonisolated let clock: AnyClock
     private let limits: @Sendable (_ method: String, _ endpoint: String) -> Limit?
-    /// Reserved call times per endpoint key, oldest first, pruned as they leave the window.
-    private var reservations: [String: [AnyClock.Instant]] = [:]
+    /// Per endpoint key, the calls counted in its window, by when each counts from (planned, left or answered),
+    /// oldest first; pruned as they leave the window.
+    private var reservations: [String: [Slot]] = [:]
+    private var lastSlotId: UInt64 = 0
     /// Per endpoint key: no call before this instant (set by a 429).
     private var blockedUntil: [String: AnyClock.Instant] = [:]
     /// 429s seen per endpoint key, for status and tests.
@@ -92,23 +98,90 @@ public actor BunqRateLimiter {
         } ?? path
     }
 
-    /// When the next call to `endpoint` may go out, reserving that slot; `now` when it may go at once.
-    public func reserve(method: String, endpoint: String) -> AnyClock.Instant {
-        reserve(method: method, endpoint: endpoint, notAfter: nil) ?? clock.now
+    /// A call's place in its endpoint's window: `at` is when it may leave (planned), then when it counts from.
+    public struct Slot: Sendable, Equatable {
+        /// The endpoint key; empty for a call no window limits.
+        let key: String
+        let id: UInt64
+        public let at: AnyClock.Instant
+        var limited: Bool { !key.isEmpty }
+    }
+
+    /// What `depart` decided.
+    public enum Departure: Sendable, Equatable {
+        /// Leave now: the call counts from now.
+        case go
+        /// The calls before it left late: wait until the new slot's `at`, then `depart` again.
+        case wait(Slot)
+        /// Its new slot would come after the caller's `notAfter`: nothing is reserved any more.
+        case tooLate(next: AnyClock.Instant)
+    }
+
+    /// The next call to `endpoint`'s slot, reserved; its `at` is `now` when it may go at once.
+    public func reserve(method: String, endpoint: String) -> Slot {
+        reserve(method: method, endpoint: endpoint, notAfter: nil) ?? Slot(key: "", id: 0, at: clock.now)
     }
 
     /// `reserve`, but only a slot no later than `notAfter`: nil (nothing reserved) when the next one comes later.
     /// The proxy's requests take their slots here, from the same windows as the daemon's own calls.
-    public func reserve(method: String, endpoint: String, notAfter: AnyClock.Instant?) -> AnyClock.Instant? {
+    public func reserve(method: String, endpoint: String, notAfter: AnyClock.Instant?) -> Slot? {
         let now = clock.now
-        guard let limit = limits(method, endpoint) else { return now }
+        guard let limit = limits(method, endpoint) else { return Slot(key: "", id: 0, at: now) }
         let key = "\(method) \(endpoint)"
-        let slot = nextSlot(key: key, limit: limit, now: now)
-        if let notAfter, slot > notAfter { return nil }
-        var slots = reservations[key, default: []]
-        slots.insert(slot, at: slots.firstIndex { $0 > slot } ?? slots.endIndex)
-        reservations[key] = slots
+        let at = nextSlot(key: key, limit: limit, now: now)
+        if let notAfter, at > notAfter { return nil }
+        lastSlotId &+= 1
+        let slot = Slot(key: key, id: lastSlotId, at: at)
+        insert(slot)
         return slot
+    }
+
+    /// The call holding `slot` is about to leave (its planned time has come). It goes if the calls before it, as
+    /// they actually left (or were answered), leave room in the window now; otherwise it gets a later slot (or,
+    /// past `notAfter`, none: nothing stays reserved).
+    public func depart(_ slot: Slot, notAfter: AnyClock.Instant? = nil) -> Departure {
+        guard slot.limited, let limit = limit(slot.key) else { return .go }
+        let now = clock.now
+        var slots = reservations[slot.key, default: []]
+        slots.removeAll { $0.id == slot.id }
+        reservations[slot.key] = slots
+        let window = limit.window + Self.margin(for: limit.window)
+        // Only the calls counted up to now: those planned later check against this one when their time comes.
+        let before = slots.filter { $0.at <= now && $0.at + window > now }
+        var earliest = max(now, blockedUntil[slot.key] ?? now)
+        if before.count >= limit.calls { earliest = max(earliest, before[before.count - limit.calls].at + window) }
+        if let notAfter, earliest > notAfter { return .tooLate(next: earliest) }
+        let moved = Slot(key: slot.key, id: slot.id, at: earliest)
+        insert(moved)
+        return earliest <= now ? .go : .wait(moved)
+    }
+
+    /// The call holding `slot` has its answer (or failed in transport): it counts from now, the latest moment
+    /// bunq can have counted it.
+    public nonisolated func settle(_ slot: Slot) async {
+        guard slot.limited else { return }
+        await settleNow(slot)
+    }
+
+    private func settleNow(_ slot: Slot) {
+        guard var slots = reservations[slot.key], let index = slots.firstIndex(where: { $0.id == slot.id }) else { return }
+        let now = clock.now
+        guard slots[index].at < now else { return }
+        slots.remove(at: index)
+        reservations[slot.key] = slots
+        insert(Slot(key: slot.key, id: slot.id, at: now))
+    }
+
+    private func insert(_ slot: Slot) {
+        var slots = reservations[slot.key, default: []]
+        slots.insert(slot, at: slots.firstIndex { $0.at > slot.at } ?? slots.endIndex)
+        reservations[slot.key] = slots
+    }
+
+    /// The limit of an endpoint key (`METHOD endpoint`).
+    private func limit(_ key: String) -> Limit? {
+        guard let space = key.firstIndex(of: " ") else { return nil }
+        return limits(String(key[..<space]), String(key[key.index(after: space)...]))
     }
 
     /// When a call to `endpoint` could go out next, reserving nothing.
@@ -123,10 +196,10 @@ public actor BunqRateLimiter {
         let window = limit.window + Self.margin(for: limit.window)
         let earliest = max(now, blockedUntil[key] ?? now)
         var slots = reservations[key, default: []]
-        slots.removeAll { $0 + window <= now }
+        slots.removeAll { $0.at + window <= now }
         reservations[key] = slots
         // Sorted slots: the new call fits once the `calls`-th latest reservation has left the window.
-        return slots.count < limit.calls ? earliest : max(earliest, slots[slots.count - limit.calls] + window)
+        return slots.count < limit.calls ? earliest : max(earliest, slots[slots.count - limit.calls].at + window)
     }
 
     /// bunq answered 429 to `endpoint`: someone else on this IP is spending its budget. No call to it for a
@@ -139,11 +212,18 @@ public actor BunqRateLimiter {
         blockedUntil[key] = max(blockedUntil[key] ?? until, until)
     }
 
-    /// Waits until a call to `endpoint` fits bunq's limit. Throws only when the task is cancelled.
-    public nonisolated func acquire(method: String, endpoint: String) async throws {
-        let slot = await reserve(method: method, endpoint: endpoint)
-        if slot > clock.now {
-            try await clock.sleep(until: slot)
+    /// Waits until a call to `endpoint` fits bunq's limit and returns its slot, for `settle` once answered.
+    /// Throws only when the task is cancelled.
+    public nonisolated func acquire(method: String, endpoint: String) async throws -> Slot {
+        var slot = await reserve(method: method, endpoint: endpoint)
+        guard slot.limited else { return slot }
+        while true {
+            if slot.at > clock.now { try await clock.sleep(until: slot.at) }
+            switch await depart(slot) {
+            case .go: return slot
+            case .wait(let later): slot = later
+            case .tooLate: return slot  // no notAfter: never
+            }
         }
     }
 }
