@@ -139,7 +139,7 @@ extension BunqClient {
         }
         // At its time the slot is checked again against the calls before it as they actually went (a loaded
         // machine runs them late): it may have to wait longer, up to the same limit.
-        departing: while true {
+        departing: while slot.limited {
             if slot.at > clock.now {
                 do {
                     try await clock.sleep(until: slot.at)

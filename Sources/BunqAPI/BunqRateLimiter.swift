@@ -104,6 +104,7 @@ public actor BunqRateLimiter {
         let key: String
         let id: UInt64
         public let at: AnyClock.Instant
+        /// False for a call no window limits: it neither departs nor settles (no hop to the limiter).
         var limited: Bool { !key.isEmpty }
     }
 
