@@ -3,8 +3,8 @@ import Synchronization
 import Testing
 import TestSupport
 
-/// Every test case runs on a thread of its own instead of Swift's shared cooperative pool, and at most ten
-/// of them run at once (`TestSlots`: six short and four long ones).
+/// Every test case runs on a thread of its own instead of Swift's shared cooperative pool, and at most twelve
+/// of them run at once (`TestSlots`: six short lanes, four long ones, and two for long chains).
 ///
 /// Why the thread: the pool has one thread per core (two here), and tests block — a child process run to
 /// completion, a socket read, a PostgreSQL started. Two such calls anywhere in the suite used to stop every
@@ -15,24 +15,43 @@ import TestSupport
 /// emulators and databases in the same second, and the real-clock tests among them would measure the machine's
 /// overload instead of the product. The bound keeps the load what a 2-core machine carries.
 ///
+/// A *long chain* — a suite both `.serialized` and `.long` — holds one lane of its own from its first test to
+/// its last. Its tests run one after another anyway; taking a lane per test, each would queue again behind every
+/// long test that asked meanwhile, and the chain (the longest is about two minutes) would end last, with the
+/// machine half idle around it.
+///
 /// Applied to a suite (`@Suite(.ownThread)`) it reaches every test case in it.
 public struct OwnThread: SuiteTrait, TestTrait, TestScoping {
     public var isRecursive: Bool { true }
 
+    /// Set while a long chain holds its lane: its test cases take no other.
+    @TaskLocal static var inChain = false
+
     public func scopeProvider(for test: Test, testCase: Test.Case?) -> OwnThread? {
-        // Only a running test case gets a thread: a suite or a parameterized test as a whole runs nothing itself.
-        testCase == nil ? nil : self
+        // A running test case gets a thread; a long chain as a whole gets its lane. Any other suite, or a
+        // parameterized test as a whole, runs nothing itself.
+        testCase != nil || Self.isLongChain(test) ? self : nil
+    }
+
+    static func isLongChain(_ test: Test) -> Bool {
+        test.isSuite && test.tags.contains(.long) && test.traits.contains { $0 is ParallelizationTrait }
     }
 
     public func provideScope(for test: Test, testCase: Test.Case?,
                              performing function: @Sendable () async throws -> Void) async throws {
-        let slots = test.tags.contains(.long) ? TestSlots.long : TestSlots.short
-        await slots.acquire()
+        if testCase == nil {
+            await TestSlots.chains.acquire()
+            defer { TestSlots.chains.release() }
+            try await Self.$inChain.withValue(true) { try await function() }
+            return
+        }
+        let slots = Self.inChain ? nil : test.tags.contains(.long) ? TestSlots.long : TestSlots.short
+        await slots?.acquire()
         let executor = DedicatedThreadExecutor(name: "test \(test.name)")
         let started = ContinuousClock.now
         defer {
             executor.shutDown()
-            slots.release()
+            slots?.release()
             TestTimings.record(test, ContinuousClock.now - started)
         }
         try await withTaskExecutorPreference(executor) { try await function() }
@@ -52,10 +71,12 @@ extension Tag {
 }
 
 /// How many test cases run at once, first come, first served in each lane: short tests in
-/// `BUNQ_TEST_PARALLELISM` lanes (six by default), long ones in `BUNQ_TEST_LONG_PARALLELISM` more (four).
+/// `BUNQ_TEST_PARALLELISM` lanes (six by default), long ones in `BUNQ_TEST_LONG_PARALLELISM` more (four), long
+/// chains in `BUNQ_TEST_CHAIN_PARALLELISM` (two).
 final class TestSlots: Sendable {
     static let short = TestSlots(width: Int(ProcessInfo.processInfo.environment["BUNQ_TEST_PARALLELISM"] ?? "") ?? 6)
     static let long = TestSlots(width: Int(ProcessInfo.processInfo.environment["BUNQ_TEST_LONG_PARALLELISM"] ?? "") ?? 4)
+    static let chains = TestSlots(width: Int(ProcessInfo.processInfo.environment["BUNQ_TEST_CHAIN_PARALLELISM"] ?? "") ?? 2)
 
     private struct State {
         var free: Int
