@@ -142,9 +142,12 @@ extension ContextRegistry {
     // MARK: What other daemons did (a cluster)
 
     /// A context that appeared in the store through another daemon: followed (renewed here only under its lease)
-    /// and published.
+    /// and published. Not while a change of that name is under way here: a lease round or a resync reads the
+    /// store between a creation's write and its taking the context over (then the row is this daemon's own), or
+    /// between a removal's letting go and its delete (then the row is about to go); either change finishes the
+    /// job, and the next resync catches up with anything else.
     func adoptNew(_ record: ContextRecord) {
-        guard contexts[record.name] == nil else { return }
+        guard contexts[record.name] == nil, !isChanging(record.name) else { return }
         contexts[record.name] = Owned(record: record, incarnation: nextIncarnation())
         schedule(record.name, session: record.session, generation: record.generation)
     }

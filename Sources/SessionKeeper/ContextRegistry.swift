@@ -143,6 +143,9 @@ public actor ContextRegistry {
         return try await body()
     }
 
+    /// Whether a change of the context is under way here (a creation or a removal between its store calls).
+    func isChanging(_ name: String) -> Bool { turns[name] != nil }
+
     func nextIncarnation() -> UInt64 {
         lastIncarnation += 1
         return lastIncarnation
