@@ -33,7 +33,7 @@ struct BunqRenewer: SessionRenewer {
     func prepare(_ name: String) async -> Result<Void, RenewalError> {
         do {
             // A bootstrap is itself under the lease: one daemon registers an identity, once.
-            if cluster != nil, await registry.fence(name) == nil { throw RenewalError.lostLease(name) }
+            guard await registry.holdsLease(name) else { throw RenewalError.lostLease(name) }
             var (context, incarnation, logger) = try await load(name)
             while Self.isPreparation(context.registration.nextStep) {
                 _ = try await advance(name, incarnation, &context, logger: logger)
@@ -46,7 +46,7 @@ struct BunqRenewer: SessionRenewer {
 
     func openSession(_ name: String) async -> Result<SessionInfo, RenewalError> {
         do {
-            if cluster != nil, await registry.fence(name) == nil { throw RenewalError.lostLease(name) }
+            guard await registry.holdsLease(name) else { throw RenewalError.lostLease(name) }
             var (context, incarnation, logger) = try await load(name)
             // A context that lost its registration steps would otherwise never get there: finish them first.
             while Self.isPreparation(context.registration.nextStep) {

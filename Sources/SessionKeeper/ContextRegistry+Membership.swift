@@ -4,9 +4,6 @@ import Foundation
 /// Contexts coming and going: restored at start, created (stored first), removed (the tombstone), and in a
 /// cluster followed, adopted and forgotten as other daemons change the store.
 extension ContextRegistry {
-    /// Whether this daemon renews a context it has just taken on: always alone, under its lease in a cluster.
-    private func renewsHere(_ name: String) -> Bool { fencing == nil || fence(name) != nil }
-
     /// Takes over restored records (start-up) and schedules them; publishes their snapshots.
     public func restore(_ records: [ContextRecord]) {
         let at = now, skew = skew
@@ -22,7 +19,7 @@ extension ContextRegistry {
 
     /// Schedules a context that is owned already (`create(schedule: false)`) and publishes it.
     private func schedule(_ name: String, session: SessionInfo?, generation: Int) {
-        planner.add(name, session: session?.shifted(by: skew), generation: generation, held: renewsHere(name), now: now)
+        planner.add(name, session: session?.shifted(by: skew), generation: generation, held: holdsLease(name), now: now)
         publish(name)
         wake.signal()
     }
