@@ -100,12 +100,16 @@ public actor BunqRateLimiter {
 
     /// A call's place in its endpoint's window: `at` is when it may leave (planned), then when it counts from.
     public struct Slot: Sendable, Equatable {
-        /// The endpoint key; empty for a call no window limits.
+        /// The endpoint key (`METHOD endpoint`).
         let key: String
+        /// The endpoint's window; nil for a call no window limits.
+        let limit: Limit?
         let id: UInt64
         public let at: AnyClock.Instant
         /// False for a call no window limits: it neither departs nor settles (no hop to the limiter).
-        var limited: Bool { !key.isEmpty }
+        var limited: Bool { limit != nil }
+
+        func moved(to at: AnyClock.Instant) -> Slot { Slot(key: key, limit: limit, id: id, at: at) }
     }
 
     /// What `depart` decided.
@@ -120,19 +124,19 @@ public actor BunqRateLimiter {
 
     /// The next call to `endpoint`'s slot, reserved; its `at` is `now` when it may go at once.
     public func reserve(method: String, endpoint: String) -> Slot {
-        reserve(method: method, endpoint: endpoint, notAfter: nil) ?? Slot(key: "", id: 0, at: clock.now)
+        reserve(method: method, endpoint: endpoint, notAfter: nil) ?? Slot(key: "", limit: nil, id: 0, at: clock.now)
     }
 
     /// `reserve`, but only a slot no later than `notAfter`: nil (nothing reserved) when the next one comes later.
     /// The proxy's requests take their slots here, from the same windows as the daemon's own calls.
     public func reserve(method: String, endpoint: String, notAfter: AnyClock.Instant?) -> Slot? {
         let now = clock.now
-        guard let limit = limits(method, endpoint) else { return Slot(key: "", id: 0, at: now) }
         let key = "\(method) \(endpoint)"
+        guard let limit = limits(method, endpoint) else { return Slot(key: key, limit: nil, id: 0, at: now) }
         let at = nextSlot(key: key, limit: limit, now: now)
         if let notAfter, at > notAfter { return nil }
         lastSlotId &+= 1
-        let slot = Slot(key: key, id: lastSlotId, at: at)
+        let slot = Slot(key: key, limit: limit, id: lastSlotId, at: at)
         insert(slot)
         return slot
     }
@@ -141,18 +145,15 @@ public actor BunqRateLimiter {
     /// they actually left (or were answered), leave room in the window now; otherwise it gets a later slot (or,
     /// past `notAfter`, none: nothing stays reserved).
     public func depart(_ slot: Slot, notAfter: AnyClock.Instant? = nil) -> Departure {
-        guard slot.limited, let limit = limit(slot.key) else { return .go }
+        guard let limit = slot.limit else { return .go }
         let now = clock.now
         var slots = reservations[slot.key, default: []]
         slots.removeAll { $0.id == slot.id }
         reservations[slot.key] = slots
-        let window = limit.window + Self.margin(for: limit.window)
         // Only the calls counted up to now: those planned later check against this one when their time comes.
-        let before = slots.filter { $0.at <= now && $0.at + window > now }
-        var earliest = max(now, blockedUntil[slot.key] ?? now)
-        if before.count >= limit.calls { earliest = max(earliest, before[before.count - limit.calls].at + window) }
+        let earliest = earliest(key: slot.key, limit: limit, now: now, after: slots.filter { $0.at <= now })
         if let notAfter, earliest > notAfter { return .tooLate(next: earliest) }
-        let moved = Slot(key: slot.key, id: slot.id, at: earliest)
+        let moved = slot.moved(to: earliest)
         insert(moved)
         return earliest <= now ? .go : .wait(moved)
     }
@@ -170,19 +171,13 @@ public actor BunqRateLimiter {
         guard slots[index].at < now else { return }
         slots.remove(at: index)
         reservations[slot.key] = slots
-        insert(Slot(key: slot.key, id: slot.id, at: now))
+        insert(slot.moved(to: now))
     }
 
     private func insert(_ slot: Slot) {
         var slots = reservations[slot.key, default: []]
         slots.insert(slot, at: slots.firstIndex { $0.at > slot.at } ?? slots.endIndex)
         reservations[slot.key] = slots
-    }
-
-    /// The limit of an endpoint key (`METHOD endpoint`).
-    private func limit(_ key: String) -> Limit? {
-        guard let space = key.firstIndex(of: " ") else { return nil }
-        return limits(String(key[..<space]), String(key[key.index(after: space)...]))
     }
 
     /// When a call to `endpoint` could go out next, reserving nothing.
@@ -195,11 +190,17 @@ public actor BunqRateLimiter {
     /// The earliest slot for `key` (pruning reservations that left the window).
     private func nextSlot(key: String, limit: Limit, now: AnyClock.Instant) -> AnyClock.Instant {
         let window = limit.window + Self.margin(for: limit.window)
-        let earliest = max(now, blockedUntil[key] ?? now)
         var slots = reservations[key, default: []]
         slots.removeAll { $0.at + window <= now }
         reservations[key] = slots
-        // Sorted slots: the new call fits once the `calls`-th latest reservation has left the window.
+        return earliest(key: key, limit: limit, now: now, after: slots)
+    }
+
+    /// When one more call to `key` fits after `slots` (sorted): once the `calls`-th latest of them has left the
+    /// window (ours: bunq's plus the margin), and not before a 429's block ends.
+    private func earliest(key: String, limit: Limit, now: AnyClock.Instant, after slots: [Slot]) -> AnyClock.Instant {
+        let window = limit.window + Self.margin(for: limit.window)
+        let earliest = max(now, blockedUntil[key] ?? now)
         return slots.count < limit.calls ? earliest : max(earliest, slots[slots.count - limit.calls].at + window)
     }
 
