@@ -1,5 +1,4 @@
 import BunqAPI
-import BunqCrypto
 import Foundation
 @testable import SessionKeeper
 import Synchronization
@@ -64,21 +63,23 @@ final class GatedStore: StateBackend {
 /// context, must not do. Seen in a cluster run: an OAuth completion failed "context user-… exists already",
 /// because a lease round read the new row between its write and the registry taking it over, and adopted it.
 @Suite(.ownThread) struct RegistryRaceTests {
-    private static func registry() throws -> (ContextRegistry, GatedStore, TemporaryDirectory) {
-        let directory = try TemporaryDirectory()
-        let stateDirectory = directory.path("state")
-        try FileManager.default.createDirectory(atPath: stateDirectory, withIntermediateDirectories: true,
-                                                attributes: [.posixPermissions: 0o700])
-        let key = try MasterKey.load(credentialsDirectory: nil, stateDirectory: stateDirectory)
-        let store = GatedStore(try StateStore(directory: stateDirectory, masterKey: key))
-        return (ContextRegistry(store: store, policy: RenewalPolicy(), budget: .unlimited), store, directory)
+    /// A registry on a gated store; bunq's own session-server budget, which nothing here spends (the loop
+    /// does not run).
+    private static func registry() async throws -> (ContextRegistry, GatedStore, ScratchRegistry) {
+        var gated: GatedStore?
+        let scratch = try await ScratchRegistry([], policy: RenewalPolicy(), budget: SessionServerBudget(), wrapping: {
+            let store = GatedStore($0)
+            gated = store
+            return store
+        })
+        return (scratch.registry, gated!, scratch)
     }
 
     private static let record = ContextRecord(name: "ops", kind: .apiKey, session: nil, generation: 0, serverPublicKeyPEM: nil)
 
     @Test func aRowReadDuringItsOwnCreationIsLeftToTheCreation() async throws {
-        let (registry, store, directory) = try Self.registry()
-        defer { directory.remove() }
+        let (registry, store, scratch) = try await Self.registry()
+        defer { scratch.remove() }
         store.close()
         let creation = Task { try await registry.create("ops", kind: .apiKey, IdentityRegistration(kind: .apiKey, secret: "k")) }
         #expect(await eventually(within: .seconds(10), every: .milliseconds(1)) { store.entered }, "the creation wrote its row")
@@ -92,8 +93,8 @@ final class GatedStore: StateBackend {
     }
 
     @Test func aRowReadDuringItsRemovalIsNotBroughtBack() async throws {
-        let (registry, store, directory) = try Self.registry()
-        defer { directory.remove() }
+        let (registry, store, scratch) = try await Self.registry()
+        defer { scratch.remove() }
         try await registry.create("ops", kind: .apiKey, IdentityRegistration(kind: .apiKey, secret: "k"))
         store.close()
         let removal = Task { try await registry.remove("ops") }

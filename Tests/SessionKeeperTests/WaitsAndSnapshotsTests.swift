@@ -28,9 +28,9 @@ import Timekeeping
     }
 
     @Test func aCallerWaitingForARenewalLeavesWhenCancelled() async throws {
-        // The loop does not run: the renewal never comes, only the caller's cancellation ends the wait (so no
-        // budget applies: unlimited).
-        let scratch = try await ScratchRegistry(["ops"], policy: RenewalPolicy(), budget: .unlimited)
+        // The loop does not run: the renewal never comes, only the caller's cancellation ends the wait (bunq's
+        // own session-server budget, which nothing spends here).
+        let scratch = try await ScratchRegistry(["ops"], policy: RenewalPolicy(), budget: SessionServerBudget())
         defer { scratch.remove() }
         let scheduler = scratch.registry
         let waiting = Task { await scheduler.renewNow("ops") }
