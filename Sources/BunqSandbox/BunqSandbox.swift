@@ -8,23 +8,19 @@ import Synchronization
 /// tests (stats, injected faults, revocations, OAuth approvals).
 public final class BunqSandbox: Sendable {
     public let configuration: SandboxConfiguration
-    /// A few server keys, given to installations in turn: signing with the wrong installation's key shows up.
-    private let serverKeys: [RSAPrivateKey]
+    /// bunq's server keys, given to installations in turn (shared by every emulator in the process).
+    private let serverKeys = ServerKeyRing.shared
     let store: Mutex<SandboxStore>
     private let limiter: Mutex<SandboxRateLimiter>
     let faults = Mutex((nextId: 1, rules: [FaultRule]()))
 
-    /// Generates the server keys; call `run` to serve.
-    public init(configuration: SandboxConfiguration = SandboxConfiguration()) async throws {
+    /// An emulator with no users yet; call `run` to serve. Server keys are generated when installations need them.
+    public init(configuration: SandboxConfiguration = SandboxConfiguration()) {
         self.configuration = configuration
         var limits = SandboxRateLimiter()
         limits.scale = configuration.rateLimitScale
         limiter = Mutex(limits)
-        var keys: [RSAPrivateKey] = []
-        for _ in 0..<3 { keys.append(try await RSAPrivateKey.generate()) }
-        serverKeys = keys
-        store = Mutex(SandboxStore(configuration: configuration,
-                                   serverPublicKeyPEMs: try keys.map { try $0.publicKey.pem() }))
+        store = Mutex(SandboxStore(configuration: configuration, serverKeys: serverKeys))
     }
 
     /// Serves until the calling task is cancelled, reporting the bound port through `onListening` first.
@@ -39,7 +35,7 @@ public final class BunqSandbox: Sendable {
         _ configuration: SandboxConfiguration = SandboxConfiguration(),
         _ body: @escaping @Sendable (_ baseURL: String) async throws -> T
     ) async throws -> T {
-        let sandbox = try await BunqSandbox(configuration: configuration)
+        let sandbox = BunqSandbox(configuration: configuration)
         return try await withBoundServer(of: { onBound in try await sandbox.run(onListening: onBound) }) { port in
             try await body("http://\(configuration.host):\(port)")
         }
@@ -97,6 +93,15 @@ public final class BunqSandbox: Sendable {
         }
 
         guard let route else { return tokenExchange(request, headers, now: now) }
+        if endpointName == "POST /v1/installation" {
+            // The key this installation will take exists before the store hands it out.
+            let ordinal = store.withLock { $0.stats.installations }
+            do {
+                try await serverKeys.prepare(ordinal + 1)
+            } catch {
+                return reply(SandboxError(500, "The server key could not be generated."), headers, signedBy: nil)
+            }
+        }
         let (outcome, installation) = store.withLock { store in
             Self.call(route, request, pathIds: pathIds, now: now, store: &store)
         }
@@ -225,7 +230,7 @@ public final class BunqSandbox: Sendable {
                        corrupt: Bool = false) -> ServerResponse {
         var headers = headers
         headers.append(("Content-Type", "application/json"))
-        if let installation, var signature = try? serverKeys[installation.serverKeyIndex].signature(for: body) {
+        if let installation, var signature = try? serverKeys.signature(at: installation.serverKeyIndex, for: body) {
             if corrupt { signature[signature.count / 2] ^= 0x5A }
             headers.append(("X-Bunq-Server-Signature", Data(signature).base64EncodedString()))
         }

@@ -38,7 +38,7 @@ extension SandboxStore {
         let id = nextId("installation", base: 100)
         let installation = Installation(
             id: id, tokenId: nextId("token", base: 10_000), token: Self.token(), created: call.now,
-            clientPublicKey: key, clientPublicKeyPEM: pem, serverKeyIndex: id % serverPublicKeyPEMs.count)
+            clientPublicKey: key, clientPublicKeyPEM: pem, serverKeyIndex: serverKeys.index(forInstallation: stats.installations))
         installations[installation.token] = installation
         installationsById[id] = installation
         stats.installations += 1
@@ -47,7 +47,7 @@ extension SandboxStore {
             ("Id", .object([("id", .int(id))])),
             ("Token", .object([("id", .int(installation.tokenId)), ("created", .string(created)),
                                ("updated", .string(created)), ("token", .string(installation.token))])),
-            ("ServerPublicKey", .object([("server_public_key", .string(serverPublicKeyPEMs[installation.serverKeyIndex]))])),
+            ("ServerPublicKey", .object([("server_public_key", .string(serverKeys.publicKeyPEM(at: installation.serverKeyIndex)))])),
         ])
     }
 
@@ -208,7 +208,7 @@ extension SandboxStore {
         guard call.pathIds.first == session.installationId, let installation = installationsById[session.installationId]
         else { throw .notFound("Installation") }
         return .response([("ServerPublicKey", .object([
-            ("server_public_key", .string(serverPublicKeyPEMs[installation.serverKeyIndex])),
+            ("server_public_key", .string(serverKeys.publicKeyPEM(at: installation.serverKeyIndex))),
         ]))])
     }
 

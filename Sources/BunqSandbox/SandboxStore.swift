@@ -5,7 +5,7 @@ import Foundation
 /// synchronous code that reads like bunq's rules.
 struct SandboxStore: Sendable {
     let configuration: SandboxConfiguration
-    let serverPublicKeyPEMs: [String]
+    let serverKeys: ServerKeyRing
 
     private var nextIds: [String: Int] = [:]
     var users: [Int: SandboxUser] = [:]
@@ -29,9 +29,9 @@ struct SandboxStore: Sendable {
     var approvingUserId: Int?
     var stats = SandboxStats()
 
-    init(configuration: SandboxConfiguration, serverPublicKeyPEMs: [String]) {
+    init(configuration: SandboxConfiguration, serverKeys: ServerKeyRing) {
         self.configuration = configuration
-        self.serverPublicKeyPEMs = serverPublicKeyPEMs
+        self.serverKeys = serverKeys
     }
 
     /// Ids per kind of object, each from its own range like bunq's, increasing.

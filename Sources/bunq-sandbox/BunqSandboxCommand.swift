@@ -91,7 +91,7 @@ struct BunqSandboxCommand: AsyncParsableCommand {
         configuration.lenientHeaders = lenientHeaders
         configuration.sessionExtensionSeconds = sessionExtensionSeconds
         configuration.apiKeyBindWindow = apiKeyBindWindow
-        let sandbox = try await BunqSandbox(configuration: configuration)
+        let sandbox = BunqSandbox(configuration: configuration)
         try await sandbox.run { port in
             // Unbuffered, so a parent reading our stdout sees the line at once.
             FileHandle.standardOutput.write(Data("listening on http://\(host):\(port)\n".utf8))
