@@ -17,8 +17,13 @@ BUILD_LOG := .build/make-build.log
 # bunq's official Python SDK, for the emulator's compatibility test, in a virtualenv under .build/.
 SDK_VENV := .build/sdk-venv
 SDK_PACKAGES := bunq-sdk==1.28.0 prometheus-client==0.23.1
+# Every debug build here is made without the index store, and the suites run as Swift Testing alone: the test
+# bundle has its own entry point (Tests/XCTMain.swift says why). A `swift build` without these flags compiles
+# everything anew; `make check FILTER=…` runs a few suites.
+SWIFT_DEBUG := --disable-index-store
+SWIFT_TESTING := --enable-swift-testing --disable-xctest
 
-.PHONY: all deps build test test-deb sdk-compat run sandbox bench install install-files deb deb-files clean
+.PHONY: all deps build test check test-deb sdk-compat run sandbox bench install install-files deb deb-files clean
 
 all: build
 
@@ -39,7 +44,7 @@ deps:
 ## build: compile everything, tests included; fails on any compiler warning in our own code
 build: deps
 	@mkdir -p .build
-	$(SWIFT) build --build-tests 2>&1 | tee $(BUILD_LOG)
+	$(SWIFT) build --build-tests $(SWIFT_DEBUG) 2>&1 | tee $(BUILD_LOG)
 	@if grep -E "^$(CURDIR)/(Sources|Tests)/.*: warning:" $(BUILD_LOG); then \
 	  echo "make build: compiler warnings in our code (above) are errors"; exit 1; \
 	fi
@@ -62,13 +67,18 @@ test: deps
 	       linted=0; wait $$lint || linted=$$?; \
 	       echo "--- lintian $(TEST_DEB)"; cat $(BESIDE_LOG).lintian; \
 	       [ $$nspawn = 0 ] && [ $$linted = 0 ]; } ) > $(BESIDE_LOG).deb 2>&1 & deb=$$!; \
-	status=0; $(SWIFT) test --skip-build || status=$$?; \
+	status=0; $(SWIFT) test --skip-build $(SWIFT_DEBUG) $(SWIFT_TESTING) || status=$$?; \
 	wait $$sdk || status=$$?; \
 	wait $$deb || status=$$?; \
 	echo "--- beside the suites: the official SDK against bunq-sandbox"; cat $(BESIDE_LOG).sdk; \
 	echo "--- beside the suites: the .deb of this build under systemd, and lintian beside it"; cat $(BESIDE_LOG).deb; \
 	exit $$status
 BESIDE_LOG := .build/make-test-beside.log
+
+## check: the Swift suites alone, on `make test`'s build; FILTER=regex runs the tests whose names match, e.g.
+## `make check FILTER=ProxyTests`. Neither the SDK test nor systemd runs here.
+check: build
+	$(SWIFT) test --skip-build $(SWIFT_DEBUG) $(SWIFT_TESTING) $(if $(FILTER),--filter '$(FILTER)')
 
 ## test-deb: $(TEST_DEB), the package `make test` installs under systemd: the same files as `make deb`'s, from this
 ## (debug) build's binaries relinked with Swift's runtime inside, so they need only Debian's libraries as the
@@ -82,7 +92,7 @@ TEST_DEB_ROOT := .build/test-deb/root
 TEST_DEB = .build/test-deb/bunq-sessiond_$(VERSION)_$(ARCH).deb
 test-deb: deps
 	@bin="$(BIN)"; \
-	if [ -z "$$bin" ]; then $(SWIFT) build && bin="$$($(SWIFT) build --show-bin-path)"; fi; \
+	if [ -z "$$bin" ]; then $(SWIFT) build $(SWIFT_DEBUG) && bin="$$($(SWIFT) build --show-bin-path)"; fi; \
 	mkdir -p .build/test-deb/bin; \
 	for product in bunq-sessiond bunq-sessionctl bunq-sandbox; do \
 	  echo "relinking $$product with Swift's runtime inside"; \
@@ -99,12 +109,12 @@ $(SDK_VENV)/.installed: Makefile
 
 ## sdk-compat: bunq's official Python SDK (bunq-sdk 1.28.0) against bunq-sandbox
 sdk-compat: $(SDK_VENV)/.installed
-	$(SWIFT) build --product bunq-sandbox
+	$(SWIFT) build $(SWIFT_DEBUG) --product bunq-sandbox
 	$(SDK_VENV)/bin/python Tests/sdk-compat/python_sdk_compat.py "$$($(SWIFT) build --show-bin-path)/bunq-sandbox"
 
 ## run: the demo: bunq-sandbox + bunq-sessiond, a PSD2 provider, an API-key identity and an OAuth user, live
 run: deps
-	$(SWIFT) build
+	$(SWIFT) build $(SWIFT_DEBUG)
 	bash scripts/demo.sh
 
 ## bench: throughput, latency, signing, memory and start-up figures (release build; not a test)
@@ -198,7 +208,7 @@ install-files:
 
 ## sandbox: only the bunq sandbox emulator, in the foreground on http://127.0.0.1:8089
 sandbox: deps
-	$(SWIFT) build --product bunq-sandbox
+	$(SWIFT) build $(SWIFT_DEBUG) --product bunq-sandbox
 	"$$($(SWIFT) build --show-bin-path)/bunq-sandbox" --port 8089 --session-timeout 120 --psd2-first-session-timeout 60
 
 clean:

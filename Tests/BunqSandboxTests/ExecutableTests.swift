@@ -12,7 +12,7 @@ import TestSupport
     }
 
     @Test func firstStdoutLineNamesTheListeningAddress() async throws {
-        #expect(FileManager.default.isExecutableFile(atPath: Self.binary), "build it first: swift build --build-tests")
+        #expect(FileManager.default.isExecutableFile(atPath: Self.binary), "build it first: make build")
         let process = Process()
         process.executableURL = URL(fileURLWithPath: Self.binary)
         // Limits off: this test is about the executable's flags and first line, not the limits (LimitsAndFaultsTests).
