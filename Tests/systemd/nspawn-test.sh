@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bunq-sessiond under a real systemd: a Debian root (debootstrap, cached in .cache/) booted with systemd-nspawn,
+# bunq-sessiond under a real systemd: a Debian root (debootstrap, cached for the machine) booted with systemd-nspawn,
 # the units and binaries installed with `make install-files`, bunq-sandbox running inside as a transient unit.
 # Checks: active (running) only after READY with the STATUS line; reload applies a changed access rule; a frozen
 # daemon is killed by the watchdog and restarted with its sessions restored and nothing registered again; socket
@@ -14,17 +14,25 @@ skip() { echo "SKIPPED: systemd integration test: $*"; [ "${CI:-}" = true ] && e
 command -v systemd-nspawn >/dev/null && command -v debootstrap >/dev/null || skip "systemd-nspawn or debootstrap missing (make deps installs them)"
 
 BIN="${BIN:-$(swift build --show-bin-path)}"  # make test passes the bin path (swift test holds the build lock)
-CACHE="$PWD/.cache/nspawn-root-v2"  # bump the suffix when the package list changes
+# The Debian root is cached for the machine, as apt caches its packages, not in the clone: building it costs a
+# minute of CPU (debootstrap), which a fresh clone would otherwise pay on every run. Built aside and moved into
+# place once complete, under a lock, so runs from two clones at once neither race nor use half a root.
+CACHE_DIR=/var/cache/bunq-sessiond-test
+CACHE="$CACHE_DIR/nspawn-root-v2"  # bump the suffix when the package list changes
+mkdir -p "$CACHE_DIR"
+exec 9> "$CACHE_DIR/.lock"
+flock 9
 if [ ! -e "$CACHE/.complete" ]; then
-  rm -rf "$CACHE"
-  mkdir -p "$(dirname "$CACHE")"
-  echo "systemd test: building a Debian root with debootstrap (cached in .cache/)"
+  rm -rf "$CACHE" "$CACHE.partial"
+  echo "systemd test: building a Debian root with debootstrap (cached in $CACHE_DIR)"
   debootstrap --variant=minbase \
     --include=systemd,systemd-sysv,dbus,procps,libcurl4,libsqlite3-0,openssl,ca-certificates,python3,curl \
-    bookworm "$CACHE" http://deb.debian.org/debian > .cache/debootstrap.log 2>&1 \
-    || skip "debootstrap failed (see .cache/debootstrap.log)"
-  touch "$CACHE/.complete"
+    bookworm "$CACHE.partial" http://deb.debian.org/debian > "$CACHE_DIR/debootstrap.log" 2>&1 \
+    || skip "debootstrap failed (see $CACHE_DIR/debootstrap.log)"
+  touch "$CACHE.partial/.complete"
+  mv "$CACHE.partial" "$CACHE"
 fi
+flock -u 9
 
 WORK="$(mktemp -d /var/tmp/bunq-nspawn.XXXXXX)"
 ROOT="$WORK/root"
