@@ -18,9 +18,11 @@ BUILD_LOG := .build/make-build.log
 SDK_VENV := .build/sdk-venv
 SDK_PACKAGES := bunq-sdk==1.28.0 prometheus-client==0.23.1
 # Every debug build here is made without the index store, and the suites run as Swift Testing alone: the test
-# bundle has its own entry point (Tests/XCTMain.swift says why). A `swift build` without these flags compiles
-# everything anew; `make check FILTER=…` runs a few suites.
-SWIFT_DEBUG := --disable-index-store
+# bundle has its own entry point (Tests/XCTMain.swift says why). C is compiled without debug information: the only
+# C compiled is our dependencies' (BoringSSL twice, through swift-nio-ssl and swift-crypto, is 40% of a fresh
+# build's CPU, a tenth of it debug information). A `swift build` without these flags compiles everything anew;
+# `make check FILTER=…` runs a few suites.
+SWIFT_DEBUG := --disable-index-store -Xcc -g0
 SWIFT_TESTING := --enable-swift-testing --disable-xctest
 
 .PHONY: all deps build test check test-deb sdk-compat run sandbox bench install install-files deb deb-files clean
