@@ -170,10 +170,11 @@ final class Cluster: Sendable {
             held += try await store.acquireLeases(instance: instance, seconds: settings.leaseDuration, limit: target - held.count)
         }
         if held.count > target {
-            // Give back the surplus that is idle here (a renewal under way keeps its lease to the end).
+            // Give back the surplus that is idle here (a renewal under way, and a context being created or removed
+            // here, keep their lease to the end: their writes are fenced by it).
             var surplus: [String] = []
             for grant in held where surplus.count < held.count - target {
-                if await !registry.isBusy(grant.context) { surplus.append(grant.context) }
+                if await registry.mayGiveBack(grant.context) { surplus.append(grant.context) }
             }
             if !surplus.isEmpty {
                 try await store.releaseLeases(instance: instance, surplus)

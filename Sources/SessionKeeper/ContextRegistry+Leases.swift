@@ -83,6 +83,12 @@ extension ContextRegistry {
         return grant
     }
 
+    /// Whether this daemon may give the context's lease back now: not while a renewal is under way (it keeps its
+    /// lease to the end), nor while the context is being created or removed here. A creation writes its first
+    /// session under the lease it inserted its row with; given back in between, another daemon takes it, the write
+    /// is refused as fenced, and the creation fails (seen as an OAuth completion answering "Internal error").
+    func mayGiveBack(_ name: String) -> Bool { !isBusy(name) && !isChanging(name) }
+
     /// A write under the context's lease: refused here once the lease ran out on this daemon's clock, and by the
     /// store once another daemon holds it (its fence moved on). Either way the renewal ends as `lease_lost`.
     func fenced(_ name: String, _ fencing: Fencing, _ write: (Int64) async throws -> Void) async throws {

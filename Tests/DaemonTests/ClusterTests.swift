@@ -221,7 +221,7 @@ import TestSupport
                 completed = members[1].call("oauth.complete", #"{"code":"\#(code)","state":"\#(state)"}"#)
                 return errorCode(completed) != 1003 && errorCode(completed) != 1005
             }
-            let user = try #require(result(completed)?["context"] as? String, "\(completed)")
+            let user = try #require(result(completed)?["context"] as? String, "\(completed)\n\(members[1].child.log)")
             #expect(await eventually(within: .seconds(5), every: .milliseconds(100)) { members.allSatisfy { $0.session(user) != nil } }, "the OAuth user is live everywhere")
             let all = names + [user]
 

@@ -92,6 +92,21 @@ final class GatedStore: StateBackend {
         #expect(await registry.schedule("ops") != nil)
     }
 
+    /// Seen in a cluster run: an OAuth completion answered "Internal error", because a lease round gave back, as
+    /// surplus over the daemon's fair share, the lease of the context being created, before the creation's write
+    /// under that lease; another daemon took it, and the write was refused as fenced.
+    @Test func aLeaseIsNotGivenBackDuringItsContextsCreation() async throws {
+        let (registry, store, scratch) = try await Self.registry()
+        defer { scratch.remove() }
+        store.close()
+        let creation = Task { try await registry.create("ops", kind: .apiKey, IdentityRegistration(kind: .apiKey, secret: "k")) }
+        #expect(await eventually(within: .seconds(10), every: .milliseconds(1)) { store.entered }, "the creation wrote its row")
+        #expect(await !registry.mayGiveBack("ops"), "kept while the creation writes under it")
+        store.open()
+        _ = try await creation.value
+        #expect(await registry.mayGiveBack("ops"), "idle once created, it may go")
+    }
+
     @Test func aRowReadDuringItsRemovalIsNotBroughtBack() async throws {
         let (registry, store, scratch) = try await Self.registry()
         defer { scratch.remove() }
