@@ -75,14 +75,20 @@ final class GatedStore: StateBackend {
         return (scratch.registry, gated!, scratch)
     }
 
+    /// Creates "ops", held at the store's gate just after the creation wrote its row; `store.open()` lets it end.
+    private static func creationHeldAfterItsWrite(_ registry: ContextRegistry, _ store: GatedStore) async -> Task<UInt64, any Error> {
+        store.close()
+        let creation = Task { try await registry.create("ops", kind: .apiKey, IdentityRegistration(kind: .apiKey, secret: "k")) }
+        #expect(await eventually(within: .seconds(10), every: .milliseconds(1)) { store.entered }, "the creation wrote its row")
+        return creation
+    }
+
     private static let record = ContextRecord(name: "ops", kind: .apiKey, session: nil, generation: 0, serverPublicKeyPEM: nil)
 
     @Test func aRowReadDuringItsOwnCreationIsLeftToTheCreation() async throws {
         let (registry, store, scratch) = try await Self.registry()
         defer { scratch.remove() }
-        store.close()
-        let creation = Task { try await registry.create("ops", kind: .apiKey, IdentityRegistration(kind: .apiKey, secret: "k")) }
-        #expect(await eventually(within: .seconds(10), every: .milliseconds(1)) { store.entered }, "the creation wrote its row")
+        let creation = await Self.creationHeldAfterItsWrite(registry, store)
         // A lease round or a resync finds the row now.
         await registry.adoptNew(Self.record)
         store.open()
@@ -98,9 +104,7 @@ final class GatedStore: StateBackend {
     @Test func aLeaseIsNotGivenBackDuringItsContextsCreation() async throws {
         let (registry, store, scratch) = try await Self.registry()
         defer { scratch.remove() }
-        store.close()
-        let creation = Task { try await registry.create("ops", kind: .apiKey, IdentityRegistration(kind: .apiKey, secret: "k")) }
-        #expect(await eventually(within: .seconds(10), every: .milliseconds(1)) { store.entered }, "the creation wrote its row")
+        let creation = await Self.creationHeldAfterItsWrite(registry, store)
         #expect(await !registry.mayGiveBack("ops"), "kept while the creation writes under it")
         store.open()
         _ = try await creation.value
