@@ -87,7 +87,7 @@ let package = Package(
         ),
         .target(
             name: "BunqAPI",
-            dependencies: ["BunqCrypto", "CurlHTTP", "Timekeeping", .product(name: "Metrics", package: "swift-metrics")],
+            dependencies: ["BunqCrypto", "CurlHTTP", "Timekeeping", "DynamicJSON", .product(name: "Metrics", package: "swift-metrics")],
             swiftSettings: strictSettings
         ),
         // What a NIO server accepted and its loop has not taken yet (closed, never dropped).
@@ -110,12 +110,17 @@ let package = Package(
             swiftSettings: strictSettings
         ),
         .target(
+            name: "DynamicJSON",
+            swiftSettings: strictSettings
+        ),
+        .target(
             name: "SessionProtocol",
+            dependencies: ["DynamicJSON"],
             swiftSettings: strictSettings
         ),
         .target(
             name: "SessiondClient",
-            dependencies: ["SessionProtocol"],
+            dependencies: ["SessionProtocol", "DynamicJSON"],
             swiftSettings: strictSettings
         ),
         .executableTarget(
@@ -250,7 +255,7 @@ let package = Package(
         .executableTarget(
             name: "bunq-sessiond-bench",
             // TestSupport: the bench starts a PostgreSQL of its own for the cluster rows, as the tests do.
-            dependencies: ["SessionKeeper", "PostgresState", "BunqAPI", "BunqCrypto", "TestSupport",
+            dependencies: ["SessionKeeper", "PostgresState", "BunqAPI", "BunqCrypto", "DynamicJSON", "TestSupport",
                            .product(name: "Logging", package: "swift-log")],
             swiftSettings: strictSettings
         ),
@@ -313,7 +318,7 @@ let package = Package(
         ),
         .testTarget(
             name: "SessionProtocolTests",
-            dependencies: ["TestThreads", "SessionProtocol"],
+            dependencies: ["TestThreads", "SessionProtocol", "DynamicJSON"],
             swiftSettings: strictSettings
         ),
         .testTarget(

@@ -1,5 +1,6 @@
 import BunqCrypto
 import CurlHTTP
+import DynamicJSON
 import Foundation
 import Timekeeping
 
@@ -57,7 +58,7 @@ public final class BunqClient: Sendable {
     /// `POST /v1/installation`: registers `key`'s public half; returns the installation token and bunq's server key.
     public func createInstallation(key: RSAPrivateKey) async throws -> InstallationResult {
         let endpoint = "POST installation"
-        let reply = try await send("POST", "installation", body: ["client_public_key": try key.publicKey.pem()])
+        let reply = try await send("POST", "installation", body: ["client_public_key": .string(try key.publicKey.pem())])
         let token = try reply.require("Token", endpoint: endpoint)
         let serverKeyPEM = try reply.require("ServerPublicKey", endpoint: endpoint).string("server_public_key")
         guard (try? RSAPublicKey(pem: serverKeyPEM)) != nil else {
@@ -76,9 +77,9 @@ public final class BunqClient: Sendable {
                                                            installationToken: installation.token,
                                                            certificateKey: certificateKey)
         let reply = try await send("POST", "payment-service-provider-credential", body: [
-            "client_payment_service_provider_certificate": certificate.pem,
-            "client_payment_service_provider_certificate_chain": chain.map(\.pem).joined(),
-            "client_public_key_signature": signature,
+            "client_payment_service_provider_certificate": .string(certificate.pem),
+            "client_payment_service_provider_certificate_chain": .string(chain.map(\.pem).joined()),
+            "client_public_key_signature": .string(signature),
         ], token: installation.token, installation: installation)
         return try reply.require("CredentialPasswordIp", endpoint: "POST payment-service-provider-credential")
             .string("token_value")
@@ -89,7 +90,8 @@ public final class BunqClient: Sendable {
     public func registerDevice(_ installation: InstallationContext, description: String, secret: String,
                                permittedIPs: [String]? = nil) async throws -> Int {
         let reply = try await send("POST", "device-server", body: [
-            "description": description, "secret": secret, "permitted_ips": permittedIPs ?? self.permittedIPs,
+            "description": .string(description), "secret": .string(secret),
+            "permitted_ips": .array((permittedIPs ?? self.permittedIPs).map(JSONValue.string)),
         ], token: installation.token, installation: installation)
         return try reply.require("Id", endpoint: "POST device-server").int("id")
     }
@@ -103,7 +105,7 @@ public final class BunqClient: Sendable {
                               isFirstPSD2Session: Bool = false) async throws -> BunqSession {
         let endpoint = "POST session-server"
         var sentAt = wallClock()
-        let reply = try await send("POST", "session-server", body: ["secret": secret],
+        let reply = try await send("POST", "session-server", body: ["secret": .string(secret)],
                                    token: installation.token, installation: installation, sentAt: &sentAt)
         let token = try reply.require("Token", endpoint: endpoint)
         guard let userItem = reply.items.first(where: { SessionUser.Kind(rawValue: $0.type) != nil }) else {
@@ -157,7 +159,7 @@ public final class BunqClient: Sendable {
 
     public func addCallbackURL(_ installation: InstallationContext, sessionToken: String, userId: Int, clientId: Int,
                                url: String) async throws {
-        _ = try await send("POST", "user/\(userId)/oauth-client/\(clientId)/callback-url", body: ["url": url],
+        _ = try await send("POST", "user/\(userId)/oauth-client/\(clientId)/callback-url", body: ["url": .string(url)],
                            token: sessionToken, installation: installation)
     }
 
@@ -224,7 +226,7 @@ public final class BunqClient: Sendable {
 
     /// Sends one call: serialized once, signed over exactly those bytes, within our rate limits; the reply's
     /// signature is verified over its raw body before it is parsed.
-    func send(_ method: String, _ path: String, body: [String: any Sendable]? = nil, token: String? = nil,
+    func send(_ method: String, _ path: String, body: [String: JSONValue]? = nil, token: String? = nil,
               installation: InstallationContext? = nil) async throws -> BunqReply {
         var sentAt = wallClock()
         return try await send(method, path, body: body, token: token, installation: installation, sentAt: &sentAt)
@@ -232,11 +234,11 @@ public final class BunqClient: Sendable {
 
     /// `send`, reporting in `sentAt` our clock the moment the request went out (after any rate-limit wait). A
     /// 429 pushes that endpoint's window back in the limiter.
-    func send(_ method: String, _ path: String, body: [String: any Sendable]?, token: String?,
+    func send(_ method: String, _ path: String, body: [String: JSONValue]?, token: String?,
               installation: InstallationContext?, sentAt: inout Date) async throws -> BunqReply {
         let endpointKey = BunqRateLimiter.endpointKey(path)
         let endpoint = "\(method) \(endpointKey)"
-        let bytes = try body.map { try JSONSerialization.data(withJSONObject: $0, options: [.sortedKeys]) } ?? Data()
+        let bytes = try body.map { try Self.bodyEncoder.encode(JSONValue.object($0)) } ?? Data()
         var headers: HTTPHeaders = [
             "User-Agent": BunqSessiondVersion.userAgent,
             "Cache-Control": "no-cache",
@@ -272,6 +274,13 @@ public final class BunqClient: Sendable {
         return try Self.decode(response, endpoint: endpoint, serverKey: installation?.serverKey)
     }
 
+    /// A request body's bytes: compact, keys sorted (signed exactly as sent).
+    private static var bodyEncoder: JSONEncoder {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        return encoder
+    }
+
     static func decode(_ response: HTTPResponse, endpoint: String, serverKey: RSAPublicKey?) throws(BunqAPIError) -> BunqReply {
         let responseId = response.headers["X-Bunq-Client-Response-Id"]
         let success = (200..<300).contains(response.status)
@@ -298,13 +307,13 @@ public final class BunqClient: Sendable {
         // bunq's success envelope, `{"Response": [{"Type": {…}}, …]}`, is read dynamically (`JSONObject`): every
         // endpoint puts other types in it, and a missing field must be named in the error, not lost in a
         // DecodingError.
-        let json = (try? JSONSerialization.jsonObject(with: response.body)) as? [String: Any]
-        guard let items = json?["Response"] as? [[String: Any]] else {
+        guard let items = JSONValue(parsing: response.body)?["Response"]?.array else {
             throw BunqAPIError(.protocolError, endpoint: endpoint, status: response.status,
                                message: "the reply is not a bunq Response envelope", responseId: responseId)
         }
         return BunqReply(items: items.compactMap { item in
-            guard item.count == 1, let (type, value) = item.first, let object = value as? [String: Any] else { return nil }
+            guard let members = item.object, members.count == 1, let (type, value) = members.first,
+                  let object = value.object else { return nil }
             return (type, JSONObject(object, context: type))
         }, responseId: responseId)
     }

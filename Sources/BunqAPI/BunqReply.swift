@@ -1,3 +1,4 @@
+import DynamicJSON
 import Foundation
 
 /// A verified success reply, decoded by key: bunq's `Response` items as (type, object) pairs in order.
@@ -17,38 +18,37 @@ struct BunqReply: Sendable {
 }
 
 /// A decoded JSON object with typed accessors that throw protocol errors naming the missing field.
-struct JSONObject: @unchecked Sendable {
-    // Invariant: holds only JSONSerialization output (dictionaries, arrays, strings, NSNumber, NSNull), never mutated.
-    let raw: [String: Any]
+struct JSONObject: Sendable {
+    let raw: [String: JSONValue]
     let context: String
 
-    init(_ raw: [String: Any], context: String) {
+    init(_ raw: [String: JSONValue], context: String) {
         self.raw = raw
         self.context = context
     }
 
     func string(_ key: String) throws(BunqAPIError) -> String {
-        guard let value = raw[key] as? String else { throw missing(key, "a string") }
+        guard let value = raw[key]?.string else { throw missing(key, "a string") }
         return value
     }
 
     func int(_ key: String) throws(BunqAPIError) -> Int {
-        guard let value = raw[key] as? Int else { throw missing(key, "an integer") }
+        guard let value = raw[key]?.integer else { throw missing(key, "an integer") }
         return value
     }
 
     func object(_ key: String) throws(BunqAPIError) -> JSONObject {
-        guard let value = raw[key] as? [String: Any] else { throw missing(key, "an object") }
+        guard let value = raw[key]?.object else { throw missing(key, "an object") }
         return JSONObject(value, context: "\(context).\(key)")
     }
 
     func objects(_ key: String) -> [JSONObject] {
-        ((raw[key] as? [[String: Any]]) ?? []).map { JSONObject($0, context: "\(context).\(key)") }
+        (raw[key]?.array ?? []).compactMap(\.object).map { JSONObject($0, context: "\(context).\(key)") }
     }
 
     /// The single `{Type: {...}}` member of an anchor object such as `requested_by_user`.
     func anchored() throws(BunqAPIError) -> (type: String, object: JSONObject) {
-        guard raw.count == 1, let (type, value) = raw.first, let object = value as? [String: Any] else {
+        guard raw.count == 1, let (type, value) = raw.first, let object = value.object else {
             throw BunqAPIError(.protocolError, endpoint: context, message: "\(context) is not a one-key typed object")
         }
         return (type, JSONObject(object, context: "\(context).\(type)"))

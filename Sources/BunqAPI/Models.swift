@@ -1,3 +1,4 @@
+import DynamicJSON
 import Foundation
 
 /// The user a session acts as, as session-server reported it.
@@ -32,7 +33,7 @@ public struct SessionUser: Sendable, Equatable {
             throw BunqAPIError(.protocolError, endpoint: object.context, message: "unknown user type \(type)")
         }
         let id = try object.int("id")
-        let name = object.raw["display_name"] as? String
+        let name = object.raw["display_name"]?.string
         guard kind == .apiKey else {
             return SessionUser(kind: kind, id: id, displayName: name, sessionTimeout: try object.int("session_timeout"),
                                requestedBy: nil, grantedBy: nil)
@@ -52,8 +53,8 @@ public struct SessionUser: Sendable, Equatable {
         guard let kind = Kind(rawValue: type), kind != .apiKey else {
             throw BunqAPIError(.protocolError, endpoint: anchor.context, message: "unexpected user type \(type)")
         }
-        return Party(kind: kind, id: try object.int("id"), displayName: object.raw["display_name"] as? String,
-                     sessionTimeout: object.raw["session_timeout"] as? Int)
+        return Party(kind: kind, id: try object.int("id"), displayName: object.raw["display_name"]?.string,
+                     sessionTimeout: object.raw["session_timeout"]?.integer)
     }
 }
 

@@ -1,3 +1,4 @@
+import DynamicJSON
 import Foundation
 
 /// The JSON-RPC 2.0 error codes of the socket protocol (DESIGN.md, "The socket protocol").
@@ -42,18 +43,6 @@ public enum RPCID: Sendable, Hashable, CustomStringConvertible {
     case string(String)
     case null
 
-    init?(json: Any?) {
-        switch json {
-        case nil: return nil
-        case is NSNull: self = .null
-        case let string as String: self = .string(string)
-        case let number as NSNumber where "iqlsIQLS".contains(String(cString: number.objCType)):
-            // Integers only: booleans report "c", floats "d" or "f".
-            self = .number(number.stringValue)
-        default: return nil
-        }
-    }
-
     /// `.number` for an integer literal (`-?[0-9]+`), else nil.
     static func integerLiteral(_ text: [UInt8]) -> RPCID? {
         let digits = text.first == UInt8(ascii: "-") ? text.dropFirst() : text[...]
@@ -73,26 +62,25 @@ public enum RPCID: Sendable, Hashable, CustomStringConvertible {
 }
 
 /// A parsed request line.
-public struct RPCRequest: @unchecked Sendable {
-    // Invariant: `params` holds JSONSerialization output only and is never mutated.
+public struct RPCRequest: Sendable {
     public let id: RPCID?
     public let method: String
-    public let params: [String: Any]
+    public let params: [String: JSONValue]
+
+    public init(id: RPCID?, method: String, params: [String: JSONValue]) {
+        self.id = id
+        self.method = method
+        self.params = params
+    }
 
     /// A string parameter, or nil.
-    public func string(_ name: String) -> String? { params[name] as? String }
+    public func string(_ name: String) -> String? { params[name]?.string }
 
     /// A boolean parameter (`true` or `false`, not a number), or nil.
-    public func bool(_ name: String) -> Bool? {
-        guard let number = params[name] as? NSNumber, String(cString: number.objCType) == "c" else { return nil }
-        return number.boolValue
-    }
+    public func bool(_ name: String) -> Bool? { params[name]?.bool }
 
     /// An integer parameter (not a boolean, not a fraction), or nil.
-    public func integer(_ name: String) -> Int? {
-        guard let number = params[name] as? NSNumber, "iqlsIQLS".contains(String(cString: number.objCType)) else { return nil }
-        return number.intValue
-    }
+    public func integer(_ name: String) -> Int? { params[name]?.integer }
 }
 
 /// Why a line is not a request: the error to answer with (`id` when it could be read).
@@ -109,37 +97,39 @@ public enum RPCCodec {
     /// Parses one line into a request, or the error to answer.
     public static func parse(_ line: some Collection<UInt8>) -> Result<RPCRequest, RPCLineError> {
         let data = Data(line)
-        guard let object = try? JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed]) else {
+        guard let value = JSONValue(parsing: data) else {
             return .failure(RPCLineError(id: .null, code: .parseError, message: "Parse error: the line is not valid JSON (UTF-8)"))
         }
-        guard let request = object as? [String: Any] else {
-            let message = object is [Any] ? "Invalid Request: batches are not supported" : "Invalid Request: not an object"
+        guard case .object(let request) = value else {
+            let message = value.array != nil ? "Invalid Request: batches are not supported" : "Invalid Request: not an object"
             return .failure(RPCLineError(id: .null, code: .invalidRequest, message: message))
         }
-        let rawId = request["id"]
-        var id = RPCID(json: rawId)
-        // A number is judged by its text, not by the type the parser chose for it (which varies at the edges of
-        // 64 bits): an integer literal is an id, kept byte for byte; a fraction or an exponent is not.
-        // An integer the parser kept as a 64-bit signed value other than 0 prints exactly as JSON wrote it (JSON
-        // has no leading zeros or plus signs); anything else (0, which may have been -0; values beyond Int64) is
-        // taken from the text.
-        if let number = rawId as? NSNumber, !(String(cString: number.objCType) == "q" && number.int64Value != 0),
-           let text = RawJSONMember.value(of: "id", in: data) {
-            id = RPCID.integerLiteral(text)
+        let id: RPCID?
+        switch request["id"] {
+        case nil: id = nil
+        case .null?: id = .null
+        case .string(let text)?: id = .string(text)
+        // An integer other than 0 prints exactly as JSON wrote it (JSON has no leading zeros or plus signs).
+        case .integer(let number)? where number != 0: id = .number(String(number))
+        // Any other number is judged by its text, not by the type the parser chose for it (which varies at the
+        // edges of 64 bits): an integer literal is an id, kept byte for byte (0, which may have been -0; values
+        // beyond Int64); a fraction or an exponent is not.
+        case .integer?, .double?: id = RawJSONMember.value(of: "id", in: data).flatMap(RPCID.integerLiteral)
+        case .bool?, .array?, .object?: id = nil
         }
-        if rawId != nil, id == nil {
+        if request["id"] != nil, id == nil {
             return .failure(RPCLineError(id: .null, code: .invalidRequest, message: "Invalid Request: id must be a string, an integer or null"))
         }
-        guard request["jsonrpc"] as? String == "2.0" else {
+        guard request["jsonrpc"]?.string == "2.0" else {
             return .failure(RPCLineError(id: id ?? .null, code: .invalidRequest, message: "Invalid Request: jsonrpc must be \"2.0\""))
         }
-        guard let method = request["method"] as? String else {
+        guard let method = request["method"]?.string else {
             return .failure(RPCLineError(id: id ?? .null, code: .invalidRequest, message: "Invalid Request: method must be a string"))
         }
-        let params: [String: Any]
+        let params: [String: JSONValue]
         switch request["params"] {
-        case nil, is NSNull: params = [:]
-        case let object as [String: Any]: params = object
+        case nil, .null?: params = [:]
+        case .object(let members)?: params = members
         default:
             return .failure(RPCLineError(id: id ?? .null, code: .invalidParams, message: "Invalid params: params must be an object"))
         }
@@ -179,7 +169,7 @@ public enum RPCCodec {
     }
 }
 
-/// JSON text helpers: quoting on the hot path, JSONSerialization for the rest.
+/// JSON text helpers: quoting on the hot path, the protocol's timestamps.
 public enum JSONText {
     /// A JSON string literal for `value`.
     public static func quote(_ value: String) -> String {
@@ -197,15 +187,6 @@ public enum JSONText {
             }
         }
         return out + "\""
-    }
-
-    /// Compact JSON with sorted keys; nil values become null.
-    public static func encode(_ object: Any) -> String {
-        guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .fragmentsAllowed,
-                                                                                       .withoutEscapingSlashes]) else {
-            return "null"
-        }
-        return String(decoding: data, as: UTF8.self)
     }
 
     /// RFC 3339 UTC with milliseconds, as every timestamp of the protocol.

@@ -400,7 +400,8 @@ public enum RPCNotification {
 }
 
 /// The protocol's JSON as Codable types read and write it: compact, keys sorted, slashes unescaped, timestamps
-/// RFC 3339 UTC with milliseconds. The same bytes as the dynamic encoder (`JSONText.encode`) for the same values.
+/// RFC 3339 UTC with milliseconds. The same bytes as Foundation's `JSONSerialization` with those options wrote for the
+/// same values before these types existed (RPCResultTests holds them to it).
 public enum RPCJSON {
     public static func encode(_ value: some Encodable) -> String {
         let encoder = JSONEncoder()

@@ -110,11 +110,11 @@ public final class SessionCache: Sendable {
             for attempt in 0..<2 {
                 if connection == nil { connection = try SessiondConnection(path: path) }
                 do {
-                    return try connection!.call("session.get", ["context": context]).compactMapValues { value -> String? in
+                    return try connection!.call("session.get", ["context": .string(context)]).compactMapValues { value -> String? in
                         switch value {
-                        case let text as String: text
-                        case let number as NSNumber: number.stringValue
-                        default: nil
+                        case .string(let text): text
+                        case .integer, .double: value.json
+                        case .null, .bool, .array, .object: nil
                         }
                     }
                 } catch SessiondClientError.protocolError where attempt == 0 {
@@ -145,7 +145,7 @@ public final class SessionCache: Sendable {
 
     private func follow() {
         guard let watcher = try? SessiondConnection(path: path),
-              let subscribed = try? watcher.call("session.subscribe")["subscribed"] as? [String] else { return finish() }
+              let subscribed = try? watcher.call("session.subscribe", as: RPCResult.Subscribed.self).subscribed else { return finish() }
         withExtendedLifetime(watcher) {
             let handle = watcher.shutdownHandle
             let covered = Set(subscribed)
@@ -155,7 +155,7 @@ public final class SessionCache: Sendable {
             }
             confirmed.store(true, ordering: .releasing)
             while let notification = try? watcher.nextNotification() {
-                guard let context = notification.params["context"] as? String else { continue }
+                guard let context = notification.params["context"]?.string else { continue }
                 _ = state.withLock { $0.entries.removeValue(forKey: context) }
             }
             // Before the connection is released: its handle must not outlive its descriptor.

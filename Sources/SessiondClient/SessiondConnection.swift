@@ -1,3 +1,5 @@
+// The calls take and give `JSONValue`s: one import of SessiondClient is all a caller needs.
+@_exported import DynamicJSON
 import Foundation
 import SessionProtocol
 
@@ -19,7 +21,7 @@ public enum SessiondClientError: Error, CustomStringConvertible {
         switch self {
         case .unreachable(let path, let reason): "cannot reach bunq-sessiond at \(path): \(reason)"
         case .rpc(let code, let message, let data):
-            "\(message) (\(code))" + (data.map { " " + JSONText.encode($0) } ?? "")
+            "\(message) (\(code))" + (data.map { " " + RPCJSON.encode($0) } ?? "")
         case .protocolError(let reason): "protocol error: \(reason)"
         }
     }
@@ -42,7 +44,7 @@ public final class SessiondConnection {
     /// The last line read, as received.
     private var lastLine = Data()
     /// Notifications that arrived while waiting for an answer.
-    private var queuedNotifications: [(method: String, params: [String: Any])] = []
+    private var queuedNotifications: [(method: String, params: [String: JSONValue])] = []
 
     public init(path: String = SessiondConnection.defaultPath) throws {
         self.path = path
@@ -82,39 +84,40 @@ public final class SessiondConnection {
 
     /// Calls `method` and returns its result object.
     @discardableResult
-    public func call(_ method: String, _ params: [String: Any] = [:]) throws -> [String: Any] {
+    public func call(_ method: String, _ params: [String: JSONValue] = [:]) throws -> [String: JSONValue] {
         nextId += 1
         let id = nextId
-        let line = JSONText.encode(["jsonrpc": "2.0", "id": id, "method": method, "params": params]) + "\n"
+        let request: JSONValue = ["jsonrpc": "2.0", "id": .integer(Int(id)), "method": .string(method), "params": .object(params)]
+        let line = request.json + "\n"
         do {
             try send(Array(line.utf8))
         } catch {
             // A daemon at its connection limit answers and closes before our request is read; its answer may be
             // waiting even though sending failed.
-            if let answer = try? readMessage(), answer["id"] is NSNull, let problem = refusal(answer) { throw problem }
+            if let answer = try? readMessage(), answer["id"] == .null, let problem = refusal(answer) { throw problem }
             throw error
         }
         while true {
             let message = try readMessage()
-            if message["id"] == nil, let method = message["method"] as? String {
-                queuedNotifications.append((method, message["params"] as? [String: Any] ?? [:]))
+            if message["id"] == nil, let method = message["method"]?.string {
+                queuedNotifications.append((method, message["params"]?.object ?? [:]))
                 continue
             }
             // An error with a null id answers no request in particular: the connection itself was refused (over
             // the daemon's connection limit) or a line could not be read. Either way, nothing else will come.
-            if message["id"] is NSNull, let problem = refusal(message) { throw problem }
-            guard (message["id"] as? NSNumber)?.int64Value == id else { continue }
-            if let error = message["error"] as? [String: Any] {
-                throw SessiondClientError.rpc(code: (error["code"] as? Int) ?? 0, message: (error["message"] as? String) ?? "",
-                                              data: (error["data"] as? [String: Any])?.mapValues { "\($0)" })
+            if message["id"] == .null, let problem = refusal(message) { throw problem }
+            guard message["id"]?.integer == Int(id) else { continue }
+            if let error = message["error"]?.object {
+                throw SessiondClientError.rpc(code: error["code"]?.integer ?? 0, message: error["message"]?.string ?? "",
+                                              data: error["data"]?.object?.mapValues(\.description))
             }
-            return message["result"] as? [String: Any] ?? [:]
+            return message["result"]?.object ?? [:]
         }
     }
 
     /// Calls `method` and reads its result as `Result`, one of the protocol's types (`RPCResult.DaemonStatus`,
     /// `RPCResult.Session`, …).
-    public func call<Result: Decodable>(_ method: String, _ params: [String: Any] = [:], as type: Result.Type) throws -> Result {
+    public func call<Result: Decodable>(_ method: String, _ params: [String: JSONValue] = [:], as type: Result.Type) throws -> Result {
         try call(method, params)
         // The answer's own bytes: `call` returns once it has read the line that answers this request.
         do {
@@ -126,22 +129,22 @@ public final class SessiondConnection {
 
     /// What an error answer with a null id means: "daemon busy" when the daemon refused the connection at its
     /// limit, else the error itself; nil when the message is no error.
-    private func refusal(_ message: [String: Any]) -> SessiondClientError? {
-        guard let error = message["error"] as? [String: Any] else { return nil }
-        let text = (error["message"] as? String) ?? ""
+    private func refusal(_ message: [String: JSONValue]) -> SessiondClientError? {
+        guard let error = message["error"]?.object else { return nil }
+        let text = error["message"]?.string ?? ""
         if text == "Too many connections" {
             return .unreachable(path: path, reason: "daemon busy (too many connections); retry later")
         }
-        return .rpc(code: (error["code"] as? Int) ?? 0, message: text, data: nil)
+        return .rpc(code: error["code"]?.integer ?? 0, message: text, data: nil)
     }
 
     /// The next server notification (`session.rotated`, `context.state`), blocking until one arrives.
-    public func nextNotification() throws -> (method: String, params: [String: Any]) {
+    public func nextNotification() throws -> (method: String, params: [String: JSONValue]) {
         if !queuedNotifications.isEmpty { return queuedNotifications.removeFirst() }
         while true {
             let message = try readMessage()
-            if message["id"] == nil, let method = message["method"] as? String {
-                return (method, message["params"] as? [String: Any] ?? [:])
+            if message["id"] == nil, let method = message["method"]?.string {
+                return (method, message["params"]?.object ?? [:])
             }
         }
     }
@@ -155,13 +158,13 @@ public final class SessiondConnection {
         }
     }
 
-    private func readMessage() throws -> [String: Any] {
+    private func readMessage() throws -> [String: JSONValue] {
         while true {
             if let newline = buffer.firstIndex(of: UInt8(ascii: "\n")) {
                 let line = buffer[..<newline]
                 buffer.removeSubrange(...newline)
                 lastLine = Data(line)
-                guard let object = try? JSONSerialization.jsonObject(with: lastLine) as? [String: Any] else {
+                guard let object = JSONValue(parsing: lastLine)?.object else {
                     throw SessiondClientError.protocolError("an answer is not a JSON object")
                 }
                 return object

@@ -45,10 +45,6 @@ struct Connection: ParsableArguments {
         try SessiondConnection(path: socket ?? SessiondConnection.defaultPath)
     }
 
-    func printJSON(_ object: [String: Any]) {
-        print(JSONText.encode(object))
-    }
-
     func printJSON(_ value: some Encodable) {
         print(RPCJSON.encode(value))
     }
@@ -90,7 +86,7 @@ extension BunqSessionctl {
             let contexts = try client.call("context.list", as: RPCResult.ContextList.self).contexts
             var statuses: [RPCResult.ContextStatus] = []
             for context in contexts {
-                statuses.append(try client.call("context.status", ["context": context.name], as: RPCResult.ContextStatus.self))
+                statuses.append(try client.call("context.status", ["context": .string(context.name)], as: RPCResult.ContextStatus.self))
             }
             if connection.json {
                 connection.printJSON(Output(daemon: daemon, contexts: statuses))
@@ -148,7 +144,7 @@ extension BunqSessionctl {
         @Argument var context: String
 
         func run() throws {
-            let result = try connection.connect().call("session.get", ["context": context], as: RPCResult.Session.self)
+            let result = try connection.connect().call("session.get", ["context": .string(context)], as: RPCResult.Session.self)
             if connection.json { return connection.printJSON(result) }
             print(result.token)
         }
@@ -184,7 +180,8 @@ extension BunqSessionctl {
                 Foundation.exit(1)
             }
             if connection.json {
-                return connection.printJSON(["file": file, "contexts": outcome.contexts, "bytes": outcome.bytes])
+                return connection.printJSON(["file": .string(file), "contexts": .integer(outcome.contexts),
+                                             "bytes": .integer(Int(outcome.bytes))] as JSONValue)
             }
             print("\(file): \(outcome.contexts) contexts, \(outcome.bytes) bytes, sealed by the master key")
             if FileManager.default.fileExists(atPath: directory + "/master.key") {
@@ -203,7 +200,7 @@ extension BunqSessionctl {
         var force = false
 
         func run() throws {
-            var params: [String: Any] = ["context": context]
+            var params: [String: JSONValue] = ["context": .string(context)]
             if force { params["force"] = true }
             let result = try connection.connect().call("session.renew", params, as: RPCResult.Renewal.self)
             if connection.json { return connection.printJSON(result) }
@@ -219,7 +216,7 @@ extension BunqSessionctl {
 
         func run() throws {
             let body = FileHandle.standardInput.readDataToEndOfFile()
-            let result = try connection.connect().call("request.sign", ["context": context, "body_base64": body.base64EncodedString()],
+            let result = try connection.connect().call("request.sign", ["context": .string(context), "body_base64": .string(body.base64EncodedString())],
                                                        as: RPCResult.Signature.self)
             if connection.json { return connection.printJSON(result) }
             print(result.signature)
@@ -232,8 +229,8 @@ extension BunqSessionctl {
         @Option(name: .customLong("redirect-uri")) var redirectURI: String?
 
         func run() throws {
-            var params: [String: Any] = [:]
-            if let redirectURI { params["redirect_uri"] = redirectURI }
+            var params: [String: JSONValue] = [:]
+            if let redirectURI { params["redirect_uri"] = .string(redirectURI) }
             let result = try connection.connect().call("oauth.authorize_url", params, as: RPCResult.AuthorizeURL.self)
             if connection.json { return connection.printJSON(result) }
             print(result.url)
@@ -249,8 +246,8 @@ extension BunqSessionctl {
         @Option var name: String?
 
         func run() throws {
-            var params: [String: Any] = ["code": code, "state": state]
-            if let name { params["name"] = name }
+            var params: [String: JSONValue] = ["code": .string(code), "state": .string(state)]
+            if let name { params["name"] = .string(name) }
             let result = try connection.connect().call("oauth.complete", params, as: RPCResult.Connected.self)
             if connection.json { return connection.printJSON(result) }
             print(result.context)
@@ -263,8 +260,8 @@ extension BunqSessionctl {
         @Argument var context: String
 
         func run() throws {
-            let result = try connection.connect().call("context.remove", ["context": context])
-            if connection.json { return connection.printJSON(result) }
+            let result = try connection.connect().call("context.remove", ["context": .string(context)])
+            if connection.json { return connection.printJSON(JSONValue.object(result)) }
             print("removed \(context)")
         }
     }
@@ -276,16 +273,16 @@ extension BunqSessionctl {
 
         func run() throws {
             let client = try connection.connect()
-            let subscribed = try client.call("session.subscribe", context.map { ["context": $0] } ?? [:], as: RPCResult.Subscribed.self)
+            let subscribed = try client.call("session.subscribe", context.map { ["context": .string($0)] } ?? [:], as: RPCResult.Subscribed.self)
             if !connection.json {
                 print("watching \(subscribed.subscribed.joined(separator: ", "))")
             }
             while true {
                 let (method, params) = try client.nextNotification()
-                let line = connection.json ? JSONText.encode(["method": method, "params": params])
+                let line = connection.json ? JSONValue.object(["method": .string(method), "params": .object(params)]).json
                     : method == "session.rotated"
                     ? "\(timeOfDay()) \(params["context"] ?? "?") rotated: generation \(params["generation"] ?? "?"), "
-                        + "expires \(relative((params["expires_at"] as? String).flatMap(JSONText.date)))"
+                        + "expires \(relative(params["expires_at"]?.string.flatMap(JSONText.date)))"
                     : "\(timeOfDay()) \(params["context"] ?? "?") \(params["state"] ?? "?"): \(params["reason"] ?? "")"
                 // Unbuffered, so a pipe sees each line as it happens.
                 FileHandle.standardOutput.write(Data((line + "\n").utf8))

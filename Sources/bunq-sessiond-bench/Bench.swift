@@ -1,5 +1,6 @@
 import BunqAPI
 import BunqCrypto
+import DynamicJSON
 import Foundation
 import SessionKeeper
 import Synchronization
@@ -293,18 +294,18 @@ struct Bench {
         Thread.sleep(forTimeInterval: min(seconds, 30))  // the queue holds 36 s of calls
         let (calls1, at1) = (try sessionServerCalls(base), Date())
         let perDay = Double(calls1 - calls0) / at1.timeIntervalSince(at0) * 86_400 * scale
-        let limited = try stats(base)["rate_limited"] as? Int ?? -1
+        let limited = try stats(base)["rate_limited"]?.integer ?? -1
         return "| session-server calls sustained per IP, saturated (120 identities queued) | \(Int(perDay)) a day at bunq's 30 s | "
             + String(format: "%.1f%% of 2,880", perDay / 2_880 * 100) + " | \(limited) answered 429 |"
     }
 
-    static func stats(_ base: String) throws -> [String: Any] {
+    static func stats(_ base: String) throws -> JSONValue {
         let output = try run(["curl", "-sf", base + "/_sandbox/stats"])
-        return (try JSONSerialization.jsonObject(with: Data(output.utf8)) as? [String: Any]) ?? [:]
+        return JSONValue(parsing: Data(output.utf8)) ?? [:]
     }
 
     static func sessionServerCalls(_ base: String) throws -> Int {
-        (try stats(base)["requests"] as? [String: Any])?["POST /v1/session-server"] as? Int ?? 0
+        try stats(base)["requests"]?["POST /v1/session-server"]?.integer ?? 0
     }
 
     /// Writes a line to stdout at once (unbuffered), so each row shows as it is measured and survives a later failure.
@@ -402,9 +403,8 @@ struct Bench {
 
     static func sandboxAPIKey(_ base: String) throws -> String {
         let output = try run(["curl", "-sf", "-X", "POST", base + "/v1/sandbox-user-person"])
-        let json = try JSONSerialization.jsonObject(with: Data(output.utf8)) as? [String: Any]
-        let item = (json?["Response"] as? [[String: Any]])?.first?["ApiKey"] as? [String: Any]
-        guard let key = item?["api_key"] as? String else { throw BenchError("no API key from the sandbox") }
+        let json = JSONValue(parsing: Data(output.utf8))
+        guard let key = json?["Response"]?[0]?["ApiKey"]?["api_key"]?.string else { throw BenchError("no API key from the sandbox") }
         return key
     }
 

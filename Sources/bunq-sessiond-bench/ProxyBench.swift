@@ -1,3 +1,4 @@
+import DynamicJSON
 import Foundation
 import TestSupport
 
@@ -55,9 +56,8 @@ extension Bench {
         _ = line.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
         var buffer = [UInt8](repeating: 0, count: 8_192)
         let count = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-        guard count > 0, let json = try JSONSerialization.jsonObject(with: Data(buffer.prefix(count))) as? [String: Any]
-        else { return nil }
-        return (json["result"] as? [String: Any])?["token"] as? String
+        guard count > 0 else { return nil }
+        return JSONValue(parsing: Data(buffer.prefix(count)))?["result"]?["token"]?.string
     }
 
     /// `connections` keep-alive HTTP/1.1 clients, one request outstanding each, for `seconds`; a reply is read to
