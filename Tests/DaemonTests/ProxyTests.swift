@@ -236,7 +236,7 @@ import TestSupport
         #expect(await idle.waitFor(.seconds(20)) { $0.contains("closed 1000") }, "\(idle.log)")
         // Over the per-uid limit: refused at once with the proxy's answer.
         let crowd = try ChildProcess("/usr/bin/setpriv", ["--reuid=\(user)", "--regid=\(user)", "--clear-groups",
-                                                          "/usr/bin/python3", loadScript, "idle", socket, "1200"],
+                                                          "/usr/bin/python3", loadScript, "idle", socket, "1200", "100"],
                                      log: dir.path("crowd.log"))
         defer { _ = crowd.stop(signal: SIGKILL) }
         #expect(await crowd.waitFor(.seconds(30)) { $0.contains("opened") }, "\(crowd.log)")

@@ -3,8 +3,9 @@
 
   concurrent SOCKET CONTEXT PATH N   N GETs at once, one connection each; prints one JSON object:
                                      {"elapsed": s, "replies": [{"status", "error", "retry_after", "done"}...]}
-  idle SOCKET N                      opens N connections and sends nothing; prints "opened K refused R" (R got
-                                     an immediate answer: over the limits), then "closed C after S" each second
+  idle SOCKET N [R]                  opens N connections and sends nothing; prints "opened K refused R" (R got
+                                     an immediate answer: over the limits; counted once R answers came, if
+                                     given), then "closed C after S" each second
   nonreader SOCKET N                 sends N pipelined requests and never reads an answer; prints "sent", sleeps
 """
 import json
@@ -51,6 +52,18 @@ def concurrent(path, context, url, count):
     print(json.dumps({"elapsed": max(r["done"] for r in replies), "replies": replies}), flush=True)
 
 
+def answered(sockets):
+    """How many of `sockets` got an answer (bytes to read): a refusal, not the silent close of an idle one."""
+    count = 0
+    for s in sockets:
+        try:
+            if s.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
+                count += 1
+        except (BlockingIOError, ConnectionResetError):
+            pass
+    return count
+
+
 def readable(sockets):
     """How many of `sockets` have something to read or were closed (poll: select stops at descriptor 1024)."""
     poller = select.poll()
@@ -59,7 +72,7 @@ def readable(sockets):
     return len(poller.poll(0))
 
 
-def idle(path, count):
+def idle(path, count, expected_refusals=0):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     sockets = []
@@ -67,9 +80,15 @@ def idle(path, count):
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.connect(path)
         sockets.append(s)
-    # Refused connections are answered at once and closed; admitted ones stay silent.
+    # Refused connections are answered and closed; admitted ones stay silent. The answers come as the daemon's
+    # loop gets to them, which on a loaded machine may take longer than a moment: the count waits for the
+    # refusals the caller expects (up to 20 s), then half a second more for any beyond them.
     time.sleep(1)
-    refused = readable(sockets)
+    deadline = time.monotonic() + 20
+    while answered(sockets) < expected_refusals and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    refused = answered(sockets)
     print(f"opened {count - refused} refused {refused}", flush=True)
     began = time.monotonic()
     while True:
@@ -101,7 +120,7 @@ if __name__ == "__main__":
     if mode == "concurrent":
         concurrent(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))
     elif mode == "idle":
-        idle(sys.argv[2], int(sys.argv[3]))
+        idle(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]) if len(sys.argv) > 4 else 0)
     elif mode == "nonreader":
         nonreader(sys.argv[2], int(sys.argv[3]))
     else:
