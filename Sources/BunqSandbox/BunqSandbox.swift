@@ -1,4 +1,5 @@
 import BunqCrypto
+import DynamicJSON
 import Foundation
 import NIOHTTP1
 import Synchronization
@@ -171,11 +172,11 @@ public final class BunqSandbox: Sendable {
                 return (.failure(.requestIdReused), installation)
             }
         }
-        let body: [String: any Sendable]
+        let body: [String: JSONValue]
         if request.body.isEmpty {
             body = [:]
-        } else if let object = try? JSONSerialization.jsonObject(with: Data(request.body)) as? [String: Any] {
-            body = object.compactMapValues(Self.sendable)
+        } else if let object = JSONValue(parsing: Data(request.body))?.object {
+            body = object
         } else {
             return (.failure(.badRequest("The request body is not a JSON object.")), installation)
         }
@@ -185,20 +186,6 @@ public final class BunqSandbox: Sendable {
             return (.success(try route.handler(&store, context)), installation)
         } catch {
             return (.failure(error), installation)
-        }
-    }
-
-    /// A JSON value from `JSONSerialization` as a Sendable one: strings, numbers (booleans read as 0 or 1),
-    /// `JSONNull`, arrays; nested objects are dropped (no handler reads one).
-    private static func sendable(_ value: Any) -> (any Sendable)? {
-        switch value {
-        case let text as String: return text
-        case is NSNull: return JSONNull()
-        case let number as NSNumber:
-            let double = number.doubleValue
-            return double == double.rounded() && abs(double) < 1e15 ? number.intValue : double
-        case let array as [Any]: return array.compactMap(sendable)
-        default: return nil
         }
     }
 

@@ -1,10 +1,11 @@
 import BunqCrypto
+import DynamicJSON
 import Foundation
 
 /// What a handler knows about the caller once authentication and signature checks passed.
 struct CallContext: Sendable {
-    /// The JSON body's members: strings, numbers, `JSONNull`, arrays of these (`[any Sendable]`).
-    let body: [String: any Sendable]
+    /// The JSON body's members.
+    let body: [String: JSONValue]
     /// The query parameters, percent-decoded.
     let query: [String: String]
     let pathIds: [Int]
@@ -26,7 +27,7 @@ extension SandboxStore {
     // MARK: POST /v1/installation
 
     mutating func installation(_ call: CallContext) throws(SandboxError) -> BunqJSON {
-        guard let pem = call.body["client_public_key"] as? String else {
+        guard let pem = call.body["client_public_key"]?.string else {
             throw .badRequest("Field client_public_key is required.")
         }
         let key: RSAPublicKey
@@ -55,9 +56,9 @@ extension SandboxStore {
 
     mutating func psd2Credential(_ call: CallContext) throws(SandboxError) -> BunqJSON {
         guard let installation = call.installation,
-              let leafPEM = call.body["client_payment_service_provider_certificate"] as? String,
-              let chainPEM = call.body["client_payment_service_provider_certificate_chain"] as? String,
-              let signature = call.body["client_public_key_signature"] as? String else {
+              let leafPEM = call.body["client_payment_service_provider_certificate"]?.string,
+              let chainPEM = call.body["client_payment_service_provider_certificate_chain"]?.string,
+              let signature = call.body["client_public_key_signature"]?.string else {
             throw .badRequest("Fields client_payment_service_provider_certificate, "
                 + "client_payment_service_provider_certificate_chain and client_public_key_signature are required.")
         }
@@ -133,7 +134,7 @@ extension SandboxStore {
 
     mutating func deviceServer(_ call: CallContext) throws(SandboxError) -> BunqJSON {
         guard let installation = call.installation else { throw .insufficientAuthentication }
-        guard let description = call.body["description"] as? String, let secret = call.body["secret"] as? String else {
+        guard let description = call.body["description"]?.string, let secret = call.body["secret"]?.string else {
             throw .badRequest("Fields description and secret are required.")
         }
         let permittedIPs = try SandboxAddress.permittedIPs(call.body["permitted_ips"])
@@ -216,7 +217,7 @@ extension SandboxStore {
 
     mutating func sessionServer(_ call: CallContext) throws(SandboxError) -> BunqJSON {
         guard let installation = call.installation else { throw .insufficientAuthentication }
-        guard let secret = call.body["secret"] as? String else { throw .badRequest("Field secret is required.") }
+        guard let secret = call.body["secret"]?.string else { throw .badRequest("Field secret is required.") }
         // The secret must be bound to this installation by a device that permits the caller's address.
         let bound = (deviceBindings[DeviceBinding(installationId: installation.id, secret: secret)] ?? [])
             .compactMap { devices[$0] }

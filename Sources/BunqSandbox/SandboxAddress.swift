@@ -1,3 +1,4 @@
+import DynamicJSON
 import Foundation
 
 /// IP address rules of device-server's `permitted_ips`.
@@ -26,19 +27,16 @@ enum SandboxAddress {
 
     /// Parses `permitted_ips`: absent or null is nil (bind to the caller); otherwise an array of addresses or
     /// `"*"`, at least one, or a 400 naming the field.
-    static func permittedIPs(_ value: (any Sendable)?) throws(SandboxError) -> [String]? {
-        guard let value, !(value is JSONNull) else { return nil }
+    static func permittedIPs(_ value: JSONValue?) throws(SandboxError) -> [String]? {
+        guard let value, value != .null else { return nil }
         let invalid = SandboxError.badRequest(
             "Field permitted_ips must be an array of IP addresses (v4 or v6) or \"*\".")
-        guard let list = value as? [any Sendable], !list.isEmpty else { throw invalid }
+        guard let list = value.array, !list.isEmpty else { throw invalid }
         var ips: [String] = []
         for item in list {
-            guard let ip = item as? String, ip == "*" || isValid(ip) else { throw invalid }
+            guard let ip = item.string, ip == "*" || isValid(ip) else { throw invalid }
             ips.append(ip)
         }
         return ips
     }
 }
-
-/// JSON `null` in a request body.
-struct JSONNull: Sendable, Equatable {}

@@ -1,3 +1,4 @@
+import DynamicJSON
 import Foundation
 
 extension SandboxStore {
@@ -23,7 +24,7 @@ extension SandboxStore {
 
     mutating func createOAuthClient(_ call: CallContext) throws(SandboxError) -> BunqJSON {
         let session = try requireOwnUser(call)
-        let status = (call.body["status"] as? String) ?? "ACTIVE"
+        let status = call.body["status"]?.string ?? "ACTIVE"
         guard ["ACTIVE", "CANCELLED"].contains(status) else { throw .badRequest("Status \(status) is not allowed.") }
         // bunq allows one OAuth client per user at a time.
         if oauthClients.values.contains(where: { $0.userId == session.userId && $0.status == "ACTIVE" }) {
@@ -50,7 +51,7 @@ extension SandboxStore {
 
     mutating func updateOAuthClient(_ call: CallContext) throws(SandboxError) -> BunqJSON {
         var client = try ownClient(call)
-        if let status = call.body["status"] as? String {
+        if let status = call.body["status"]?.string {
             guard ["ACTIVE", "CANCELLED"].contains(status) else { throw .badRequest("Status \(status) is not allowed.") }
             client.status = status
         }
@@ -105,8 +106,8 @@ extension SandboxStore {
         return .response([])
     }
 
-    static func callbackURL(_ value: (any Sendable)?) throws(SandboxError) -> String {
-        guard let url = value as? String, let components = URLComponents(string: url),
+    static func callbackURL(_ value: JSONValue?) throws(SandboxError) -> String {
+        guard let url = value?.string, let components = URLComponents(string: url),
               components.scheme != nil, components.host != nil else {
             throw .badRequest("Field url must be an absolute URL.")
         }
