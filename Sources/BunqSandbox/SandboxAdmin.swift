@@ -57,6 +57,8 @@ extension BunqSandbox {
             return addAccounts(body, json: json, failure: failure)
         case ("POST", "/_sandbox/oauth/approve-as"):
             return approveAs(body, json: json, failure: failure)
+        case ("POST", let path) where path.hasPrefix("/_sandbox/draft-payments/"):
+            return answerDraft(Int(path.dropFirst("/_sandbox/draft-payments/".count)), body, json: json, failure: failure)
         default:
             return failure(.notFound("Sandbox admin route"))
         }
@@ -170,6 +172,30 @@ extension BunqSandbox {
         }
         switch outcome {
         case .success(let userId): return json(200, .object([("user_id", userId.map { .int($0) } ?? .null)]))
+        case .failure(let error): return failure(error)
+        }
+    }
+
+    /// `POST /_sandbox/draft-payments/{id} {"status": "ACCEPTED"|"REJECTED"}`: the account holder answers a draft
+    /// payment or a provider's draft payment, as in the bunq app. Accepting pays at once, or is refused (400) when
+    /// the balance does not cover it, and the draft stays pending.
+    private func answerDraft(_ id: Int?, _ body: [String: Any], json: (Int, BunqJSON) -> ServerResponse,
+                             failure: (SandboxError) -> ServerResponse) -> ServerResponse {
+        guard let id else { return failure(.notFound("Draft payment")) }
+        let status = body["status"] as? String
+        guard status == "ACCEPTED" || status == "REJECTED" else {
+            return failure(.badRequest("Field status must be ACCEPTED or REJECTED."))
+        }
+        let now = configuration.now
+        let outcome: Result<String, SandboxError> = store.withLock { store in
+            do throws(SandboxError) {
+                return .success(try store.answerDraft(id, accept: status == "ACCEPTED", now: now))
+            } catch {
+                return .failure(error)
+            }
+        }
+        switch outcome {
+        case .success(let status): return json(200, .object([("id", .int(id)), ("status", .string(status))]))
         case .failure(let error): return failure(error)
         }
     }

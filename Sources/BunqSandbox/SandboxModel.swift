@@ -16,6 +16,10 @@ struct SandboxUser: Sendable {
     let publicUUID: String
     /// The IBAN of the user's first account, shown as the user's alias (persons and companies).
     let iban: String?
+    /// The user's email and phone aliases (persons and companies): a payment or a request can name the user by
+    /// either, and reaches the user's first account.
+    var email: String?
+    var phone: String?
     /// The subject DN of a service provider's certificate.
     let certificateDN: String?
     /// The user's own `session_timeout` (`/_sandbox/users/session-timeout`); nil: the configured default.

@@ -78,7 +78,7 @@ struct Route: Sendable {
         Route("GET", "/v1/user/{userID}/monetary-account/{accountID}", .session) { store, call throws(SandboxError) in
             try store.monetaryAccount(call, kind: nil)
         },
-    ] + MonetaryAccount.Kind.allCases.flatMap { kind in [
+    ] + moneyRoutes + MonetaryAccount.Kind.allCases.flatMap { kind in [
         Route("GET", "/v1/user/{userID}/\(kind.pathSegment)", .session) { store, call throws(SandboxError) in
             try store.monetaryAccounts(call, kind: kind)
         },
@@ -114,4 +114,62 @@ struct Route: Sendable {
             store, call throws(SandboxError) in try store.deleteCallback(call)
         },
     ]
+
+    /// Payments, payment batches, request-inquiries, draft payments, providers' draft payments and events
+    /// (SandboxPayments.swift, SandboxDraftPayments.swift). Every POST or PUT that moves or prepares money must be
+    /// signed.
+    static let moneyRoutes: [Route] = {
+        let account = "/v1/user/{userID}/monetary-account/{accountID}"
+        return [
+            Route("POST", account + "/payment", .session, signatureRequired: true) { store, call throws(SandboxError) in
+                try store.createPayment(call)
+            },
+            Route("GET", account + "/payment", .session) { store, call throws(SandboxError) in try store.listPayments(call) },
+            Route("GET", account + "/payment/{paymentID}", .session) { store, call throws(SandboxError) in try store.payment(call) },
+            Route("POST", account + "/payment-batch", .session, signatureRequired: true) { store, call throws(SandboxError) in
+                try store.createPaymentBatch(call)
+            },
+            Route("GET", account + "/payment-batch", .session) { store, call throws(SandboxError) in
+                try store.listPaymentBatches(call)
+            },
+            Route("GET", account + "/payment-batch/{batchID}", .session) { store, call throws(SandboxError) in
+                try store.paymentBatch(call)
+            },
+            Route("POST", account + "/request-inquiry", .session, signatureRequired: true) { store, call throws(SandboxError) in
+                try store.createRequestInquiry(call)
+            },
+            Route("GET", account + "/request-inquiry", .session) { store, call throws(SandboxError) in
+                try store.listRequestInquiries(call)
+            },
+            Route("GET", account + "/request-inquiry/{requestID}", .session) { store, call throws(SandboxError) in
+                try store.requestInquiry(call)
+            },
+            Route("POST", account + "/draft-payment", .session, signatureRequired: true) { store, call throws(SandboxError) in
+                try store.createDraftPayment(call)
+            },
+            Route("GET", account + "/draft-payment", .session) { store, call throws(SandboxError) in
+                try store.listDraftPayments(call)
+            },
+            Route("GET", account + "/draft-payment/{draftID}", .session) { store, call throws(SandboxError) in
+                try store.draftPayment(call)
+            },
+            Route("PUT", account + "/draft-payment/{draftID}", .session, signatureRequired: true) { store, call throws(SandboxError) in
+                try store.updateDraftPayment(call)
+            },
+            Route("POST", "/v1/user/{userID}/payment-service-provider-draft-payment", .session, signatureRequired: true) {
+                store, call throws(SandboxError) in try store.createProviderDraftPayment(call)
+            },
+            Route("GET", "/v1/user/{userID}/payment-service-provider-draft-payment", .session) { store, call throws(SandboxError) in
+                try store.listProviderDraftPayments(call)
+            },
+            Route("GET", "/v1/user/{userID}/payment-service-provider-draft-payment/{draftID}", .session) {
+                store, call throws(SandboxError) in try store.providerDraftPayment(call)
+            },
+            Route("PUT", "/v1/user/{userID}/payment-service-provider-draft-payment/{draftID}", .session, signatureRequired: true) {
+                store, call throws(SandboxError) in try store.updateProviderDraftPayment(call)
+            },
+            Route("GET", "/v1/user/{userID}/event", .session) { store, call throws(SandboxError) in try store.listEvents(call) },
+            Route("GET", "/v1/user/{userID}/event/{eventID}", .session) { store, call throws(SandboxError) in try store.event(call) },
+        ]
+    }()
 }

@@ -18,6 +18,17 @@ struct SandboxStore: Sendable {
     var deviceBindings: [DeviceBinding: [Int]] = [:]
     var psd2Credentials: [Int: PSD2CredentialRecord] = [:]
     var accounts: [Int: MonetaryAccount] = [:]
+    /// Each account's balance; an account opens with `openingBalance`.
+    var balances: [Int: Money] = [:]
+    /// Payments by id: each side of a movement is one (SandboxPayments.swift).
+    var payments: [Int: PaymentRecord] = [:]
+    var paymentBatches: [Int: PaymentBatchRecord] = [:]
+    var requestInquiries: [Int: RequestInquiryRecord] = [:]
+    var events: [Int: EventRecord] = [:]
+    var draftPayments: [Int: DraftPaymentRecord] = [:]
+    var providerDraftPayments: [Int: ProviderDraftPaymentRecord] = [:]
+    /// The account of bunq's sandbox benefactor, `sugardaddy@bunq.com`, made the first time someone asks it for money.
+    var sugarDaddyAccountId: Int?
     var sessions: [String: Session] = [:]
     /// Request ids used, per installation.
     var requestIds: [Int: RequestIdLog] = [:]
@@ -55,7 +66,9 @@ struct SandboxStore: Sendable {
         let user = SandboxUser(
             id: id, kind: kind, created: now,
             displayName: displayName ?? (kind == .company ? "Sandbox Company \(id)" : "Sandbox User \(id)"),
-            publicUUID: UUID().uuidString.lowercased(), iban: iban, certificateDN: certificateDN)
+            publicUUID: UUID().uuidString.lowercased(), iban: iban,
+            email: hasAccounts ? "user\(id)@sandbox.bunq.example" : nil,
+            phone: hasAccounts ? String(format: "+316%08d", id % 100_000_000) : nil, certificateDN: certificateDN)
         users[id] = user
         if hasAccounts {
             // Everyone has a current account; like real users, some also have savings (every third) and a joint
@@ -67,9 +80,15 @@ struct SandboxStore: Sendable {
         return user
     }
 
+    /// A Dutch IBAN at bunq for the user's `index`th account, with the check digits ISO 13616 gives it (so a
+    /// client that validates IBANs accepts it).
     static func iban(_ userId: Int, _ index: Int) -> String {
-        String(format: "NL%02dBUNQ2%03d%06d", 10 + (userId + index) % 89, index, userId % 1_000_000)
+        let account = String(format: "BUNQ2%03d%06d", index, userId % 1_000_000)
+        return "NL" + String(format: "%02d", 98 - IBAN.remainder(account + "NL00")) + account
     }
+
+    /// What every account holds when it opens.
+    static let openingBalance = Money(cents: 100_000)
 
     @discardableResult
     mutating func addAccount(_ kind: MonetaryAccount.Kind, ownerId: Int, now: Date) -> MonetaryAccount {
@@ -84,6 +103,7 @@ struct SandboxStore: Sendable {
                                           : Self.iban(ownerId, index),
                                       description: description)
         accounts[account.id] = account
+        balances[account.id] = Self.openingBalance
         return account
     }
 
@@ -132,8 +152,15 @@ struct SandboxStore: Sendable {
         members += [("status", "ACTIVE"), ("sub_status", "NONE"),
                     ("session_timeout", .int(sessionTimeout(of: user.id)))]
         if let iban = user.iban {
-            members.append(("alias", .array([.object([("type", "IBAN"), ("value", .string(iban)),
-                                                       ("name", .string(user.displayName))])])))
+            var aliases: [BunqJSON] = []
+            if let email = user.email {
+                aliases.append(.object([("type", "EMAIL"), ("value", .string(email)), ("name", .string(email))]))
+            }
+            if let phone = user.phone {
+                aliases.append(.object([("type", "PHONE_NUMBER"), ("value", .string(phone)), ("name", .string(phone))]))
+            }
+            aliases.append(.object([("type", "IBAN"), ("value", .string(iban)), ("name", .string(user.displayName))]))
+            members.append(("alias", .array(aliases)))
         }
         return (user.kind.rawValue, .object(members))
     }
@@ -162,7 +189,7 @@ struct SandboxStore: Sendable {
             ("updated", .string(created)),
             ("alias", .array([.object([("type", "IBAN"), ("value", .string(account.iban)),
                                         ("name", .string(owner?.displayName ?? ""))])])),
-            ("balance", .object([("value", "1000.00"), ("currency", "EUR")])),
+            ("balance", (balances[account.id] ?? Self.openingBalance).json),
             ("country", "NL"),
             ("currency", "EUR"),
             ("daily_limit", .object([("value", "1000.00"), ("currency", "EUR")])),
@@ -176,7 +203,8 @@ struct SandboxStore: Sendable {
         case .bank: break
         case .savings:
             members.append(("savings_goal", .object([("value", "5000.00"), ("currency", "EUR")])))
-            members.append(("savings_goal_progress", .double(0.2)))
+            let balance = balances[account.id] ?? Self.openingBalance
+            members.append(("savings_goal_progress", .double(max(0, Double(balance.cents) / 500_000))))
         case .joint:
             members.append(("all_co_owner", .array([.object([
                 ("alias", .object([("display_name", .string(owner?.displayName ?? ""))])),

@@ -5,6 +5,7 @@ Prints one line per check and closes with 'sdk-compat: N passed, N failed'; exit
 Every key and certificate is made here, at test time.
 """
 import json
+from decimal import Decimal
 import os
 import subprocess
 import sys
@@ -17,9 +18,11 @@ from bunq.sdk.context.api_context import ApiContext
 from bunq.sdk.context.api_environment_type import ApiEnvironmentType
 from bunq.sdk.context.bunq_context import BunqContext
 from bunq.sdk.exception.bunq_exception import BunqException
-from bunq.sdk.model.generated.endpoint import (MonetaryAccountApiObject, MonetaryAccountBankApiObject,
+from bunq.sdk.model.generated.endpoint import (EventApiObject, MonetaryAccountApiObject, MonetaryAccountBankApiObject,
                                                MonetaryAccountJointApiObject, MonetaryAccountSavingsApiObject,
-                                               OauthCallbackUrlApiObject, OauthClientApiObject, UserApiObject)
+                                               OauthCallbackUrlApiObject, OauthClientApiObject, PaymentApiObject,
+                                               RequestInquiryApiObject, UserApiObject)
+from bunq.sdk.model.generated.object_ import AmountObject, PointerObject
 
 results = []
 
@@ -130,6 +133,28 @@ def run_checks(base):
         assert ids == sorted(ids, reverse=True) and len(set(ids)) == len(ids), ids
         every = {type(referenced(account)) for account in MonetaryAccountApiObject.list(params={"count": "200"}).value}
         assert {MonetaryAccountSavingsApiObject, MonetaryAccountJointApiObject} <= every, every
+
+    @check("money through the SDK: sugardaddy tops up, a Payment moves the balance, lists and events read back")
+    def _():
+        BunqContext.load_api_context(state["person"])
+        account_id = BunqContext.user_context().primary_monetary_account.id_
+
+        def balance():
+            return Decimal(MonetaryAccountBankApiObject.get(account_id).value.balance.value)
+
+        before = balance()
+        RequestInquiryApiObject.create(AmountObject("100.00", "EUR"),
+                                       PointerObject("EMAIL", "sugardaddy@bunq.com", "Sugar Daddy"), "top up", False)
+        payment_id = PaymentApiObject.create(AmountObject("12.34", "EUR"),
+                                             PointerObject("IBAN", "NL91ABNA0417164300", "Elsewhere B.V."),
+                                             "sdk payment").value
+        payment = PaymentApiObject.get(payment_id).value
+        assert payment.amount.value == "-12.34" and payment.description == "sdk payment", vars(payment)
+        listed = [p.description for p in PaymentApiObject.list(params={"count": "10"}).value]
+        assert listed[:2] == ["sdk payment", "top up"], listed
+        assert balance() - before == Decimal("87.66"), balance() - before
+        newest = EventApiObject.list().value[0].object_.get_referenced_object()
+        assert type(newest).__name__.startswith("Payment"), type(newest)
 
     @check("the SDK's response-signature check rejects a reply signed wrongly")
     def _():
