@@ -10,9 +10,11 @@ import Glibc
 final class ActivationSocket {
     let fd: Int32
 
+    /// `fd` is set only once the socket listens: an initializer that throws after setting it would run `deinit`,
+    /// which would close it a second time (see RawSocketClient).
     init(_ path: String) throws {
         unlink(path)
-        fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
         var address = sockaddr_un()
         address.sun_family = sa_family_t(AF_UNIX)
         withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(path.utf8) + [0]) }
@@ -20,9 +22,11 @@ final class ActivationSocket {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
         }
         guard bound == 0, listen(fd, 16) == 0 else {
+            let reason = String(cString: strerror(errno))
             close(fd)
-            throw HarnessError("cannot listen on \(path): \(String(cString: strerror(errno)))")
+            throw HarnessError("cannot listen on \(path): \(reason)")
         }
+        self.fd = fd
     }
 
     deinit { close(fd) }

@@ -11,8 +11,12 @@ final class RawSocketClient {
     let fd: Int32
     private var buffer: [UInt8] = []
 
+    /// The descriptor is this object's only once it connected: a class whose initializer throws after every
+    /// stored property is set is deinitialized, so closing it here too would close it twice, and the second close
+    /// could hit a descriptor another thread (an event loop) has opened under the same number meanwhile.
     init(_ path: String) throws {
-        fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw HarnessError("socket: \(String(cString: strerror(errno)))") }
         var address = sockaddr_un()
         address.sun_family = sa_family_t(AF_UNIX)
         withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(path.utf8) + [0]) }
@@ -20,9 +24,11 @@ final class RawSocketClient {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
         }
         guard result == 0 else {
+            let reason = String(cString: strerror(errno))
             close(fd)
-            throw HarnessError("connect \(path): \(String(cString: strerror(errno)))")
+            throw HarnessError("connect \(path): \(reason)")
         }
+        self.fd = fd
     }
 
     deinit { close(fd) }

@@ -10,9 +10,11 @@ public final class NotifySocket: Sendable {
     public let path: String
     private let fd: Int32
 
+    /// `fd` is set only once the socket is bound: an initializer that throws after setting every stored property
+    /// runs `deinit`, which would close it a second time.
     public init() throws {
-        path = FileManager.default.temporaryDirectory.appendingPathComponent("notify-\(UUID().uuidString)").path
-        fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0)
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("notify-\(UUID().uuidString)").path
+        let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0)
         guard fd >= 0 else { throw Failure("socket(AF_UNIX, SOCK_DGRAM) failed: errno \(errno)") }
         var address = sockaddr_un()
         address.sun_family = sa_family_t(AF_UNIX)
@@ -25,9 +27,12 @@ public final class NotifySocket: Sendable {
             }
         }
         guard bound == 0 else {
+            let reason = errno
             close(fd)
-            throw Failure("bind(\(path)) failed: errno \(errno)")
+            throw Failure("bind(\(path)) failed: errno \(reason)")
         }
+        self.path = path
+        self.fd = fd
     }
 
     deinit {
