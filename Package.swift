@@ -204,7 +204,7 @@ let package = Package(
         .target(
             name: "BunqSandbox",
             dependencies: [
-                "AcceptedConnections", "BunqCrypto", "DynamicJSON",
+                "AcceptedConnections", "BunqCrypto", "CurlHTTP", "DynamicJSON",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

@@ -14,6 +14,8 @@ public final class BunqSandbox: Sendable {
     let store: Mutex<SandboxStore>
     private let limiter: Mutex<SandboxRateLimiter>
     let faults = Mutex((nextId: 1, rules: [FaultRule]()))
+    /// Callbacks to notification filters' targets, delivered while `run` serves.
+    let callbacks: CallbackDelivery
 
     /// An emulator with no users yet; call `run` to serve. Server keys are generated when installations need them.
     public init(configuration: SandboxConfiguration = SandboxConfiguration()) {
@@ -22,12 +24,18 @@ public final class BunqSandbox: Sendable {
         limits.scale = configuration.rateLimitScale
         limiter = Mutex(limits)
         store = Mutex(SandboxStore(configuration: configuration, serverKeys: serverKeys))
+        callbacks = CallbackDelivery(retryInterval: .milliseconds(Int64((configuration.callbackRetrySeconds * 1_000).rounded())))
     }
 
-    /// Serves until the calling task is cancelled, reporting the bound port through `onListening` first.
+    /// Serves until the calling task is cancelled, reporting the bound port through `onListening` first, and
+    /// delivers callbacks meanwhile.
     public func run(onListening: @Sendable (Int) async throws -> Void = { _ in }) async throws {
-        try await HTTPServerCore.serve(host: configuration.host, port: configuration.port,
-                                       handler: { [self] in await respond(to: $0) }, onBound: onListening)
+        try await withThrowingDiscardingTaskGroup { group in
+            group.addTask { [callbacks] in await callbacks.run() }
+            defer { group.cancelAll() }
+            try await HTTPServerCore.serve(host: configuration.host, port: configuration.port,
+                                           handler: { [self] in await respond(to: $0) }, onBound: onListening)
+        }
     }
 
     /// Starts an emulator on a free loopback port (unless the configuration names one), runs `body` with its
@@ -103,9 +111,11 @@ public final class BunqSandbox: Sendable {
                 return reply(SandboxError(500, "The server key could not be generated."), headers, signedBy: nil)
             }
         }
-        let (outcome, installation) = store.withLock { store in
-            Self.call(route, request, pathIds: pathIds, now: now, store: &store)
+        let (outcome, installation, owed) = store.withLock { store in
+            let (outcome, installation) = Self.call(route, request, pathIds: pathIds, now: now, store: &store)
+            return (outcome, installation, store.takeCallbacks())
         }
+        if !owed.isEmpty { callbacks.enqueue(owed) }
         switch outcome {
         case .success(let json):
             return reply(status: 200, body: json.serialized, headers, signedBy: installation, corrupt: corruptSignature)

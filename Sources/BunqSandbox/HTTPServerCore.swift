@@ -15,6 +15,9 @@ public struct ServerRequest: Sendable {
 
     public var path: String { String(uri.prefix { $0 != "?" }) }
 
+    /// The first value of the header `name` (any case), or nil.
+    public func header(_ name: String) -> String? { headers.first(name: name) }
+
     /// Suspends until the peer closes the connection.
     public func connectionClosed() async {
         try? await channel.closeFuture.get()

@@ -20,6 +20,8 @@ extension BunqSandbox {
         switch (request.method, request.path) {
         case ("GET", "/_sandbox/stats"):
             return json(200, stats())
+        case ("GET", "/_sandbox/callbacks"):
+            return json(200, .object([("callbacks", .array(callbacks.log.map(\.json)))]))
         case ("GET", "/_sandbox/faults"):
             return json(200, .object([("faults", .array(faults.withLock { $0.rules.map(\.json) }))]))
         case ("POST", "/_sandbox/faults"):
@@ -187,13 +189,14 @@ extension BunqSandbox {
             return failure(.badRequest("Field status must be ACCEPTED or REJECTED."))
         }
         let now = configuration.now
-        let outcome: Result<String, SandboxError> = store.withLock { store in
+        let (outcome, owed): (Result<String, SandboxError>, [CallbackJob]) = store.withLock { store in
             do throws(SandboxError) {
-                return .success(try store.answerDraft(id, accept: status == "ACCEPTED", now: now))
+                return (.success(try store.answerDraft(id, accept: status == "ACCEPTED", now: now)), store.takeCallbacks())
             } catch {
-                return .failure(error)
+                return (.failure(error), store.takeCallbacks())
             }
         }
+        if !owed.isEmpty { callbacks.enqueue(owed) }
         switch outcome {
         case .success(let status): return json(200, .object([("id", .int(id)), ("status", .string(status))]))
         case .failure(let error): return failure(error)

@@ -48,6 +48,8 @@ public struct SandboxConfiguration: Sendable {
     /// Seconds an API key or PSD2 credential stays bindable (`device-server`) after it was issued; 0: forever.
     /// bunq: one hour (sandbox documentation; the quickstart says four).
     public var apiKeyBindWindow: Int = 3_600
+    /// How long a callback target that did not answer 200 waits before the next of its 5 retries (bunq: a minute).
+    public var callbackRetrySeconds: Double = 60
 
     /// The wall clock the emulator runs on, before `clockOffset`: the machine's, or a test's virtual one (so a test
     /// moves the emulator's sessions, expiries and rate-limit windows together with the daemon's clock).

@@ -83,6 +83,7 @@ extension SandboxStore {
                                        updated: call.now, entries: entries, requiredAccepts: accepts, status: .pending)
         draftPayments[draft.id] = draft
         addEvent(.draftPayment(draft.id), account: account, now: call.now)
+        notify("DRAFT_PAYMENT", "DRAFT_PAYMENT_CREATED", account: account, object: ("DraftPayment", draftPaymentJSON(draft)))
         return .response([("Id", .object([("id", .int(draft.id))]))])
     }
 
@@ -256,6 +257,8 @@ extension SandboxStore {
             draft.status = accept ? .accepted : .rejected
             draft.updated = now
             draftPayments[id] = draft
+            notify("DRAFT_PAYMENT", "DRAFT_PAYMENT_\(draft.status.rawValue)", account: account,
+                   object: ("DraftPayment", draftPaymentJSON(draft)))
             return draft.status.rawValue
         }
         if var draft = providerDraftPayments[id] {

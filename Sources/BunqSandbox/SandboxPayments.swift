@@ -140,6 +140,8 @@ extension SandboxStore {
                                  balanceAfter: senderBalance, batchId: batchId, merchantReference: transfer.merchantReference)
         payments[sent.id] = sent
         addEvent(.payment(sent.id), account: account, now: now)
+        notify("PAYMENT", "PAYMENT_CREATED", account: account, object: ("Payment", sent.json))
+        notify("MUTATION", "MUTATION_CREATED", account: account, object: ("Payment", sent.json))
         if case .account(let receiver) = transfer.to {
             let receiverBalance = (balances[receiver.id] ?? .zero) + transfer.amount
             balances[receiver.id] = receiverBalance
@@ -149,6 +151,8 @@ extension SandboxStore {
                                          balanceAfter: receiverBalance, batchId: nil, merchantReference: nil)
             payments[received.id] = received
             addEvent(.payment(received.id), account: receiver, now: now)
+            notify("PAYMENT", "PAYMENT_RECEIVED", account: receiver, object: ("Payment", received.json))
+            notify("MUTATION", "MUTATION_RECEIVED", account: receiver, object: ("Payment", received.json))
         }
         return sent.id
     }
@@ -251,8 +255,10 @@ extension SandboxStore {
             responded: nil, amount: amount, amountResponded: nil, alias: label(account), counterparty: label(from),
             description: description, merchantReference: call.body["merchant_reference"]?.string,
             allowBunqme: allowBunqme, status: .pending)
-        // The request's event comes before the payment that answers it.
+        // The request's event and callback come before the payment that answers it.
+        requestInquiries[request.id] = request
         addEvent(.requestInquiry(request.id), account: account, now: call.now)
+        notify("REQUEST", "REQUEST_INQUIRY_CREATED", account: account, object: ("RequestInquiry", request.json))
         if case .account(let payer) = from, payer.id == sugarDaddyAccountId {
             request.responded = call.now
             if amount <= Self.sugarDaddyLimit {
@@ -263,8 +269,10 @@ extension SandboxStore {
             } else {
                 request.status = .rejected
             }
+            requestInquiries[request.id] = request
+            notify("REQUEST", "REQUEST_INQUIRY_\(request.status.rawValue)", account: account,
+                   object: ("RequestInquiry", request.json))
         }
-        requestInquiries[request.id] = request
         return .response([("Id", .object([("id", .int(request.id))]))])
     }
 

@@ -168,6 +168,18 @@ struct Route: Sendable {
             Route("PUT", "/v1/user/{userID}/payment-service-provider-draft-payment/{draftID}", .session, signatureRequired: true) {
                 store, call throws(SandboxError) in try store.updateProviderDraftPayment(call)
             },
+            Route("POST", "/v1/user/{userID}/notification-filter-url", .session, signatureRequired: true) {
+                store, call throws(SandboxError) in try store.setNotificationFilters(call, account: false)
+            },
+            Route("GET", "/v1/user/{userID}/notification-filter-url", .session) { store, call throws(SandboxError) in
+                try store.notificationFilters(call, account: false)
+            },
+            Route("POST", account + "/notification-filter-url", .session, signatureRequired: true) { store, call throws(SandboxError) in
+                try store.setNotificationFilters(call, account: true)
+            },
+            Route("GET", account + "/notification-filter-url", .session) { store, call throws(SandboxError) in
+                try store.notificationFilters(call, account: true)
+            },
             Route("GET", "/v1/user/{userID}/event", .session) { store, call throws(SandboxError) in try store.listEvents(call) },
             Route("GET", "/v1/user/{userID}/event/{eventID}", .session) { store, call throws(SandboxError) in try store.event(call) },
         ]

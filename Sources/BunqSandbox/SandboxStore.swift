@@ -27,6 +27,11 @@ struct SandboxStore: Sendable {
     var events: [Int: EventRecord] = [:]
     var draftPayments: [Int: DraftPaymentRecord] = [:]
     var providerDraftPayments: [Int: ProviderDraftPaymentRecord] = [:]
+    /// Notification filters by the user id of the URL that set them, and by account (SandboxNotifications.swift).
+    var userFilters: [Int: [NotificationFilter]] = [:]
+    var accountFilters: [Int: [NotificationFilter]] = [:]
+    /// Callbacks made under the lock and not yet handed to the delivery.
+    var outbox: [CallbackJob] = []
     /// The account of bunq's sandbox benefactor, `sugardaddy@bunq.com`, made the first time someone asks it for money.
     var sugarDaddyAccountId: Int?
     var sessions: [String: Session] = [:]

@@ -12,7 +12,7 @@ struct BunqSandboxCommand: AsyncParsableCommand {
             The first line on stdout is `listening on http://HOST:PORT`. Point a client's API base URL at \
             http://HOST:PORT/v1/, OAuth authorize at /auth and token exchange at /v1/token. \
             Admin API for tests under /_sandbox/ (stats, faults, revoke, sessions/kill, users/session-timeout, \
-            accounts, oauth/approve-as).
+            accounts, oauth/approve-as, draft-payments/{id}, callbacks).
             """)
 
     @Option(help: "Port to listen on; 0 picks a free one.")
@@ -55,6 +55,10 @@ struct BunqSandboxCommand: AsyncParsableCommand {
             help: "Seconds a new API key or PSD2 credential can be bound by device-server; 0: forever.")
     var apiKeyBindWindow: Int = 3_600
 
+    @Option(name: .customLong("callback-retry-seconds"),
+            help: "Seconds between the 5 retries of a callback whose target did not answer 200 (bunq: 60).")
+    var callbackRetrySeconds: Double = 60
+
     func validate() throws {
         guard (0...65_535).contains(port) else { throw ValidationError("--port must be 0 to 65535, not \(port)") }
         guard sessionTimeout >= 1 else { throw ValidationError("--session-timeout must be at least 1 second") }
@@ -75,6 +79,9 @@ struct BunqSandboxCommand: AsyncParsableCommand {
             throw ValidationError("--session-extension-seconds must be 1 to 86400, not \(sessionExtensionSeconds)")
         }
         guard apiKeyBindWindow >= 0 else { throw ValidationError("--api-key-bind-window must be 0 or more seconds") }
+        guard callbackRetrySeconds >= 0.01, callbackRetrySeconds <= 3_600 else {
+            throw ValidationError("--callback-retry-seconds must be from 0.01 to 3600, not \(callbackRetrySeconds)")
+        }
     }
 
     func run() async throws {
@@ -91,6 +98,7 @@ struct BunqSandboxCommand: AsyncParsableCommand {
         configuration.lenientHeaders = lenientHeaders
         configuration.sessionExtensionSeconds = sessionExtensionSeconds
         configuration.apiKeyBindWindow = apiKeyBindWindow
+        configuration.callbackRetrySeconds = callbackRetrySeconds
         let sandbox = BunqSandbox(configuration: configuration)
         try await sandbox.run { port in
             // Unbuffered, so a parent reading our stdout sees the line at once.

@@ -3,8 +3,8 @@ import TestThreads
 import Testing
 import TestSupport
 
-/// `make run`'s script, in the bounded form CI can run: everything comes up, an OAuth user connects, and
-/// everything stops.
+/// `make run`'s script, in the bounded form CI can run: everything comes up, an OAuth user connects, money
+/// moves through the proxy and its callback arrives signed, and everything stops.
 @Suite(.ownThread) struct DemoTests {
     @Test func theDemoConnectsAUserAndStopsCleanly() throws {
         let dir = try TemporaryDirectory()
@@ -16,7 +16,10 @@ import TestSupport
         let text = output.stdoutText
         #expect(output.status == 0, "\(output.stderrText)")
         #expect(text.contains("connected: user-"), "\(text)")
-        #expect(text.contains("contexts: 3 (3 live"), "\(text)")
+        #expect(text.contains("contexts: 4 (4 live"), "\(text)")
+        #expect(text.contains("ops paid bob 12.50 EUR: ops now has 987.50 EUR, bob 1012.50 EUR"), "\(text)")
+        #expect(text.contains(#"callback received: PAYMENT PAYMENT_RECEIVED, 12.50 EUR "demo: lunch", its signature verifies"#),
+                "\(text)")
         #expect(text.contains("session-server budget: "), "the status shows the budget: \(text)")
         #expect(text.contains("stopped."))
         // Nothing is left running from the demo's folder.

@@ -16,6 +16,10 @@ import TestSupport
 
     static func text(_ reply: ProxyTests.Reply) -> String { String(decoding: reply.body, as: UTF8.self) }
 
+    /// The repository's callback receiver (scripts/callback-receiver.py), which the README shows developers.
+    static let receiver = Binaries.directory.deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("scripts/callback-receiver.py").path
+
     @Test func anApplicationMovesMoneyThroughTheProxy() async throws {
         let (running, socket) = try await ProxyTests.start("""
             proxy:
@@ -90,6 +94,31 @@ import TestSupport
         let status = try ProxyTests.request(socket, dir, initiations + "/\(initiationId)", context: "provider")
         #expect(Self.json(status).first?.1["status"] as? String == "ACCEPTED", "\(Self.text(status))")
         #expect(try balance() == "1100.00")
+
+        // A callback: the application subscribes through the proxy; bunq's signed NotificationUrl arrives.
+        let port = try freeLoopbackPort()
+        let receiver = try ChildProcess("/usr/bin/python3", [Self.receiver, "\(port)", dir.path("callbacks")],
+                                        log: dir.path("receiver.log"))
+        defer { _ = receiver.stop() }
+        #expect(await receiver.waitFor(.seconds(10)) { $0.contains("listening") }, "\(receiver.log)")
+        let subscribed = try ProxyTests.request(socket, dir, "/v1/user/\(userId)/notification-filter-url", method: "POST", body: """
+            {"notification_filters":[{"category":"PAYMENT","notification_target":"http://127.0.0.1:\(port)/bunq"}]}
+            """)
+        #expect(subscribed.status == 200, "\(Self.text(subscribed))")
+        _ = try ProxyTests.request(socket, dir, path + "/payment", method: "POST", body: """
+            {"amount":{"value":"0.01","currency":"EUR"},"counterparty_alias":{"type":"IBAN","value":"NL91ABNA0417164300","name":"X"},"description":"called back"}
+            """)
+        #expect(await receiver.waitFor(.seconds(10)) { $0.contains("received 1 PAYMENT PAYMENT_CREATED") }, "\(receiver.log)")
+        let callback = try String(contentsOfFile: dir.path("callbacks/1.body"), encoding: .utf8)
+        #expect(callback.contains(#""event_type":"PAYMENT_CREATED""#) && callback.contains("called back"), "\(callback)")
+        let session = result(try RawSocketClient(running.socket)
+            .call(#"{"jsonrpc":"2.0","id":1,"method":"session.get","params":{"context":"ops"}}"#))
+        _ = try dir.write("server.pem", try #require(session?["server_public_key"] as? String))
+        let signature = try #require(Data(base64Encoded: try String(contentsOfFile: dir.path("callbacks/1.sig"), encoding: .utf8)))
+        try signature.write(to: dir.url.appendingPathComponent("callback.sig"))
+        let verify = try Command.run(["openssl", "dgst", "-sha256", "-verify", dir.path("server.pem"), "-signature",
+                                      dir.path("callback.sig"), dir.path("callbacks/1.body")])
+        #expect(verify.status == 0, "the callback's signature verifies with the installation's server key: \(verify.stderrText)")
         #expect(try running.sandbox.stat("rejected_signatures") == 0)
     }
 }
