@@ -18,10 +18,12 @@ import sys
 
 
 def main():
-    # A parent may have started us with SIGTERM or SIGINT ignored (dispositions survive exec): take the defaults
-    # back, so a demo or a test that stops us is obeyed.
+    # A parent may have started us with SIGTERM or SIGINT ignored or blocked (both survive exec; a child of a
+    # threaded test process inherits its thread's mask): take the defaults back, so a demo or a test that stops
+    # us is obeyed.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
     port, out = int(sys.argv[1]), sys.argv[2]
     os.makedirs(out, exist_ok=True)
 

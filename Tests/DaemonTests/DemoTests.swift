@@ -11,8 +11,9 @@ import TestSupport
         defer { dir.remove() }
         let script = Binaries.directory.deletingLastPathComponent().deletingLastPathComponent()
             .appendingPathComponent("scripts/demo.sh").path
-        let output = try Command.run(["env", "DEMO_SECONDS=4", "SESSION_TIMEOUT=30", "DEMO_DIR=\(dir.path("demo"))",
-                                      "bash", script])
+        // Bounded: a demo that cannot stop (a child it cannot kill) fails here instead of holding the suite.
+        let output = try Command.run(["timeout", "-k", "10", "300", "env", "DEMO_SECONDS=4", "SESSION_TIMEOUT=30",
+                                      "DEMO_DIR=\(dir.path("demo"))", "bash", script])
         let text = output.stdoutText
         #expect(output.status == 0, "\(output.stderrText)")
         #expect(text.contains("connected: user-"), "\(text)")
