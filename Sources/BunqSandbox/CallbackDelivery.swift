@@ -13,9 +13,10 @@ struct CallbackJob: Sendable {
 }
 
 /// Delivers callbacks as bunq does: POSTed at once; a target that does not answer 200 is tried `retries` more
-/// times, `retryInterval` apart (bunq: a minute; `--callback-retry-seconds`). Deliveries run side by side, so a
-/// slow target holds up no other. What happened to each is kept for `GET /_sandbox/callbacks` (the latest
-/// `logCapacity`).
+/// times, `retryInterval` apart (bunq: a minute; `--callback-retry-seconds`). Each target gets its callbacks in
+/// the order their events happened, one at a time (a created draft before its acceptance), while different
+/// targets are served side by side, so a slow target holds up no other. What happened to each is kept for
+/// `GET /_sandbox/callbacks` (the latest `logCapacity`).
 final class CallbackDelivery: Sendable {
     /// One delivery as `GET /_sandbox/callbacks` shows it.
     struct Record: Sendable {
@@ -41,6 +42,8 @@ final class CallbackDelivery: Sendable {
     private let jobs: AsyncStream<(Int, CallbackJob)>
     private let continuation: AsyncStream<(Int, CallbackJob)>.Continuation
     private let records = Mutex((nextId: 1, list: [Record]()))
+    /// The callbacks waiting behind the one being delivered, per target; a target with an entry has a lane running.
+    private let lanes = Mutex([String: [(Int, CallbackJob)]]())
 
     init(retryInterval: Duration) {
         self.retryInterval = retryInterval
@@ -73,7 +76,29 @@ final class CallbackDelivery: Sendable {
         }
         await withDiscardingTaskGroup { group in
             for await (id, job) in jobs {
-                group.addTask { await self.deliver(job, id: id, http: http) }
+                let opensLane = lanes.withLock { lanes -> Bool in
+                    if lanes[job.target] != nil {
+                        lanes[job.target, default: []].append((id, job))
+                        return false
+                    }
+                    lanes[job.target] = []
+                    return true
+                }
+                guard opensLane else { continue }
+                group.addTask {
+                    var next: (Int, CallbackJob)? = (id, job)
+                    while let (id, job) = next {
+                        await self.deliver(job, id: id, http: http)
+                        next = self.lanes.withLock { lanes in
+                            guard let waiting = lanes[job.target], !waiting.isEmpty, !Task.isCancelled else {
+                                lanes[job.target] = nil
+                                return nil
+                            }
+                            lanes[job.target] = Array(waiting.dropFirst())
+                            return waiting[0]
+                        }
+                    }
+                }
             }
         }
         await http.shutdown()
