@@ -40,6 +40,8 @@ import Testing
         try await withBoundServer(of: { onBound in
             try await HTTPServerCore.serve(host: "127.0.0.1", port: 0, handler: { received.handle($0) }, onBound: onBound)
         }) { port in
+            // Limits off: these check delivery, order and retries, many calls a second from one IP; callbacks
+            // under bunq's limits are ProxyMoneyTests'.
             var configuration = SandboxConfiguration(rateLimits: false)
             configuration.callbackRetrySeconds = 0.2
             try await BunqSandbox.test(configuration) { client in

@@ -4,7 +4,9 @@ import TestThreads
 import Testing
 
 /// Payments the account holder approves: an application's draft payments, and a PSD2 provider's payment
-/// initiation; `POST /_sandbox/draft-payments/{id}` answers as the holder would in the bunq app.
+/// initiation; `POST /_sandbox/draft-payments/{id}` answers as the holder would in the bunq app. Rate limits off
+/// (BunqSandbox.test): these check the emulator's rules for drafts, many calls a second from one IP; bunq's
+/// windows on money calls are PaymentsTests.postsThatMoveMoneyKeepBunqsWindow's and ProxyMoneyTests'.
 @Suite(.ownThread) struct DraftPaymentsTests {
     typealias Holder = PaymentsTests.Holder
 

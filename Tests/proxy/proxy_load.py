@@ -82,12 +82,11 @@ def idle(path, count, expected_refusals=0):
         sockets.append(s)
     # Refused connections are answered and closed; admitted ones stay silent. The answers come as the daemon's
     # loop gets to them, which on a loaded machine may take longer than a moment: the count waits for the
-    # refusals the caller expects (up to 20 s), then half a second more for any beyond them.
+    # refusals the caller expects (up to 20 s).
     time.sleep(1)
     deadline = time.monotonic() + 20
     while answered(sockets) < expected_refusals and time.monotonic() < deadline:
         time.sleep(0.05)
-    time.sleep(0.5)
     refused = answered(sockets)
     print(f"opened {count - refused} refused {refused}", flush=True)
     began = time.monotonic()
